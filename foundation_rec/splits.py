@@ -1,0 +1,89 @@
+"""Leave-one-out splits over user sequences, leak-free by construction.
+
+For a user with the ordered items ``s[0] .. s[n-1]``:
+
+* **train** targets are ``s[t]`` for ``1 <= t <= n-3`` (every prefix of the training part
+  ``s[0] .. s[n-3]`` predicts its next item);
+* **valid** target is ``s[n-2]``, **test** target is ``s[n-1]``;
+* the history of target ``s[t]`` is ``s[max(0, t-H) : t]`` with ``H = max_history`` (20).
+
+An example is stored as ``(sequence row, target position)``; its history is always sliced to
+*before* the target, so no input can contain the target or anything after it. Users with fewer
+than 3 items have no validation example, users with fewer than 2 have no test example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import FoundationRecError
+
+SPLITS = ("train", "valid", "test")
+MAX_HISTORY = 20
+
+
+def _flatten(sequences) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(offsets, values)`` for a list of item lists or an Arrow list column."""
+    if isinstance(sequences, pa.ChunkedArray):
+        sequences = sequences.combine_chunks()
+    if isinstance(sequences, (pa.ListArray, pa.LargeListArray)):
+        offsets = np.asarray(sequences.offsets, dtype=np.int64)
+        values = np.asarray(sequences.flatten(), dtype=np.int64)
+        return offsets - offsets[0], values
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter((x for s in sequences for x in s), dtype=np.int64, count=int(offsets[-1]))
+    return offsets, values
+
+
+@dataclass(frozen=True)
+class Split:
+    """The examples of one split: ``rows[i]`` is the user's sequence row, ``positions[i]`` the target's index."""
+
+    name: str
+    offsets: np.ndarray
+    values: np.ndarray
+    rows: np.ndarray
+    positions: np.ndarray
+    max_history: int
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Target item of every example (item row indices into the corpus's item table)."""
+        return self.values[self.offsets[self.rows] + self.positions]
+
+    def history(self, i: int) -> np.ndarray:
+        """Items before example ``i``'s target, oldest first, at most ``max_history``."""
+        start = self.offsets[self.rows[i]]
+        pos = int(self.positions[i])
+        return self.values[start + max(0, pos - self.max_history) : start + pos]
+
+
+def leave_one_out(sequences, split: str, max_history: int = MAX_HISTORY) -> Split:
+    """Build one split (``train``, ``valid`` or ``test``) from per-user item sequences.
+
+    ``sequences`` is a list of item-index lists or an Arrow list column (``corpus.sequences.data.column("items")``).
+    """
+    if split not in SPLITS:
+        raise FoundationRecError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if max_history < 1:
+        raise FoundationRecError(f"max_history must be at least 1, got {max_history}")
+    offsets, values = _flatten(sequences)
+    lengths = np.diff(offsets)
+    if split == "train":
+        per_user = np.maximum(lengths - 3, 0)  # targets s[1] .. s[n-3]
+        rows = np.repeat(np.arange(len(lengths)), per_user)
+        firsts = np.cumsum(per_user) - per_user
+        positions = np.arange(len(rows)) - np.repeat(firsts, per_user) + 1
+    else:
+        back = 2 if split == "valid" else 1
+        rows = np.nonzero(lengths >= back + 1)[0]
+        positions = lengths[rows] - back
+    return Split(split, offsets, values, rows.astype(np.int64), positions.astype(np.int64), max_history)

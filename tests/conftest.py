@@ -1,0 +1,31 @@
+"""Shared test set-up: every test gets its own empty cache; fixtures and real corpora are located here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FOUNDATION_REC_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("FOUNDATION_REC_DATA", raising=False)
+
+
+@pytest.fixture
+def fixture_data() -> Path:
+    return FIXTURE_DATA
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not (REAL_DATA / "SOURCES.md").is_file():
+        pytest.skip("real corpora not found beside the checkout (../shared/corpora)")
+    return REAL_DATA
