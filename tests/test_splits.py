@@ -67,5 +67,5 @@ def test_no_leak_on_fixture(fixture_data):
 def test_no_leak_on_real_corpus(real_data):
     corpus = load_corpus("amazon2014-beauty", real_data)
     train, valid, test = _check_no_leak(corpus.item_sequences)
-    assert len(test) == len(corpus.sequences)  # 5-core: every user has a test example
+    assert len(test) == len(valid) == len(corpus.sequences)  # 5-core: every user has a test example
     assert len(train) == 198_215 - 3 * 22_332
