@@ -29,13 +29,13 @@ import pyarrow as pa
 
 from .. import atomic
 from ..errors import FoundationRecError
-from ..paths import REPO_ROOT, cache_dir, resolve_data_dir
+from ..paths import cache_dir, resolve_data_dir
 from .enrich import ENRICHERS
 from .readers import READERS, LineErrors, RawCorpus, input_files
 from .text import clean, render
 
 SCHEMA_VERSION = 1
-RECIPES_DIR = REPO_ROOT / "corpora"
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"  # a link to the top-level corpora/ folder
 ROLES = ("pretrain", "target")
 _SOURCE_DIR = Path(__file__).resolve().parent
 
