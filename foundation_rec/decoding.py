@@ -1,0 +1,342 @@
+"""One batched beam search for both roles: trie-constrained item decoding and diverse ID generation.
+
+:func:`beam_search` runs a Hugging Face seq2seq (T5-style: encoder once, decoder with a KV cache)
+or decoder-only model (left-padded prompts, KV cache) and follows the selection rules of
+``transformers``' own beam search, so with a trie its results equal ``model.generate(num_beams=k,
+num_return_sequences=k, prefix_allowed_tokens_fn=...)`` (:func:`reference_beam_search`):
+
+* each step keeps the best ``2 * beams`` continuations; one ending the sequence (EOS, or the last
+  allowed step) is *finished* only when it ranks among the best ``beams``; the best ``beams``
+  unfinished ones run on;
+* a finished sequence scores ``sum(log p) / generated_length ** length_penalty`` (``length_penalty``
+  1.0 = mean token log-probability, HF's default; 0.0 = the plain sum), its length counting the EOS;
+* a prompt stops gaining finished sequences once all ``beams`` slots are full and its best running
+  beam, normalised by the current length, cannot beat the worst finished one (HF's default
+  ``early_stopping=False`` heuristic); decoding stops when no prompt can improve.
+
+With a ``trie`` each beam sits on a trie node; its candidates are that node's children (gathered
+from the log-softmax over the full vocabulary, so scores are the model's real log-probabilities)
+and it finishes at a leaf, which names the item. Beams with no valid continuation die (score
+``-inf``) instead of producing filler, so a small catalog yields fewer results, padded with item
+``-1`` and score ``-inf``.
+
+Diverse beam search (Vijayakumar et al., 2018; HF's former ``group_beam_search``, now only on the
+Hub): ``num_beam_groups`` groups of ``num_beams // num_beam_groups`` beams search side by side on one
+forward pass per step; group ``g`` subtracts ``diversity_penalty`` times the number of times a token
+was chosen at this step by groups ``0..g-1`` of the same prompt (Hamming diversity). Each group keeps
+its own finished sequences; the result is all groups' finished sequences sorted by score.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from .errors import FoundationRecError
+from .trie import Trie
+
+
+@dataclass
+class BeamSearchOutput:
+    """``sequences`` [B, R, L]: generated tokens only (EOS included, then ``pad_token_id``);
+    ``scores`` [B, R]: length-normalised log-probabilities, best first (``-inf`` for padding rows);
+    ``items`` [B, R]: trie item index of each sequence (-1 without a trie, or for padding rows)."""
+
+    sequences: torch.Tensor
+    scores: torch.Tensor
+    items: torch.Tensor
+
+
+class _IncrementalModel:
+    """Feeds one token per beam to a Hugging Face model, keeping and reordering its KV cache."""
+
+    def __init__(self, model, input_ids, attention_mask, decoder_start_token_id):
+        self.model = model
+        self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        params = inspect.signature(model.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
+        self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self.mask = attention_mask
+        self.steps = 0
+        if self.seq2seq:
+            self.encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+            self.first_input = torch.full((len(input_ids), 1), decoder_start_token_id, device=input_ids.device)
+        else:
+            self.first_input = input_ids
+            self.next_position = attention_mask.sum(-1)
+
+    def _forward(self, tokens, **kwargs):
+        if self.seq2seq:
+            out = self.model(
+                encoder_outputs=self.encoder_outputs, attention_mask=self.mask, decoder_input_ids=tokens, use_cache=True, **kwargs
+            )
+        else:
+            out = self.model(input_ids=tokens, use_cache=True, **self.keep_last, **kwargs)
+        self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        return out.logits[:, -1, :].float()
+
+    def first(self) -> torch.Tensor:
+        """Logits [B, V] for the first generated token of each prompt."""
+        if self.seq2seq:
+            return self._forward(self.first_input)
+        position = (self.mask.cumsum(-1) - 1).clamp(min=0) * self.mask
+        return self._forward(self.first_input, attention_mask=self.mask, position_ids=position)
+
+    def next(self, source: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Row ``i`` continues row ``source[i]`` of the previous call with ``tokens[i]``; logits [N, V].
+
+        The first call expands prompts to beams; later ones only permute rows within a prompt's
+        block, so prompt-level tensors (encoder states, prompt mask) are expanded once.
+        """
+        self.cache.reorder_cache(source)
+        if self.steps == 0:
+            self.mask = self.mask.index_select(0, source)
+            if self.seq2seq:
+                state = self.encoder_outputs.last_hidden_state.index_select(0, source)
+                self.encoder_outputs = type(self.encoder_outputs)(last_hidden_state=state)
+            else:
+                self.next_position = self.next_position.index_select(0, source)
+        self.steps += 1
+        if self.seq2seq:
+            return self._forward(tokens[:, None], **{self.cache_arg: self.cache})
+        generated = torch.ones(len(tokens), self.steps, dtype=self.mask.dtype, device=self.mask.device)
+        return self._forward(
+            tokens[:, None],
+            attention_mask=torch.cat([self.mask, generated], dim=1),
+            position_ids=(self.next_position + self.steps - 1)[:, None],
+            **{self.cache_arg: self.cache},
+        )
+
+
+def _check_args(model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, start):
+    if input_ids.ndim != 2 or len(input_ids) == 0:
+        raise FoundationRecError("input_ids must be a non-empty [batch, length] tensor; tokenize a list of prompts")
+    if num_beams < 1 or max_new_tokens < 1:
+        raise FoundationRecError("num_beams and max_new_tokens must be >= 1")
+    if num_beam_groups < 1 or num_beams % num_beam_groups:
+        raise FoundationRecError(f"num_beams={num_beams} is not a multiple of num_beam_groups={num_beam_groups}")
+    if diversity_penalty < 0:
+        raise FoundationRecError("diversity_penalty must be >= 0")
+    if trie is not None:
+        if trie.num_items == 0:
+            raise FoundationRecError("empty trie: no items to decode; build the trie from the catalog's IDs")
+        if max_new_tokens < trie.max_depth:
+            raise FoundationRecError(
+                f"max_new_tokens={max_new_tokens} is shorter than the longest ID ({trie.max_depth} tokens with EOS); "
+                f"pass max_new_tokens >= {trie.max_depth}"
+            )
+    if getattr(model.config, "is_encoder_decoder", False) and start is None:
+        start = getattr(model.config, "decoder_start_token_id", None)
+        if start is None:
+            raise FoundationRecError("the model has no decoder_start_token_id; pass decoder_start_token_id=")
+    return start
+
+
+@torch.inference_mode()
+def beam_search(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    trie: Trie | None = None,
+    num_beam_groups: int = 1,
+    diversity_penalty: float = 0.0,
+    bad_token_mask: torch.Tensor | None = None,
+    decoder_start_token_id: int | None = None,
+    length_penalty: float = 1.0,
+) -> BeamSearchOutput:
+    """Beam search over ``model`` for each prompt row of ``input_ids`` (left-padded for decoder-only).
+
+    ``trie`` restricts outputs to its items (its EOS must be ``eos_token_id``); ``bad_token_mask``
+    (bool [V]) forbids tokens everywhere; see the module docstring for the selection rules and
+    scores. Returns ``num_beams`` results per prompt, best first.
+    """
+    start = _check_args(model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, decoder_start_token_id)
+    device = input_ids.device
+    trie = trie.to(device) if trie is not None else None
+    batch, groups = len(input_ids), num_beam_groups
+    size = num_beams // groups  # beams per group
+    neg_inf = torch.tensor(float("-inf"), device=device)
+    arange_b = torch.arange(batch, device=device)[:, None]
+
+    # running beams [B, G, width, ...]; width is 1 at the first step (every group starts from the prompt)
+    run_scores = torch.zeros(batch, groups, 1, device=device)
+    run_tokens = torch.full((batch, groups, 1, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    run_nodes = torch.zeros(batch, groups, 1, dtype=torch.long, device=device)
+    # finished sequences per group [B, G, size, ...]
+    fin_scores = torch.full((batch, groups, size), float("-inf"), device=device)
+    fin_tokens = torch.full((batch, groups, size, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    fin_lengths = torch.zeros(batch, groups, size, dtype=torch.long, device=device)
+    fin_nodes = torch.full((batch, groups, size), -1, dtype=torch.long, device=device)
+    improvable = torch.ones(batch, groups, dtype=torch.bool, device=device)
+    bad_token_mask = None if bad_token_mask is None else bad_token_mask.to(device)
+
+    stepper = _IncrementalModel(model, input_ids, attention_mask, start)
+    logits = stepper.first()
+    for step in range(max_new_tokens):
+        log_probs = torch.log_softmax(logits, dim=-1)
+        if bad_token_mask is not None:
+            log_probs = log_probs.masked_fill(bad_token_mask, float("-inf"))
+        log_probs = log_probs.view(batch, -1, run_scores.shape[2], log_probs.shape[-1])  # [B, G or 1, width, V]
+        last_step = step == max_new_tokens - 1
+        norm = (step + 1) ** length_penalty
+        chosen = torch.zeros(batch, log_probs.shape[-1], device=device) if diversity_penalty else None
+        next_beam, next_token, next_node, next_score, next_seqs = [], [], [], [], []
+        for g in range(groups):
+            group_lp = log_probs[:, min(g, log_probs.shape[1] - 1)]  # [B, width, V]
+            # candidates per beam: the whole vocabulary, or the children of the beam's trie node
+            if trie is None:
+                cand_scores, cand_tokens = group_lp, None
+            else:
+                cand_tokens, cand_nodes, valid = trie.children(run_nodes[:, g].reshape(-1))
+                cand_tokens, cand_nodes = (x.view(batch, -1, x.shape[-1]) for x in (cand_tokens, cand_nodes))
+                cand_scores = group_lp.gather(-1, cand_tokens).masked_fill(~valid.view_as(cand_tokens), float("-inf"))
+            if chosen is not None and g > 0:  # Hamming diversity against earlier groups at this step
+                if cand_tokens is None:
+                    penalty = chosen[:, None, :]
+                else:
+                    penalty = chosen.gather(1, cand_tokens.flatten(1)).view_as(cand_tokens)
+                cand_scores = cand_scores - diversity_penalty * penalty
+            num_cands = cand_scores.shape[2]
+            total = (run_scores[:, g, :, None] + cand_scores).flatten(1)  # [B, width * C]
+            k = min(2 * size, total.shape[1])
+            top_scores, top_index = total.topk(k, dim=1)
+            beam = top_index // num_cands
+            if trie is None:
+                token = top_index % num_cands
+                ends = (token == eos_token_id) | last_step
+            else:
+                token = cand_tokens.flatten(1).gather(1, top_index)
+                node = cand_nodes.flatten(1).gather(1, top_index)
+                ends = trie.items(node) >= 0
+            ends &= top_scores > float("-inf")
+            seqs = run_tokens[:, g][arange_b, beam]  # [B, k, T]
+            seqs[:, :, step] = token
+
+            # finished: an ending candidate among the best `size`, while the prompt can still improve
+            in_top = torch.arange(k, device=device) < size
+            done = torch.where(ends & in_top & improvable[:, g, None], top_scores / norm, neg_inf)
+            merged = torch.cat([fin_scores[:, g], done], dim=1).topk(size, dim=1)
+            fin_scores[:, g] = merged.values
+            fin_tokens[:, g] = torch.cat([fin_tokens[:, g], seqs], dim=1)[arange_b, merged.indices]
+            fin_lengths[:, g] = torch.cat([fin_lengths[:, g], torch.full_like(beam, step + 1)], dim=1).gather(1, merged.indices)
+            if trie is not None:
+                fin_nodes[:, g] = torch.cat([fin_nodes[:, g], node], dim=1).gather(1, merged.indices)
+
+            # running: the best `size` candidates that did not end; missing ones are dead (score -inf)
+            keep = torch.cat([torch.where(ends, neg_inf, top_scores), neg_inf.expand(batch, max(size - k, 0))], dim=1)
+            keep = keep.topk(size, dim=1)
+            pick = keep.indices.clamp(max=k - 1)
+            next_beam.append(beam.gather(1, pick))
+            next_token.append(token.gather(1, pick))
+            next_score.append(keep.values)
+            next_seqs.append(seqs[arange_b, pick])
+            if trie is not None:
+                next_node.append(node.gather(1, pick).masked_fill(keep.values == float("-inf"), -1))
+            improvable[:, g] &= keep.values[:, 0] / norm > fin_scores[:, g].min(dim=1).values
+            if chosen is not None:
+                chosen.scatter_add_(1, next_token[-1], (keep.values > float("-inf")).float())
+
+        if last_step or not improvable.any():
+            break
+        run_scores, run_tokens = torch.stack(next_score, dim=1), torch.stack(next_seqs, dim=1)
+        if trie is not None:
+            run_nodes = torch.stack(next_node, dim=1)
+        if step == 0:  # the model's rows were the prompts
+            source_row = arange_b[:, :, None].expand(batch, groups, size)
+        else:  # row of beam j of group g of prompt b is (b * G + g) * size + j
+            source_row = (arange_b[:, :, None] * groups + torch.arange(groups, device=device)[:, None]) * size
+            source_row = source_row + torch.stack(next_beam, dim=1)
+        logits = stepper.next(source_row.reshape(-1), torch.stack(next_token, dim=1).reshape(-1))
+
+    # merge the groups' finished sequences, best first
+    scores, order = fin_scores.flatten(1).sort(dim=1, descending=True, stable=True)
+    sequences = fin_tokens.flatten(1, 2)[arange_b, order]
+    length = max(int(fin_lengths.max()), 1)
+    if trie is None:
+        items = torch.full_like(order, -1)
+    else:
+        items = trie.items(fin_nodes.flatten(1)[arange_b, order]).masked_fill(scores == float("-inf"), -1)
+    return BeamSearchOutput(sequences=sequences[:, :, :length], scores=scores, items=items)
+
+
+def dict_trie(trie: Trie) -> dict:
+    """The trie as nested Python dicts ``{token: child}``; a leaf holds ``{-1: item}`` (for the reference)."""
+    root: dict = {}
+    for item, sequence in enumerate(trie.sequences()):
+        node = root
+        for token in sequence:
+            node = node.setdefault(token, {})
+        node[-1] = item
+    return root
+
+
+@torch.inference_mode()
+def reference_beam_search(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    prefix_trie: dict | None = None,
+    bad_token_mask: torch.Tensor | None = None,
+    decoder_start_token_id: int | None = None,
+    length_penalty: float = 1.0,
+) -> BeamSearchOutput:
+    """The baseline :func:`beam_search` is checked and benchmarked against: ``model.generate`` with
+    ``num_beams = num_return_sequences = num_beams`` and, given ``prefix_trie`` (:func:`dict_trie`),
+    a ``prefix_allowed_tokens_fn`` that walks the dict trie from its root for every beam at every step
+    (IDGenRec's original constrained decoding). Output in :class:`BeamSearchOutput` form."""
+    from transformers import GenerationConfig
+
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    prompt = 1 if seq2seq else input_ids.shape[1]
+
+    def allowed(_batch_id: int, sent: torch.Tensor) -> list[int]:
+        node = prefix_trie
+        for token in sent.tolist()[prompt:]:
+            node = node.get(token)
+            if node is None:  # a filler beam beyond the catalog: end it
+                return [eos_token_id]
+        return [token for token in node if token >= 0] or [eos_token_id]
+
+    config = GenerationConfig(
+        num_beams=num_beams,
+        num_return_sequences=num_beams,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        early_stopping=False,
+        length_penalty=length_penalty,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        decoder_start_token_id=decoder_start_token_id if seq2seq else None,
+        suppress_tokens=None if bad_token_mask is None else bad_token_mask.nonzero().flatten().tolist(),
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        generation_config=config,
+        prefix_allowed_tokens_fn=allowed if prefix_trie is not None else None,
+    )
+    sequences = out.sequences[:, prompt:]
+    after_eos = (sequences == eos_token_id).long().cumsum(-1) - (sequences == eos_token_id).long() > 0
+    sequences = sequences.masked_fill(after_eos, pad_token_id).view(len(input_ids), num_beams, -1)
+    items = []
+    for row in sequences.flatten(0, 1).tolist():
+        node = prefix_trie or {}
+        for token in row[: row.index(eos_token_id) + 1 if eos_token_id in row else 0]:
+            node = node.get(token, {})
+        items.append(node.get(-1, -1))
+    items = torch.tensor(items, device=sequences.device).view(sequences.shape[:2])
+    return BeamSearchOutput(sequences=sequences, scores=out.sequences_scores.view(items.shape), items=items)
