@@ -255,15 +255,17 @@ def beam_search(
             source_row = source_row + torch.stack(next_beam, dim=1)
         logits = stepper.next(source_row.reshape(-1), torch.stack(next_token, dim=1).reshape(-1))
 
-    # merge the groups' finished sequences, best first
-    scores, order = fin_scores.flatten(1).sort(dim=1, descending=True, stable=True)
-    sequences = fin_tokens.flatten(1, 2)[arange_b, order]
-    length = max(int(fin_lengths.max()), 1)
-    if trie is None:
-        items = torch.full_like(order, -1)
-    else:
-        items = trie.items(fin_nodes.flatten(1)[arange_b, order]).masked_fill(scores == float("-inf"), -1)
-    return BeamSearchOutput(sequences=sequences[:, :, :length], scores=scores, items=items)
+    # merge the groups' finished sequences, best first; a sequence found by several groups is kept once
+    scores, sequences, nodes = fin_scores.flatten(1), fin_tokens.flatten(1, 2), fin_nodes.flatten(1)
+    for dedupe in (False, True) if groups > 1 else (False,):
+        if dedupe:
+            scores = scores.masked_fill((sequences[:, :, None] == sequences[:, None]).all(-1).tril(-1).any(-1), float("-inf"))
+        scores, order = scores.sort(dim=1, descending=True, stable=True)
+        sequences, nodes = sequences[arange_b, order], nodes[arange_b, order]
+    empty = scores == float("-inf")
+    sequences = sequences[:, :, : max(int(fin_lengths.max()), 1)].masked_fill(empty[..., None], pad_token_id)
+    items = torch.full_like(nodes, -1) if trie is None else trie.items(nodes).masked_fill(empty, -1)
+    return BeamSearchOutput(sequences=sequences, scores=scores, items=items)
 
 
 def dict_trie(trie: Trie) -> dict:

@@ -1,0 +1,232 @@
+"""beam_search against Hugging Face generate() (the reference), on tiny random T5 and Llama models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+from foundation_rec.decoding import beam_search, dict_trie, reference_beam_search
+from foundation_rec.errors import FoundationRecError
+from foundation_rec.trie import Trie
+
+PAD, EOS, V = 0, 1, 120
+
+
+@pytest.fixture(scope="module")
+def t5():
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=V,
+        d_model=64,
+        d_ff=128,
+        num_layers=2,
+        num_heads=4,
+        d_kv=16,
+        decoder_start_token_id=PAD,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+    )
+    return T5ForConditionalGeneration(config).eval()
+
+
+@pytest.fixture(scope="module")
+def llama():
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=V,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        bos_token_id=2,
+        initializer_range=0.1,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Trie:
+    rng = np.random.default_rng(0)
+    seen: dict[tuple[int, ...], None] = {}
+    while len(seen) < 400:  # IDs of 2-6 tokens over 30 "words", so they share prefixes
+        seen[tuple(int(t) for t in rng.integers(3, 33, rng.integers(2, 7))) + (EOS,)] = None
+    return Trie.build([list(s) for s in seen], vocab_size=V, eos_token_id=EOS)
+
+
+def prompts(seed: int, left_pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three prompts of lengths 9, 6 and 4, padded on the left (decoder-only) or right (T5)."""
+    rng = np.random.default_rng(seed)
+    rows = [rng.integers(3, V, n).tolist() for n in (9, 6, 4)]
+    ids = torch.full((3, 9), PAD)
+    mask = torch.zeros(3, 9, dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(9 - len(row), 9) if left_pad else slice(0, len(row))
+        ids[i, span], mask[i, span] = torch.tensor(row), 1
+    return ids, mask
+
+
+def assert_same(ours, ref, n=None):
+    """Same items/sequences in the same order and close scores, over the first ``n`` results."""
+    n = n or ours.scores.shape[1]
+    assert torch.equal(ours.items[:, :n], ref.items[:, :n])
+    width = ours.sequences.shape[2]
+    assert torch.equal(ours.sequences[:, :n], ref.sequences[:, :n, :width])
+    assert (ref.sequences[:, :n, width:] == PAD).all()
+    torch.testing.assert_close(ours.scores[:, :n], ref.scores[:, :n], rtol=0, atol=1e-4)
+
+
+def assert_catalog_items(out, trie: Trie):
+    seqs = trie.sequences()
+    for b, r in np.ndindex(*out.items.shape):
+        item = int(out.items[b, r])
+        assert item >= 0
+        assert out.sequences[b, r, : len(seqs[item])].tolist() == seqs[item]
+    assert all(len(set(row)) == len(row) for row in out.items.tolist())  # distinct items per prompt
+
+
+@pytest.mark.parametrize(("num_beams", "length_penalty"), [(4, 1.0), (10, 1.0), (10, 0.0)])
+def test_constrained_t5_equals_hf_reference(t5, catalog, num_beams, length_penalty):
+    ids, mask = prompts(0, left_pad=False)
+    kw = {
+        "num_beams": num_beams,
+        "max_new_tokens": catalog.max_depth,
+        "eos_token_id": EOS,
+        "pad_token_id": PAD,
+        "length_penalty": length_penalty,
+    }
+    ours = beam_search(t5, ids, mask, trie=catalog, **kw)
+    ref = reference_beam_search(t5, ids, mask, prefix_trie=dict_trie(catalog), decoder_start_token_id=PAD, **kw)
+    assert ours.items.shape == (3, num_beams)
+    assert_catalog_items(ours, catalog)
+    assert_same(ours, ref)
+    assert (ours.scores[:, :-1] >= ours.scores[:, 1:]).all()
+
+
+def test_constrained_decoder_only_equals_hf_reference(llama, catalog):
+    ids, mask = prompts(1, left_pad=True)
+    kw = {"num_beams": 8, "max_new_tokens": catalog.max_depth + 2, "eos_token_id": EOS, "pad_token_id": PAD}
+    ours = beam_search(llama, ids, mask, trie=catalog, **kw)
+    ref = reference_beam_search(llama, ids, mask, prefix_trie=dict_trie(catalog), **kw)
+    assert_catalog_items(ours, catalog)
+    assert_same(ours, ref)
+    # left padding is handled: a prompt decodes the same alone as in the padded batch
+    alone = beam_search(llama, ids[2:, -4:], mask[2:, -4:], trie=catalog, **kw)
+    assert torch.equal(alone.items[0], ours.items[2])
+
+
+@pytest.mark.parametrize("model_name", ["t5", "llama"])
+def test_unconstrained_with_bad_tokens_equals_hf_reference(request, model_name):
+    model = request.getfixturevalue(model_name)
+    ids, mask = prompts(2, left_pad=model_name == "llama")
+    kw = {"num_beams": 6, "max_new_tokens": 5, "eos_token_id": EOS, "pad_token_id": PAD}
+    unmasked = beam_search(model, ids, mask, **kw)
+    bad = torch.zeros(V, dtype=torch.bool)
+    bad[unmasked.sequences[:, 0, :2].flatten()] = True  # forbid tokens the free search likes best
+    ours = beam_search(model, ids, mask, bad_token_mask=bad, **kw)
+    ref = reference_beam_search(model, ids, mask, bad_token_mask=bad, decoder_start_token_id=PAD, **kw)
+    assert_same(ours, ref)
+    assert (ours.items == -1).all() and ours.sequences.shape == (3, 6, 5)
+    generated = torch.where(ours.sequences == EOS, 0, 1).cumprod(-1).bool()  # tokens before the EOS
+    assert not bad[ours.sequences][generated].any()
+    assert not torch.equal(ours.sequences, unmasked.sequences)
+
+
+def test_small_catalog_returns_fewer_items_not_filler(t5, catalog):
+    small = Trie.build(catalog.sequences()[:3], vocab_size=V, eos_token_id=EOS)
+    ids, mask = prompts(3, left_pad=False)
+    kw = {"num_beams": 5, "max_new_tokens": small.max_depth, "eos_token_id": EOS, "pad_token_id": PAD}
+    out = beam_search(t5, ids, mask, trie=small, **kw)
+    assert (torch.sort(out.items[:, :3], dim=1).values == torch.tensor([0, 1, 2])).all()
+    assert (out.items[:, 3:] == -1).all() and torch.isinf(out.scores[:, 3:]).all()
+    assert torch.isfinite(out.scores[:, :3]).all()
+    ref = reference_beam_search(t5, ids, mask, prefix_trie=dict_trie(small), decoder_start_token_id=PAD, **kw)
+    assert_same(out, ref, n=3)  # the reference pads with repeated items scored about -1e9 / length
+    assert (ref.scores[:, 3:] < -1e6).all()
+
+
+def test_diverse_groups_without_penalty_repeat_plain_beam_search(t5, catalog):
+    ids, mask = prompts(4, left_pad=False)
+    kw = {"max_new_tokens": 6, "eos_token_id": EOS, "pad_token_id": PAD}
+    plain = beam_search(t5, ids, mask, num_beams=3, **kw)
+    groups = beam_search(t5, ids, mask, num_beams=9, num_beam_groups=3, diversity_penalty=0.0, **kw)
+    # every group runs the same search; duplicates across groups are dropped, leaving the plain result
+    torch.testing.assert_close(groups.scores[:, :3], plain.scores)
+    assert torch.equal(groups.sequences[:, :3], plain.sequences)
+    assert torch.isinf(groups.scores[:, 3:]).all()
+    constrained = beam_search(t5, ids, mask, num_beams=4, trie=catalog, **{**kw, "max_new_tokens": catalog.max_depth})
+    grouped = beam_search(t5, ids, mask, num_beams=8, num_beam_groups=2, trie=catalog, **{**kw, "max_new_tokens": catalog.max_depth})
+    assert torch.equal(grouped.items[:, :4], constrained.items)
+
+
+@pytest.mark.parametrize("use_trie", [False, True])
+def test_diversity_penalty_makes_groups_differ(t5, catalog, use_trie):
+    ids, mask = prompts(5, left_pad=False)
+    trie = catalog if use_trie else None
+    kw = {"num_beams": 6, "max_new_tokens": catalog.max_depth, "eos_token_id": EOS, "pad_token_id": PAD, "trie": trie}
+    plain = beam_search(t5, ids, mask, **kw)
+    diverse = beam_search(t5, ids, mask, num_beam_groups=6, diversity_penalty=50.0, **kw)
+    assert torch.isfinite(diverse.scores).all()
+    for b in range(3):
+        firsts = diverse.sequences[b, :, 0].tolist()
+        assert len(set(firsts)) == 6  # a huge penalty: each group starts with its own token
+        assert len(set(plain.sequences[b, :, 0].tolist())) < 6  # while plain beams share first tokens
+    if use_trie:
+        assert_catalog_items(diverse, catalog)
+    # a mild penalty still changes the result
+    mild = beam_search(t5, ids, mask, num_beam_groups=3, diversity_penalty=0.5, **kw)
+    assert not torch.equal(mild.sequences[:, :, :2], plain.sequences[:, :, :2])
+
+
+def test_word_ids_end_to_end(catalog):
+    words = ["red", "blue", "matte", "lipstick", "shampoo", "dry", "hair", "gloss", "pink", "soft", "brush", "nail"]
+    vocab = {"<pad>": PAD, "</s>": EOS, "<unk>": 2} | {w: i + 3 for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    ids = ["red lipstick matte", "red lipstick", "blue shampoo dry hair", "pink nail gloss", "soft brush", "red gloss"]
+    trie = Trie.build([tokenizer(i).input_ids + [EOS] for i in ids], vocab_size=len(vocab), eos_token_id=EOS)
+    torch.manual_seed(2)
+    config = T5Config(
+        vocab_size=len(vocab),
+        d_model=32,
+        d_ff=64,
+        num_layers=1,
+        num_heads=2,
+        d_kv=16,
+        decoder_start_token_id=PAD,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+    )
+    model = T5ForConditionalGeneration(config).eval()
+    batch = tokenizer(["red lipstick matte soft brush", "pink nail gloss"], return_tensors="pt", padding=True)
+    out = beam_search(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        num_beams=4,
+        max_new_tokens=trie.max_depth,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        trie=trie,
+    )
+    for b in range(2):
+        decoded = tokenizer.batch_decode(out.sequences[b], skip_special_tokens=True)
+        assert decoded == [ids[i] for i in out.items[b].tolist()]
+        assert len(set(decoded)) == 4
+
+
+def test_user_errors_are_one_line(t5, catalog):
+    ids, mask = prompts(6, left_pad=False)
+    kw = {"eos_token_id": EOS, "pad_token_id": PAD}
+    with pytest.raises(FoundationRecError, match=f"max_new_tokens >= {catalog.max_depth}"):
+        beam_search(t5, ids, mask, num_beams=2, max_new_tokens=catalog.max_depth - 1, trie=catalog, **kw)
+    with pytest.raises(FoundationRecError, match="multiple of num_beam_groups"):
+        beam_search(t5, ids, mask, num_beams=5, num_beam_groups=2, max_new_tokens=3, **kw)
+    with pytest.raises(FoundationRecError, match="non-empty"):
+        beam_search(t5, ids[:0], mask[:0], num_beams=2, max_new_tokens=3, **kw)
