@@ -1,0 +1,166 @@
+"""The base recommender: a seq2seq or decoder-only language model that writes the next item's textual ID.
+
+Training is teacher forcing on the target item's ID tokens followed by EOS:
+
+* **seq2seq** (T5): encoder input ``prompt + EOS``, labels ``target + EOS``;
+* **decoder-only**: one sequence ``prompt + target + EOS``; the labels are ``-100`` over the prompt,
+  so the loss covers only the target ID tokens and EOS.
+
+Batches are right-padded and padding is ``-100`` in the labels. :meth:`GenerativeRecommender.loss_from_embeds`
+runs the same loss from input *embeddings*, which is how the ID-generator phase inserts soft ID
+embeddings into the prompt. Recommendation is trie-constrained beam search
+(:func:`foundation_rec.decoding.beam_search`): only real items come out, best first, with scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .decoding import beam_search
+from .prompts import EVAL_TEMPLATE, PromptBuilder
+from .trie import Trie
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    """Tensors of one training batch; ``spans[b]`` are the history items' token spans in row ``b``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    spans: list[list[tuple[int, int]]]
+
+    def to(self, device) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.spans)
+
+    @property
+    def num_tokens(self) -> int:
+        """Non-padding tokens (encoder inputs plus labels for seq2seq; the joint sequence for decoder-only)."""
+        return int(self.attention_mask.sum())
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            (out[i, width - len(row) :] if left else out[i, : len(row)]).copy_(torch.as_tensor(row))
+    return out
+
+
+class GenerativeRecommender:
+    """Wrap a Hugging Face model (T5-style or decoder-only, optionally PEFT-wrapped) and its tokenizer."""
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        config = model.config
+        self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+        self.eos_token_id = int(tokenizer.eos_token_id)
+        self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        self.decoder_start_token_id = getattr(config, "decoder_start_token_id", None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ----------------------------------------------------------------------------- training
+
+    def collate(self, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], spans=None) -> Batch:
+        """Right-padded batch for teacher forcing on ``targets`` (ID tokens without EOS)."""
+        eos = [self.eos_token_id]
+        if self.seq2seq:
+            inputs = [list(p) + eos for p in prompts]
+            labels = [list(t) + eos for t in targets]
+        else:
+            inputs = [list(p) + list(t) + eos for p, t in zip(prompts, targets, strict=True)]
+            labels = [[IGNORE] * len(p) + list(t) + eos for p, t in zip(prompts, targets, strict=True)]
+        input_ids = _pad(inputs, self.pad_token_id)
+        attention_mask = _pad([[1] * len(r) for r in inputs], 0)
+        return Batch(input_ids, attention_mask, _pad(labels, IGNORE), spans or [[] for _ in prompts])
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Mean cross-entropy over the label tokens of ``batch`` (teacher forcing)."""
+        return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+
+    def input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The model's input embeddings of ``input_ids`` ([B, T, D])."""
+        return self.model.get_input_embeddings()(input_ids)
+
+    def loss_from_embeds(self, inputs_embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """:meth:`loss` with the (encoder or joint) input given as embeddings, e.g. with soft IDs inserted."""
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask, labels=batch.labels).loss
+
+    # ----------------------------------------------------------------------------- recommendation
+
+    def left_padded(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generation inputs: ``prompt + EOS`` right-padded (seq2seq) or ``prompt`` left-padded (decoder-only)."""
+        rows = [list(p) + [self.eos_token_id] for p in prompts] if self.seq2seq else [list(p) for p in prompts]
+        left = not self.seq2seq
+        return _pad(rows, self.pad_token_id, left), _pad([[1] * len(r) for r in rows], 0, left)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], trie: Trie, k: int, num_beams: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` trie items (flat trie indices, ``-1`` padded) and their scores for each prompt."""
+        input_ids, attention_mask = (t.to(self.device) for t in self.left_padded(prompts))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = beam_search(
+                self.model,
+                input_ids,
+                attention_mask,
+                num_beams=max(num_beams or k, k),
+                max_new_tokens=trie.max_depth,
+                eos_token_id=self.eos_token_id,
+                pad_token_id=self.pad_token_id,
+                trie=trie,
+                decoder_start_token_id=self.decoder_start_token_id,
+            )
+        finally:
+            self.model.train(was_training)
+        items, scores = out.items[:, :k].cpu().numpy(), out.scores[:, :k].float().cpu().numpy()
+        if items.shape[1] < k:
+            pad = k - items.shape[1]
+            items = np.pad(items, ((0, 0), (0, pad)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        return items, scores
+
+
+class CatalogRecommender:
+    """One corpus's view of a :class:`GenerativeRecommender`, in the evaluation harness's protocol.
+
+    Histories and results are item rows of the corpus; ``offset`` maps a row to the global item
+    index the prompt builder's ID table uses; ``trie`` holds the corpus's catalog IDs.
+    """
+
+    def __init__(self, recommender: GenerativeRecommender, prompts: PromptBuilder, trie: Trie, offset: int, *, num_beams: int = 20, batch_size: int = 16):
+        self.recommender = recommender
+        self.prompts = prompts
+        self.trie = trie
+        self.offset = offset
+        self.num_beams = num_beams
+        self.batch_size = batch_size
+        self.last_scores: np.ndarray | None = None
+
+    def recommend(self, histories: list[np.ndarray], k: int, users: Sequence[str | None] | None = None) -> np.ndarray:
+        """Top ``k`` item rows per history, best first (``-1`` when the catalog has fewer); scores in ``last_scores``."""
+        users = users if users is not None else [None] * len(histories)
+        rows, scores = [], []
+        item_row = self.trie.item_row.cpu().numpy()
+        for lo in range(0, len(histories), self.batch_size):
+            prompts = [
+                self.prompts.build(np.asarray(h, dtype=np.int64) + self.offset, EVAL_TEMPLATE, u).tokens
+                for h, u in zip(histories[lo : lo + self.batch_size], users[lo : lo + self.batch_size], strict=True)
+            ]
+            items, item_scores = self.recommender.generate(prompts, self.trie, k, self.num_beams)
+            rows.append(np.where(items >= 0, item_row[np.maximum(items, 0)], -1))
+            scores.append(item_scores)
+        self.last_scores = np.concatenate(scores) if scores else np.zeros((0, k))
+        return np.concatenate(rows) if rows else np.zeros((0, k), dtype=np.int64)
