@@ -18,13 +18,16 @@ With a ``trie`` each beam sits on a trie node; its candidates are that node's ch
 from the log-softmax over the full vocabulary, so scores are the model's real log-probabilities)
 and it finishes at a leaf, which names the item. Beams with no valid continuation die (score
 ``-inf``) instead of producing filler, so a small catalog yields fewer results, padded with item
-``-1`` and score ``-inf``.
+``-1`` and score ``-inf``. Only live beams of prompts that can still improve are fed to the model
+(and the first step runs one row per prompt), so finished and dead beams cost no compute; this
+changes no result.
 
 Diverse beam search (Vijayakumar et al., 2018; HF's former ``group_beam_search``, now only on the
 Hub): ``num_beam_groups`` groups of ``num_beams // num_beam_groups`` beams search side by side on one
 forward pass per step; group ``g`` subtracts ``diversity_penalty`` times the number of times a token
 was chosen at this step by groups ``0..g-1`` of the same prompt (Hamming diversity). Each group keeps
-its own finished sequences; the result is all groups' finished sequences sorted by score.
+its own finished sequences; the result is all groups' finished sequences sorted by score (scores
+include the penalties), a sequence found by several groups kept once.
 """
 
 from __future__ import annotations
@@ -50,7 +53,11 @@ class BeamSearchOutput:
 
 
 class _IncrementalModel:
-    """Feeds one token per beam to a Hugging Face model, keeping and reordering its KV cache."""
+    """Feeds one token per beam to a Hugging Face model, keeping and reordering its KV cache.
+
+    Rows are whatever beams the caller still needs: each call names, per new row, the row of the
+    previous call it continues, so finished, dead and hopeless beams cost no compute.
+    """
 
     def __init__(self, model, input_ids, attention_mask, decoder_start_token_id):
         self.model = model
@@ -58,10 +65,12 @@ class _IncrementalModel:
         params = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
         self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        self.mask = attention_mask
+        self.prompt_mask = attention_mask
+        self.origin = torch.arange(len(input_ids), device=input_ids.device)  # prompt of each row
         self.steps = 0
         if self.seq2seq:
-            self.encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+            self.prompt_states = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+            self.encoder = (self.prompt_states, attention_mask)  # for the current rows
             self.first_input = torch.full((len(input_ids), 1), decoder_start_token_id, device=input_ids.device)
         else:
             self.first_input = input_ids
@@ -69,48 +78,40 @@ class _IncrementalModel:
 
     def _forward(self, tokens, **kwargs):
         if self.seq2seq:
-            out = self.model(
-                encoder_outputs=self.encoder_outputs, attention_mask=self.mask, decoder_input_ids=tokens, use_cache=True, **kwargs
-            )
+            states, mask = self.encoder
+            out = self.model(encoder_outputs=states, attention_mask=mask, decoder_input_ids=tokens, use_cache=True, **kwargs)
         else:
             out = self.model(input_ids=tokens, use_cache=True, **self.keep_last, **kwargs)
         self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
         return out.logits[:, -1, :].float()
 
     def first(self) -> torch.Tensor:
-        """Logits [B, V] for the first generated token of each prompt."""
+        """Logits [B, V] for the first generated token of each prompt (one row per prompt)."""
         if self.seq2seq:
             return self._forward(self.first_input)
-        position = (self.mask.cumsum(-1) - 1).clamp(min=0) * self.mask
-        return self._forward(self.first_input, attention_mask=self.mask, position_ids=position)
+        position = (self.prompt_mask.cumsum(-1) - 1).clamp(min=0) * self.prompt_mask
+        return self._forward(self.first_input, attention_mask=self.prompt_mask, position_ids=position)
 
     def next(self, source: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Row ``i`` continues row ``source[i]`` of the previous call with ``tokens[i]``; logits [N, V].
-
-        The first call expands prompts to beams; later ones only permute rows within a prompt's
-        block, so prompt-level tensors (encoder states, prompt mask) are expanded once.
-        """
+        """Row ``i`` continues row ``source[i]`` of the previous call with ``tokens[i]``; logits [N, V]."""
         self.cache.reorder_cache(source)
-        if self.steps == 0:
-            self.mask = self.mask.index_select(0, source)
-            if self.seq2seq:
-                state = self.encoder_outputs.last_hidden_state.index_select(0, source)
-                self.encoder_outputs = type(self.encoder_outputs)(last_hidden_state=state)
-            else:
-                self.next_position = self.next_position.index_select(0, source)
-        self.steps += 1
+        origin, self.steps = self.origin[source], self.steps + 1
+        cache = {self.cache_arg: self.cache}
         if self.seq2seq:
-            return self._forward(tokens[:, None], **{self.cache_arg: self.cache})
-        generated = torch.ones(len(tokens), self.steps, dtype=self.mask.dtype, device=self.mask.device)
-        return self._forward(
-            tokens[:, None],
-            attention_mask=torch.cat([self.mask, generated], dim=1),
-            position_ids=(self.next_position + self.steps - 1)[:, None],
-            **{self.cache_arg: self.cache},
-        )
+            if not torch.equal(origin, self.origin):
+                states = self.prompt_states.last_hidden_state.index_select(0, origin)
+                self.encoder = (type(self.prompt_states)(last_hidden_state=states), self.prompt_mask.index_select(0, origin))
+            self.origin = origin
+            return self._forward(tokens[:, None], **cache)
+        self.origin = origin
+        generated = torch.ones(len(tokens), self.steps, dtype=self.prompt_mask.dtype, device=tokens.device)
+        mask = torch.cat([self.prompt_mask.index_select(0, origin), generated], dim=1)
+        position = (self.next_position.index_select(0, origin) + self.steps - 1)[:, None]
+        return self._forward(tokens[:, None], attention_mask=mask, position_ids=position, **cache)
 
 
-def _check_args(model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, start):
+def _check_args(model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, start) -> int | None:
+    """Raise a one-line FoundationRecError for unusable arguments; return the decoder start token (seq2seq)."""
     if input_ids.ndim != 2 or len(input_ids) == 0:
         raise FoundationRecError("input_ids must be a non-empty [batch, length] tensor; tokenize a list of prompts")
     if num_beams < 1 or max_new_tokens < 1:
@@ -120,6 +121,10 @@ def _check_args(model, input_ids, num_beams, max_new_tokens, num_beam_groups, di
     if diversity_penalty < 0:
         raise FoundationRecError("diversity_penalty must be >= 0")
     if trie is not None:
+        if trie.eos_token_id != eos_token_id:
+            raise FoundationRecError(
+                f"the trie ends IDs with token {trie.eos_token_id}, not eos_token_id={eos_token_id}; pass the same EOS"
+            )
         if trie.num_items == 0:
             raise FoundationRecError("empty trie: no items to decode; build the trie from the catalog's IDs")
         if max_new_tokens < trie.max_depth:
@@ -157,7 +162,9 @@ def beam_search(
     (bool [V]) forbids tokens everywhere; see the module docstring for the selection rules and
     scores. Returns ``num_beams`` results per prompt, best first.
     """
-    start = _check_args(model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, decoder_start_token_id)
+    start = _check_args(
+        model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, decoder_start_token_id
+    )
     device = input_ids.device
     trie = trie.to(device) if trie is not None else None
     batch, groups = len(input_ids), num_beam_groups
@@ -169,6 +176,8 @@ def beam_search(
     run_scores = torch.zeros(batch, groups, 1, device=device)
     run_tokens = torch.full((batch, groups, 1, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     run_nodes = torch.zeros(batch, groups, 1, dtype=torch.long, device=device)
+    run_rows = arange_b[:, :, None].expand(batch, groups, 1)  # model row holding each beam's logits (0: none)
+    every_row = True  # run_rows enumerates the model's rows in order (always at the first step)
     # finished sequences per group [B, G, size, ...]
     fin_scores = torch.full((batch, groups, size), float("-inf"), device=device)
     fin_tokens = torch.full((batch, groups, size, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
@@ -179,24 +188,35 @@ def beam_search(
 
     stepper = _IncrementalModel(model, input_ids, attention_mask, start)
     logits = stepper.first()
+    vocab = logits.shape[-1]
+    if trie is not None and trie.vocab_size > vocab:
+        raise FoundationRecError(
+            f"the trie's vocab_size {trie.vocab_size} exceeds the model's {vocab}; build it with the model's tokenizer"
+        )
+    if bad_token_mask is not None and bad_token_mask.shape != (vocab,):
+        raise FoundationRecError(f"bad_token_mask must be a bool tensor of shape [{vocab}] (the model's logits)")
     for step in range(max_new_tokens):
-        log_probs = torch.log_softmax(logits, dim=-1)
+        log_probs = torch.log_softmax(logits, dim=-1)  # [rows, V]
         if bad_token_mask is not None:
             log_probs = log_probs.masked_fill(bad_token_mask, float("-inf"))
-        log_probs = log_probs.view(batch, -1, run_scores.shape[2], log_probs.shape[-1])  # [B, G or 1, width, V]
         last_step = step == max_new_tokens - 1
         norm = (step + 1) ** length_penalty
         chosen = torch.zeros(batch, log_probs.shape[-1], device=device) if diversity_penalty else None
-        next_beam, next_token, next_node, next_score, next_seqs = [], [], [], [], []
+        next_row, next_token, next_node, next_score, next_seqs = [], [], [], [], []
         for g in range(groups):
-            group_lp = log_probs[:, min(g, log_probs.shape[1] - 1)]  # [B, width, V]
+            rows = run_rows[:, g]  # [B, width]; beams without a row have score -inf
             # candidates per beam: the whole vocabulary, or the children of the beam's trie node
             if trie is None:
-                cand_scores, cand_tokens = group_lp, None
+                cand_tokens = None
+                if every_row:  # no copy needed: rows are [B, G, width] in order (or one per prompt)
+                    per_group = log_probs.view(batch, -1, rows.shape[1], vocab)
+                    cand_scores = per_group[:, g if per_group.shape[1] > 1 else 0]
+                else:
+                    cand_scores = log_probs[rows]
             else:
                 cand_tokens, cand_nodes, valid = trie.children(run_nodes[:, g].reshape(-1))
-                cand_tokens, cand_nodes = (x.view(batch, -1, x.shape[-1]) for x in (cand_tokens, cand_nodes))
-                cand_scores = group_lp.gather(-1, cand_tokens).masked_fill(~valid.view_as(cand_tokens), float("-inf"))
+                cand_tokens, cand_nodes, valid = (x.view(batch, -1, x.shape[-1]) for x in (cand_tokens, cand_nodes, valid))
+                cand_scores = log_probs[rows[..., None], cand_tokens].masked_fill(~valid, float("-inf"))
             if chosen is not None and g > 0:  # Hamming diversity against earlier groups at this step
                 if cand_tokens is None:
                     penalty = chosen[:, None, :]
@@ -233,7 +253,7 @@ def beam_search(
             keep = torch.cat([torch.where(ends, neg_inf, top_scores), neg_inf.expand(batch, max(size - k, 0))], dim=1)
             keep = keep.topk(size, dim=1)
             pick = keep.indices.clamp(max=k - 1)
-            next_beam.append(beam.gather(1, pick))
+            next_row.append(rows.gather(1, beam.gather(1, pick)))
             next_token.append(token.gather(1, pick))
             next_score.append(keep.values)
             next_seqs.append(seqs[arange_b, pick])
@@ -243,17 +263,18 @@ def beam_search(
             if chosen is not None:
                 chosen.scatter_add_(1, next_token[-1], (keep.values > float("-inf")).float())
 
-        if last_step or not improvable.any():
-            break
         run_scores, run_tokens = torch.stack(next_score, dim=1), torch.stack(next_seqs, dim=1)
         if trie is not None:
             run_nodes = torch.stack(next_node, dim=1)
-        if step == 0:  # the model's rows were the prompts
-            source_row = arange_b[:, :, None].expand(batch, groups, size)
-        else:  # row of beam j of group g of prompt b is (b * G + g) * size + j
-            source_row = (arange_b[:, :, None] * groups + torch.arange(groups, device=device)[:, None]) * size
-            source_row = source_row + torch.stack(next_beam, dim=1)
-        logits = stepper.next(source_row.reshape(-1), torch.stack(next_token, dim=1).reshape(-1))
+        # only live beams of prompts (groups) that can still improve are fed to the model
+        needed = (run_scores > float("-inf")) & improvable[:, :, None]
+        if last_step or not needed.any():
+            break
+        every_row = bool(needed.all())
+        run_scores = run_scores.masked_fill(~needed, float("-inf"))
+        run_rows = torch.zeros_like(run_scores, dtype=torch.long)
+        run_rows[needed] = torch.arange(int(needed.sum()), device=device)
+        logits = stepper.next(torch.stack(next_row, dim=1)[needed], torch.stack(next_token, dim=1)[needed])
 
     # merge the groups' finished sequences, best first; a sequence found by several groups is kept once
     scores, sequences, nodes = fin_scores.flatten(1), fin_tokens.flatten(1, 2), fin_nodes.flatten(1)
