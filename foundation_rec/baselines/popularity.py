@@ -1,0 +1,27 @@
+"""``popularity``: the items most often interacted with in the corpus's training part, the same list for everyone.
+
+Counts come from every user's items before their last two (:func:`~foundation_rec.baselines.common.train_part`),
+so no validation or test target is ever counted. Ties go to the lower item row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .common import pad_items, train_part
+
+
+class Popularity:
+    """Most-popular items by training-interaction count."""
+
+    def __init__(self, counts: np.ndarray):
+        self.counts = np.asarray(counts)
+        self.ranking = np.argsort(-self.counts, kind="stable")
+
+    @classmethod
+    def fit(cls, corpus) -> Popularity:
+        _, values = train_part(corpus.item_sequences)
+        return cls(np.bincount(values, minlength=len(corpus.items)))
+
+    def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
+        return pad_items(np.tile(self.ranking[:k], (len(histories), 1)), k)

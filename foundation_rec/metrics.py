@@ -1,0 +1,58 @@
+"""Top-K metrics for leave-one-out evaluation: exactly one true item per user.
+
+Following RecBole, with ``rank`` the 0-based position of the user's true item in the
+recommended list (``rank = inf`` when it is not in the list):
+
+* ``Recall@K = 1[rank < K]`` (equal to HitRate@K when there is one true item);
+* ``NDCG@K = 1 / log2(rank + 2)  if rank < K  else 0`` (the ideal DCG of one relevant item is 1).
+
+Both are averaged over users. Input is a ``[N, K']`` matrix of recommended item rows (``-1``
+for "no item", which never matches) and the ``[N]`` vector of true item rows; ``K <= K'``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import FoundationRecError
+
+NOT_FOUND = np.iinfo(np.int64).max
+
+
+def target_ranks(recommended: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based position of each user's target in its recommended row, :data:`NOT_FOUND` when absent.
+
+    When an item appears twice in a row the first position counts.
+    """
+    recommended = np.asarray(recommended)
+    targets = np.asarray(targets)
+    if recommended.ndim != 2 or targets.shape != (recommended.shape[0],):
+        raise FoundationRecError(f"need recommendations [N, K] and targets [N], got {recommended.shape} and {targets.shape}")
+    hits = recommended == targets[:, None]
+    found = hits.any(axis=1)
+    return np.where(found, hits.argmax(axis=1), NOT_FOUND).astype(np.int64)
+
+
+def recall_at_k(ranks: np.ndarray, k: int) -> float:
+    """Mean of ``1[rank < k]`` over users."""
+    return float(np.mean(ranks < k)) if len(ranks) else 0.0
+
+
+def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
+    """Mean of ``1 / log2(rank + 2)`` over users whose rank is below ``k`` (0 for the others)."""
+    if not len(ranks):
+        return 0.0
+    hit = ranks < k
+    gains = np.zeros(len(ranks))
+    gains[hit] = 1.0 / np.log2(ranks[hit] + 2.0)
+    return float(gains.mean())
+
+
+def leave_one_out_metrics(recommended: np.ndarray, targets: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:
+    """``{"R@K": ..., "N@K": ...}`` for every ``K`` in ``ks``, from recommended rows and true items."""
+    if ks and max(ks) > np.shape(recommended)[1]:
+        raise FoundationRecError(f"cannot score @{max(ks)} from {np.shape(recommended)[1]} recommendations per user; recommend at least {max(ks)}")
+    ranks = target_ranks(recommended, targets)
+    out = {f"R@{k}": recall_at_k(ranks, k) for k in ks}
+    out.update({f"N@{k}": ndcg_at_k(ranks, k) for k in ks})
+    return out

@@ -1,0 +1,86 @@
+"""The evaluation harness on the tiny Beauty fixture, with a hand-checkable recommender."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from foundation_rec.corpora import load_corpus
+from foundation_rec.errors import FoundationRecError
+from foundation_rec.evaluate import evaluate, examples, write_report
+
+
+class HistoryFirst:
+    """Recommends the history (latest first), then every other item in row order; pads with -1."""
+
+    def __init__(self, n_items: int):
+        self.n_items = n_items
+
+    def recommend(self, histories, k):
+        out = np.full((len(histories), k), -1)
+        for i, hist in enumerate(histories):
+            seen = list(dict.fromkeys(hist[::-1].tolist()))
+            row = seen + [j for j in range(self.n_items) if j not in seen]
+            out[i, : min(k, len(row))] = row[:k]
+        return out
+
+
+@pytest.fixture
+def beauty(fixture_data):
+    # sequences [0,1,2,3,4], [4,3,2], [1,0], [2]: test targets 4, 2, 0; the one-item user is excluded
+    return load_corpus("amazon2014-beauty", fixture_data)
+
+
+def test_examples_and_exclusion_count(beauty):
+    ex = examples(beauty)
+    assert ex.targets.tolist() == [4, 2, 0]
+    assert [h.tolist() for h in ex.histories] == [[0, 1, 2, 3], [4, 3], [1]]
+    assert (ex.users_total, ex.users_excluded, ex.sampled) == (4, 1, False)
+
+
+def test_hand_checked_metrics(beauty):
+    result = evaluate(beauty, HistoryFirst(5), "history-first", progress=False)
+    # lists [3,2,1,0,4], [3,4,0,1,2], [1,0,2,3,4]: target ranks 4, 4, 1
+    assert result["metrics"]["R@5"] == 1.0 and result["metrics"]["R@10"] == 1.0
+    assert result["metrics"]["N@5"] == pytest.approx((2 / math.log2(6) + 1 / math.log2(3)) / 3)
+    assert (result["users_evaluated"], result["users_excluded"], result["catalog_size"]) == (3, 1, 5)
+    assert result["exclude_history"] is False and result["sampled"] is False
+    # with history excluded the lists become [4], [0,1,2], [0,2,3,4]: ranks 0, 2, 0
+    excluded = evaluate(beauty, HistoryFirst(5), "history-first", exclude_history=True, progress=False)
+    assert excluded["metrics"]["N@5"] == pytest.approx((1 + 0.5 + 1) / 3)
+
+
+def test_sample_is_fixed_and_reported(beauty):
+    first, again = examples(beauty, max_users=2, seed=3), examples(beauty, max_users=2, seed=3)
+    assert first.sampled and len(first) == 2 and first.targets.tolist() == again.targets.tolist()
+    assert not examples(beauty, max_users=50).sampled
+    with pytest.raises(FoundationRecError, match="--max-users must be at least 1"):
+        examples(beauty, max_users=0)
+
+
+def test_bad_recommender_is_refused(beauty):
+    class OutOfCatalog:
+        def recommend(self, histories, k):
+            return np.full((len(histories), k), 5)
+
+    with pytest.raises(FoundationRecError, match="outside the catalog"):
+        evaluate(beauty, OutOfCatalog(), "bad", progress=False)
+
+    class WrongShape:
+        def recommend(self, histories, k):
+            return np.zeros((len(histories), k - 1), dtype=np.int64)
+
+    with pytest.raises(FoundationRecError, match="expected integers"):
+        evaluate(beauty, WrongShape(), "bad", progress=False)
+
+
+def test_report_files(beauty, tmp_path):
+    result = evaluate(beauty, HistoryFirst(5), "history-first", progress=False)
+    json_path, md_path = write_report([result], tmp_path / "out", "run", {"note": "x"})
+    payload = json.loads(json_path.read_text())
+    assert payload["note"] == "x" and payload["results"][0]["method"] == "history-first"
+    table = md_path.read_text()
+    assert "| amazon2014-beauty | history-first | 3 all | 5 |" in table and "R@10" in table
