@@ -230,3 +230,10 @@ def test_user_errors_are_one_line(t5, catalog):
         beam_search(t5, ids, mask, num_beams=5, num_beam_groups=2, max_new_tokens=3, **kw)
     with pytest.raises(FoundationRecError, match="non-empty"):
         beam_search(t5, ids[:0], mask[:0], num_beams=2, max_new_tokens=3, **kw)
+    with pytest.raises(FoundationRecError, match="same EOS"):
+        beam_search(t5, ids, mask, num_beams=2, max_new_tokens=8, trie=catalog, eos_token_id=2, pad_token_id=PAD)
+    big = Trie.build([[V + 5, EOS]], vocab_size=V + 10, eos_token_id=EOS)
+    with pytest.raises(FoundationRecError, match="model's tokenizer"):
+        beam_search(t5, ids, mask, num_beams=2, max_new_tokens=3, trie=big, **kw)
+    with pytest.raises(FoundationRecError, match=f"shape \\[{V}\\]"):
+        beam_search(t5, ids, mask, num_beams=2, max_new_tokens=3, bad_token_mask=torch.zeros(V - 1, dtype=torch.bool), **kw)
