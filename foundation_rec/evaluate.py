@@ -149,7 +149,7 @@ def evaluate(
 
 def markdown_table(results: list[dict]) -> str:
     """One row per result: corpus, method, users (sampled or full), catalog, metrics, seconds."""
-    keys = list(results[0]["metrics"]) if results else []
+    keys = sorted(results[0]["metrics"], key=lambda m: (m[0] != "R", int(m.split("@")[1]))) if results else []  # R@5 R@10 N@5 N@10
     lines = [
         "| corpus | method | users | catalog | " + " | ".join(keys) + " | fit s | eval s |",
         "|---|---|---|---|" + "---|" * len(keys) + "---|---|",

@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sas = parser.add_argument_group("sasrec")
     sas.add_argument("--max-epochs", type=int, default=200, help="epoch cap; early stopping on valid NDCG@10 usually ends sooner")
     sas.add_argument("--patience", type=int, default=5, help="epochs without valid improvement before stopping (default 5)")
-    sas.add_argument("--time-budget", type=float, default=None, help="seconds of training per corpus; ends after the epoch that exceeds it")
+    sas.add_argument("--time-budget", type=float, default=None, help="CPU seconds of SASRec training per corpus; ends after the epoch that exceeds it")
     sas.add_argument("--dropout", type=float, default=None, help="dropout (default 0.5 on Amazon corpora, 0.2 elsewhere)")
     sas.add_argument("--device", default="cpu", help="torch device for SASRec, e.g. cpu or cuda (default cpu)")
     parser.add_argument(

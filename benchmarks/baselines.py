@@ -1,0 +1,170 @@
+"""Reference numbers for the zero-shot model: random, popularity, text-kNN and SASRec on the five targets and in-domain Amazon.
+
+Protocol (``foundation_rec.evaluate``): leave-one-out test split, full ranking over the whole
+catalog, Recall@5/10 and NDCG@5/10. Each corpus is evaluated twice from the same fitted models:
+history items kept in the ranking (the primary setting) and removed from every method's list.
+
+* targets (yelp, steam, movielens-1m, movielens-100k, goodreads): a fixed-seed sample of
+  ``--max-users`` test users (2,000), the same users for every method;
+* in-domain (amazon2014-beauty, amazon2014-toys): all users.
+
+SASRec trains on each corpus's train split with early stopping on valid NDCG@10, inside a CPU-time
+budget per corpus (``SASREC_BUDGET``, scaled by ``--sasrec-scale``) that keeps the whole run near
+25 CPU-minutes on 2 cores; a run stopped by the budget is reported as such. Text-kNN embeddings are
+cached on disk; the time they took when first computed is reported from the cache.
+
+    nice -n 10 python benchmarks/baselines.py [--max-users 2000] [--sasrec-scale 1.0] [--threads 1]
+
+Writes ``results/baselines.{json,md}`` and ``results/baselines_<corpus>.png`` after every corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from common import RESULTS, environment, write_results
+
+from foundation_rec.baselines import METHODS, evaluate_methods
+from foundation_rec.corpora import load_corpus
+from foundation_rec.evaluate import markdown_table
+
+TARGETS = ["movielens-100k", "steam", "movielens-1m", "yelp", "goodreads"]
+IN_DOMAIN = ["amazon2014-beauty", "amazon2014-toys"]
+SASREC_BUDGET = {  # CPU seconds of SASRec training per corpus (one epoch always completes)
+    "movielens-100k": 45,
+    "steam": 60,
+    "movielens-1m": 75,
+    "yelp": 75,
+    "goodreads": 75,
+    "amazon2014-beauty": 210,
+    "amazon2014-toys": 210,
+}
+NOT_CONVERGED = (
+    "SASRec runs stopped by `time_budget` had not converged (their last epochs still improved valid NDCG@10): "
+    "their numbers are lower bounds for SASRec, not its converged accuracy."
+)
+LITERATURE = "SASRec with full cross-entropy on amazon2014-beauty, full-ranking leave-one-out: R@10 0.082, N@10 0.041 (reference given in issue 5)."
+
+
+def plot(corpus: str, results: list[dict]) -> str:
+    """Grouped bars of R@10 and N@10 per method (history kept); returns the PNG's file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r["corpus"] == corpus and not r["exclude_history"]]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    width = 0.38
+    for offset, key in ((-width / 2, "R@10"), (width / 2, "N@10")):
+        bars = ax.bar([i + offset for i in range(len(rows))], [r["metrics"][key] for r in rows], width, label=key)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(range(len(rows)), [r["method"] for r in rows])
+    users = f"{rows[0]['users_evaluated']:,} {'sampled' if rows[0]['sampled'] else 'all'} users"
+    ax.set_title(f"{corpus}: full ranking over {rows[0]['catalog_size']:,} items, {users}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    name = f"baselines_{corpus}.png"
+    fig.savefig(RESULTS / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def training_notes(results: list[dict]) -> list[str]:
+    """One line per fitted model with a log: SASRec epochs, stop reason, best valid NDCG@10; text-kNN embedding time."""
+    lines = []
+    for r in results:
+        info = r.get("info")
+        if r["exclude_history"] or not info:
+            continue
+        if r["method"] == "sasrec":
+            epochs = info["epochs"]
+            best = max(epochs, key=lambda e: e["valid_N@10"])
+            lines.append(
+                f"* {r['corpus']} sasrec: {len(epochs)} epoch(s) in {r['fit_seconds']:.0f} s, stopped by {info['stopped']}, "
+                f"best valid N@10 {best['valid_N@10']:.4f} at epoch {best['epoch']}"
+            )
+        else:
+            when = "in this run" if r["fit_seconds"] >= info["seconds"] else "by an earlier run, loaded from the cache here"
+            lines.append(f"* {r['corpus']} {r['method']}: {info['items']:,} item embeddings took {info['seconds']:.0f} s, computed {when}")
+    return lines
+
+
+def report(payload: dict) -> str:
+    env, results = payload["environment"], payload["results"]
+    kept = [r for r in results if not r["exclude_history"]]
+    dropped = [r for r in results if r["exclude_history"]]
+    md = [
+        "# Baselines: random, popularity, text-kNN (zero-shot), SASRec (supervised)",
+        "",
+        (
+            f"`{env['command']}` on {env['cpu']} ({env['cpu_count']} cores, torch threads {env['torch_threads']}), {env['date']}; "
+            f"python {env['python']}, torch {env['torch']}, transformers {env['transformers']}. Wall time {payload['wall_seconds'] / 60:.1f} min, "
+            f"CPU time {payload['cpu_seconds'] / 60:.1f} min (text-kNN embeddings only where not cached before the run, see below)."
+        ),
+        "",
+        (
+            "Leave-one-out test split, full ranking over the whole catalog (no negative sampling), history capped at 20 items. "
+            f"Targets: a fixed-seed sample of {payload['max_users']:,} test users (seed {payload['seed']}), the same users for every method; "
+            "in-domain Amazon: all users. `users` says `sampled` or `all`."
+        ),
+        "",
+        "## History items kept in the ranking (primary protocol)",
+        "",
+        markdown_table(kept),
+        "## History items removed from every method's list",
+        "",
+        markdown_table(dropped),
+        "## Training and embedding",
+        "",
+        *training_notes(results),
+        "",
+        *(
+            [NOT_CONVERGED, ""]
+            if any(r.get("info", {}).get("stopped") == "time_budget" for r in results)
+            else []
+        ),
+        f"Literature: {LITERATURE}",
+        "",
+        "Charts: " + ", ".join(f"[{c}]({name})" for c, name in payload["charts"].items()),
+    ]
+    return "\n".join(md) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-users", type=int, default=2000, help="sampled test users per target corpus (in-domain: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--corpora", default=",".join(TARGETS + IN_DOMAIN))
+    parser.add_argument("--sasrec-scale", type=float, default=1.0, help="multiply every SASRec training budget")
+    parser.add_argument("--max-epochs", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core machine)")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    wall, cpu = time.perf_counter(), time.process_time()
+    payload = {"max_users": args.max_users, "seed": args.seed, "sasrec_budget_cpu_seconds": {}, "charts": {}, "results": []}
+    for name in args.corpora.split(","):
+        corpus = load_corpus(name, args.data_dir)
+        budget = SASREC_BUDGET.get(name, 120) * args.sasrec_scale
+        payload["sasrec_budget_cpu_seconds"][name] = budget
+        payload["results"] += evaluate_methods(
+            corpus,
+            args.methods.split(","),
+            max_users=None if name in IN_DOMAIN else args.max_users,
+            seed=args.seed,
+            exclude_history=(False, True),
+            max_epochs=args.max_epochs,
+            time_budget=budget,
+        )
+        payload["charts"][name] = plot(name, payload["results"])
+        payload.update(environment=environment(), wall_seconds=time.perf_counter() - wall, cpu_seconds=time.process_time() - cpu)
+        write_results("baselines", payload, report(payload))
+        print(markdown_table([r for r in payload["results"] if r["corpus"] == name and not r["exclude_history"]]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
