@@ -18,8 +18,9 @@ position ("SASRec-CE": cross-entropy over the whole catalog instead of the paper
 negative). Adam, lr 1e-3, betas (0.9, 0.98), batches of 128 windows of similar length. After each epoch NDCG@10
 on the **valid** split (a fixed-seed sample of at most ``valid_users`` users, through the
 evaluation harness) decides early stopping: training stops after ``patience`` epochs without
-improvement and the best epoch's weights are kept. Test data is never seen before the harness
-evaluates the returned model.
+improvement and the best epoch's weights are kept; an optional CPU-time budget ends it sooner (the
+result then says ``stopped: time_budget``). Seeds fix the initialisation and the batch order. Test
+data is never seen before the harness evaluates the returned model.
 
 At evaluation the harness passes at most 20 history items (the same input every method gets);
 positions are right-aligned, so the model sees them as the last 20 of its 50 positions, a
@@ -150,8 +151,8 @@ class SASRec:
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise FoundationRecError(f"--device {device} asked for but CUDA is not available; use --device cpu")
-        if max_epochs < 1:
-            raise FoundationRecError(f"--max-epochs must be at least 1, got {max_epochs}")
+        if max_epochs < 1 or patience < 1:
+            raise FoundationRecError(f"--max-epochs and --patience must be at least 1, got {max_epochs} and {patience}")
         dropout = (0.5 if corpus.platform == "amazon" else 0.2) if dropout is None else dropout
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
