@@ -3,8 +3,8 @@
 Layout of a checkpoint directory::
 
     foundation_rec.json        format version, run arguments, backbone, corpora, step, metrics
-    recommender/               save_pretrained: config.json + model.safetensors (or the LoRA adapter), tokenizer
-    generator/                 the same for the ID generator
+    recommender/               a saved backbone: config.json, model.safetensors (+ adapter/ with LoRA), tokenizer
+    generator/                 the same for the ID generator (both load with ``load_backbone(BackboneConfig(name_or_path=...))``)
     ids/                       the ID table (textual ID of every item of every corpus)
     training_state/state.json  position in the schedule, step, best validation score, metric history
     training_state/tensors.safetensors   optimizer moments and RNG states
@@ -42,19 +42,14 @@ def read_config(path: str | Path) -> dict:
     return config
 
 
-def save_model(model, tokenizer, folder: Path) -> None:
-    """``save_pretrained`` for the model (full weights, or only the adapter of a PEFT model) and its tokenizer."""
-    model.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
-
-
 def load_weights(model, folder: Path) -> None:
-    """Load weights written by :func:`save_model` into an already-built model of the same architecture.
+    """Load the weights of a saved backbone (:meth:`foundation_rec.backbones.Backbone.save` or ``save_pretrained``)
+    into an already-built model of the same architecture: only the adapter for a PEFT model, else every weight.
 
     Keys missing from the file must be tied to a loaded tensor (e.g. T5's ``lm_head`` / ``embed_tokens``).
     """
-    adapter = folder / "adapter_model.safetensors"
-    if adapter.is_file():
+    adapter = next((f for f in (folder / "adapter" / "adapter_model.safetensors", folder / "adapter_model.safetensors") if f.is_file()), None)
+    if adapter is not None and hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, safetensors.torch.load_file(str(adapter), device=str(next(model.parameters()).device)))
@@ -71,6 +66,28 @@ def load_weights(model, folder: Path) -> None:
     untied = [k for k in missing if params[k].data_ptr() not in loaded_ptrs]
     if unexpected or untied:
         raise FoundationRecError(f"{folder}: weights do not match the model ({(unexpected or untied)[:3]}); resume with the same --preset/--backbone")
+
+
+def save_ids(folder: Path, pool, ids: list[str]) -> None:
+    """The ID table as ``ids.json``: per corpus, every catalog item's original id and textual ID (empty before the first generation)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    corpora = []
+    for c, corpus in enumerate(pool.corpora):
+        lo, hi = int(pool.offsets[c]), int(pool.offsets[c + 1])
+        corpora.append({"name": corpus.name, "item_id": corpus.items.data.column("item_id").to_pylist(), "id": ids[lo:hi] if ids else []})
+    (folder / "ids.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "corpora": corpora}, ensure_ascii=False), encoding="utf-8")
+
+
+def load_ids(folder: Path, pool) -> list[str]:
+    """The global ID list saved by :func:`save_ids` for the same pool (same corpora and catalogs), ``[]`` if none yet."""
+    table = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+    names = [c["name"] for c in table["corpora"]]
+    same = names == [c.name for c in pool.corpora] and all(
+        t["item_id"] == c.items.data.column("item_id").to_pylist() for t, c in zip(table["corpora"], pool.corpora, strict=True)
+    )
+    if not same:
+        raise FoundationRecError(f"{folder} holds IDs for other catalogs ({', '.join(names)}); resume with the same --corpora, sample and --seed")
+    return [i for t in table["corpora"] for i in t["id"]]
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:

@@ -30,12 +30,13 @@ def sample_corpus(corpus: Corpus, max_users: int | None, seed: int) -> Corpus:
         return corpus
     users = np.sort(np.random.default_rng([seed, len(corpus.sequences)]).choice(len(corpus.sequences), max_users, replace=False))
     sequences = corpus.sequences.select(users).flatten_indices()
-    old_items = [np.asarray(s, dtype=np.int64) for s in sequences["items"]]
+    columns = sequences.data.to_pydict()
+    old_items = [np.asarray(s, dtype=np.int64) for s in columns["items"]]
     keep = np.unique(np.concatenate(old_items))
     new_row = np.full(len(corpus.items), -1, dtype=np.int64)
     new_row[keep] = np.arange(len(keep))
     remapped = datasets.Dataset.from_dict(
-        {"user_id": sequences["user_id"], "items": [new_row[s].tolist() for s in old_items], "timestamps": sequences["timestamps"]},
+        {**columns, "items": [new_row[s].tolist() for s in old_items]},
         features=corpus.sequences.features,
     )
     meta = {**corpus.meta, "sampled_users": max_users, "users_total": len(corpus.sequences), "items_total": len(corpus.items)}
@@ -100,7 +101,7 @@ class Pool:
 
     def texts(self) -> list[str]:
         """Every item's text, in global item order (what the ID generator reads)."""
-        return [t for c in self.corpora for t in c.items["text"]]
+        return [t for c in self.corpora for t in c.items.data.column("text").to_pylist()]
 
     def examples(self, split: str, max_users: int | None = None, seed: int = 0) -> Examples:
         """Examples of ``split`` over all corpora; with ``max_users``, a seeded sample of that many per corpus."""

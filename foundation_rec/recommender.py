@@ -29,20 +29,16 @@ IGNORE = -100
 
 @dataclass
 class Batch:
-    """Tensors of one training batch; ``spans[b]`` are the history items' token spans in row ``b``."""
+    """Tensors of one training batch; ``spans[b]`` lists ``(item, (start, end))`` for the history items of row ``b``."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
-    spans: list[list[tuple[int, int]]]
+    spans: list
+    num_tokens: int  # non-padding tokens the model reads: encoder inputs + labels (seq2seq), the joint sequence (decoder-only)
 
     def to(self, device) -> Batch:
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.spans)
-
-    @property
-    def num_tokens(self) -> int:
-        """Non-padding tokens (encoder inputs plus labels for seq2seq; the joint sequence for decoder-only)."""
-        return int(self.attention_mask.sum())
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.spans, self.num_tokens)
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
@@ -83,7 +79,8 @@ class GenerativeRecommender:
             labels = [[IGNORE] * len(p) + list(t) + eos for p, t in zip(prompts, targets, strict=True)]
         input_ids = _pad(inputs, self.pad_token_id)
         attention_mask = _pad([[1] * len(r) for r in inputs], 0)
-        return Batch(input_ids, attention_mask, _pad(labels, IGNORE), spans or [[] for _ in prompts])
+        tokens = sum(map(len, inputs)) + (sum(map(len, labels)) if self.seq2seq else 0)
+        return Batch(input_ids, attention_mask, _pad(labels, IGNORE), spans or [[] for _ in prompts], tokens)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Mean cross-entropy over the label tokens of ``batch`` (teacher forcing)."""

@@ -1,0 +1,551 @@
+"""Alternating training of the ID generator and the base recommender (IDGenRec), in one place.
+
+The schedule (:func:`plan`) is a flat list of stages:
+
+1. ``warmup``: the generator learns the extractive keyword IDs of every item (teacher forcing);
+2. ``regen``: every item's ID is generated (unique, batched) and the per-corpus tries are rebuilt;
+3. ``rounds`` times, in the order ``--alt-style`` gives:
+
+   * ``rec`` (``rec_epochs``): teacher forcing of the recommender on the target item's current ID,
+     one example per prefix of every user's training sequence; then ``valid``: a quick metric on a
+     sample of validation users through trie-constrained beam search, and the best model is kept;
+   * ``id`` (``id_epochs``): the recommender is frozen; for each history item in the prompt the
+     generator gives per-token distributions over the current ID's tokens, and
+     ``probabilities @ recommender input-embedding matrix`` (soft ID embeddings) replace the item's
+     token embeddings in the prompt; the recommendation loss on the target's ID trains only the
+     generator; then ``regen``;
+
+4. ``test``: the best model (by validation) is evaluated once on the test split.
+
+Soft embeddings need the generator and the recommender to share one tokenizer (one vocabulary, so
+that probability ``p[v]`` of generator token ``v`` weights row ``v`` of the recommender's embedding
+matrix); :class:`Trainer` checks this and refuses two different vocabularies, as IDGenRec uses T5
+for both.
+
+Resumability: the state after every stage, and every ``checkpoint_every`` steps inside an epoch,
+is a checkpoint (:mod:`foundation_rec.checkpoint`). The data order and template choices of an epoch
+are drawn from ``seed`` + stage + epoch, and torch's RNG is restored, so a resumed run repeats the
+uninterrupted run. Under ``accelerate launch`` every process takes its slice of each global
+batch, gradients are averaged across processes, and ID generation, validation and test are
+sharded over processes (rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import atomic, checkpoint
+from .errors import FoundationRecError
+from .metrics import leave_one_out_metrics
+from .pool import Examples, Pool
+from .prompts import TEMPLATES, PromptBuilder, sample_templates, user_textual_ids
+from .recommender import Batch, CatalogRecommender, GenerativeRecommender
+from .trie import Trie
+
+ALT_STYLES = ("rec_first", "id_first")
+SELECT_METRIC = "N@10"
+
+
+@dataclass
+class TrainConfig:
+    """The training schedule and its hyper-parameters (every field is a ``pretrain`` flag)."""
+
+    rounds: int = 1
+    rec_epochs: int = 1
+    id_epochs: int = 1
+    warmup_epochs: int = 1
+    alt_style: str = "rec_first"
+    rec_lr: float = 1e-3
+    id_lr: float = 1e-4
+    warmup_lr: float = 1e-3
+    rec_batch_size: int = 16
+    id_batch_size: int = 8
+    warmup_batch_size: int = 32
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    lr_warmup_ratio: float = 0.05
+    id_examples: str = "all"
+    user_ids: bool = False
+    max_prompt_tokens: int = 160
+    max_steps: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    valid_users: int = 50
+    test_users: int = 0
+    eval_beams: int = 10
+    eval_batch_size: int = 16
+    seed: int = 42
+
+    def check(self) -> None:
+        if self.alt_style not in ALT_STYLES:
+            raise FoundationRecError(f"unknown --alt-style {self.alt_style!r}; use rec_first or id_first")
+        if self.id_examples not in ("all", "last"):
+            raise FoundationRecError(f"unknown --id-examples {self.id_examples!r}; use all or last")
+        for name in ("rounds", "rec_batch_size", "id_batch_size", "warmup_batch_size", "checkpoint_every", "eval_beams"):
+            if getattr(self, name) < 1:
+                raise FoundationRecError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("rec_epochs", "id_epochs", "warmup_epochs", "max_steps", "valid_users", "test_users"):
+            if getattr(self, name) < 0:
+                raise FoundationRecError(f"--{name.replace('_', '-')} must be >= 0")
+
+
+def plan(config: TrainConfig) -> list[tuple[str, int]]:
+    """The stages ``(kind, round)`` of a run, in order (see the module docstring)."""
+    stages = [("warmup", 0)] if config.warmup_epochs else []
+    stages.append(("regen", 0))
+    for r in range(config.rounds):
+        phases = ("rec", "id") if config.alt_style == "rec_first" else ("id", "rec")
+        for phase in phases:
+            stages += [("rec", r), ("valid", r)] if phase == "rec" else [("id", r), ("regen", r + 1)]
+    return [*stages, ("test", config.rounds)]
+
+
+def _schedule(config: dict) -> dict:
+    """The fields of a :class:`TrainConfig` that a resumed run must share (all but logging and checkpoint frequency)."""
+    return {k: v for k, v in config.items() if k not in ("log_every", "checkpoint_every")}
+
+
+def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
+    """Linear warm-up over the first ``warmup_ratio`` of a phase's steps, then linear decay to 0."""
+    warm = max(1, int(total * warmup_ratio))
+    return (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
+
+
+class Distributed:
+    """Process layout: one process by default, the ``accelerate launch`` group when there is one."""
+
+    def __init__(self, device: torch.device):
+        import torch.distributed as dist
+
+        self.dist = dist if dist.is_available() and dist.is_initialized() else None
+        self.rank = self.dist.get_rank() if self.dist else 0
+        self.world = self.dist.get_world_size() if self.dist else 1
+        self.device = device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def mean_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Average the gradients of ``params`` over processes (one flat all-reduce)."""
+        if not self.dist:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads]) / self.world
+        self.dist.all_reduce(flat)
+        for p, g in zip(params, flat.split([g.numel() for g in grads]), strict=True):
+            p.grad = g.view_as(p).clone()
+
+    def gather(self, values: list) -> list:
+        """Concatenate per-process lists in rank order (identity in one process)."""
+        if not self.dist:
+            return values
+        parts = [None] * self.world
+        self.dist.all_gather_object(parts, values)
+        return [v for part in parts for v in part]
+
+    def barrier(self) -> None:
+        if self.dist:
+            self.dist.barrier()
+
+
+class MetricsLog:
+    """JSON-lines metrics log (and TensorBoard scalars when ``tensorboard`` is installed), written by rank 0."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:
+                self.tb = None
+
+    def truncate(self, step: int) -> None:
+        """Drop records written after ``step`` (by a run that died after its last checkpoint)."""
+        if self.enabled and self.path.is_file():
+            lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if json.loads(line).get("step", 0) <= step]
+            atomic.write_text(self.path, "".join(line + "\n" for line in lines))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, int | float) and key != "step":
+                    self.tb.add_scalar(f"{record.get('phase', 'run')}/{key}", value, record["step"])
+
+
+class Trainer:
+    """Runs :func:`plan` over a :class:`~foundation_rec.pool.Pool` with a recommender and an ID generator.
+
+    ``generator`` is a :class:`foundation_rec.idgen.IDGenerator`-like object: ``model``, ``tokenizer``,
+    ``token_distributions(texts, id_token_ids)`` (differentiable probabilities ``[B, L, V]``),
+    ``generate_ids(texts)`` (unique textual IDs) and ``keyword_ids(texts)`` (extractive warm-up IDs).
+    ``run_config`` (JSON) goes into every checkpoint's ``foundation_rec.json`` (the arguments that
+    rebuild the models); ``save_models(folder)`` writes ``folder/recommender`` and ``folder/generator``
+    (e.g. :meth:`foundation_rec.backbones.Backbone.save`); ``output_dir`` receives ``checkpoint/`` (latest), ``best/`` (best validation),
+    ``metrics.jsonl`` and ``results.json``.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        pool: Pool,
+        recommender: GenerativeRecommender,
+        generator,
+        output_dir: str | Path,
+        *,
+        run_config: dict,
+        save_models: Callable[[Path], None],
+        progress: bool = True,
+    ):
+        config.check()
+        self.config = config
+        self.pool = pool
+        self.rec = recommender
+        self.gen = generator
+        self.output_dir = Path(output_dir)
+        self.run_config = run_config
+        self.save_models = save_models
+        self.progress = progress
+        self.dist = Distributed(recommender.device)
+        self.stages = plan(config)
+        self.log = MetricsLog(self.output_dir / "metrics.jsonl", self.dist.main)
+        self._check_vocabulary()
+        self.texts = pool.texts()
+        self.train_examples = pool.examples("train")
+        self.valid_examples = pool.examples("valid", config.valid_users or None, config.seed)
+        self.test_examples = pool.examples("test", config.test_users or None, config.seed)
+        self.id_strings: list[str] = []
+        self.prompts = PromptBuilder(recommender.tokenizer, [], max_tokens=config.max_prompt_tokens)
+        self.tries: list[Trie] = []
+        self.user_text: list[str | None] = []
+        # progress through the plan (what a checkpoint records)
+        self.step = 0
+        self.stage = 0
+        self.epoch = 0
+        self.batch = 0
+        self.best: float | None = None
+        self.history: list[dict] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._pending_optimizer: tuple[dict, dict] | None = None
+        self.test_result: dict = {}
+
+    # ----------------------------------------------------------------------------- set-up
+
+    def _check_vocabulary(self) -> None:
+        rec_vocab, gen_vocab = self.rec.tokenizer.get_vocab(), self.gen.tokenizer.get_vocab()
+        if rec_vocab != gen_vocab:
+            raise FoundationRecError(
+                "the ID generator and the recommender use different tokenizers; soft ID embeddings need one shared vocabulary: "
+                "build both from the same --backbone/--preset"
+            )
+
+    def set_ids(self, id_strings: Sequence[str]) -> None:
+        """Adopt a new ID table: token lists, prompt builder, per-corpus tries and (optionally) user IDs."""
+        if len(id_strings) != self.pool.num_items:
+            raise FoundationRecError(f"ID table has {len(id_strings)} IDs for {self.pool.num_items} items; regenerate the IDs")
+        tok = self.rec.tokenizer
+        self.id_strings = list(id_strings)
+        id_tokens = [list(ids) for ids in tok(self.id_strings, add_special_tokens=False)["input_ids"]]
+        self.prompts.id_tokens = id_tokens
+        eos, vocab = self.rec.eos_token_id, int(self.rec.model.get_output_embeddings().weight.shape[0])
+        self.tries = [
+            Trie.build([id_tokens[i] + [eos] for i in range(lo, hi)], vocab_size=vocab, eos_token_id=eos, corpus=name)
+            for name, lo, hi in zip(self.pool.names(), self.pool.offsets[:-1], self.pool.offsets[1:], strict=True)
+        ]
+        if self.config.user_ids:
+            offsets, values = self.pool.training_prefixes()
+            self.user_text = [u or None for u in user_textual_ids(offsets, values, self.id_strings)]
+
+    def _user(self, examples: Examples, i: int) -> str | None:
+        return self.user_text[examples.user(i)] if self.user_text else None
+
+    # ----------------------------------------------------------------------------- batches
+
+    def _epoch_order(self, n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """This epoch's example order and templates (from seed, stage and epoch) and its number of global batches."""
+        rng = np.random.default_rng([self.config.seed, self.stage, self.epoch])
+        order = rng.permutation(n)
+        templates = sample_templates(rng, n, len(TEMPLATES))
+        return order, templates, math.ceil(n / (batch_size * self.dist.world))
+
+    def _rec_batch(self, examples: Examples, indices: np.ndarray, templates: np.ndarray) -> Batch:
+        prompts = [self.prompts.build(examples.history(i), int(t), self._user(examples, i)) for i, t in zip(indices, templates, strict=True)]
+        targets = [self.prompts.id_tokens[examples.target(i)] for i in indices]
+        return self.rec.collate([p.tokens for p in prompts], targets, [list(zip(p.items, p.spans, strict=True)) for p in prompts])
+
+    def _rec_loss(self, examples: Examples, indices, templates) -> tuple[torch.Tensor, int]:
+        batch = self._rec_batch(examples, indices, templates).to(self.dist.device)
+        return self.rec.loss(batch), batch.num_tokens
+
+    def _id_loss(self, examples: Examples, indices, templates) -> tuple[torch.Tensor, int]:
+        """Recommendation loss with every history item's ID replaced by the generator's soft embedding."""
+        batch = self._rec_batch(examples, indices, templates).to(self.dist.device)
+        items = sorted({item for row in batch.spans for item, _ in row})
+        slot = {item: k for k, item in enumerate(items)}
+        probs = self.gen.token_distributions([self.texts[i] for i in items], [self.prompts.id_tokens[i] for i in items])
+        table = self.rec.model.get_input_embeddings().weight.detach()
+        vocab = min(table.shape[0], probs.shape[-1])  # shared tokenizer; models may pad their vocabularies differently
+        soft = probs[..., :vocab].to(table.dtype) @ table[:vocab]  # [U, L, D]
+        rows, positions, sources, offsets = [], [], [], []
+        for b, row in enumerate(batch.spans):
+            for item, (start, end) in row:
+                rows += [b] * (end - start)
+                positions += range(start, end)
+                sources += [slot[item]] * (end - start)
+                offsets += range(end - start)
+        embeds = self.rec.input_embeddings(batch.input_ids).detach()
+        device = embeds.device
+        index = (torch.tensor(rows, device=device), torch.tensor(positions, device=device))
+        embeds = embeds.index_put(index, soft[torch.tensor(sources, device=device), torch.tensor(offsets, device=device)])
+        return self.rec.loss_from_embeds(embeds, batch), batch.num_tokens
+
+    def _warmup_loss(self, keyword_tokens: list[list[int]], indices, _templates) -> tuple[torch.Tensor, int]:
+        """Teacher-forcing loss of the generator on the items' keyword IDs (from its own distributions)."""
+        targets = [keyword_tokens[i] + [self.rec.eos_token_id] for i in indices]
+        probs = self.gen.token_distributions([self.texts[i] for i in indices], targets)
+        width = probs.shape[1]
+        labels = torch.tensor([t + [-1] * (width - len(t)) for t in targets], device=probs.device)
+        picked = probs.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+        mask = labels >= 0
+        return -(picked.clamp(min=1e-9).log() * mask).sum() / mask.sum(), int(mask.sum())
+
+    # ----------------------------------------------------------------------------- phases
+
+    def _phase(self, kind: str) -> tuple[torch.nn.Module, Callable, object, int, int, float]:
+        """(trained module, loss function, its examples, epochs, batch size, learning rate) of a training stage."""
+        c = self.config
+        if kind == "rec":
+            return self.rec.model, self._rec_loss, self.train_examples, c.rec_epochs, c.rec_batch_size, c.rec_lr
+        if kind == "id":
+            examples = self.train_examples.last_per_user() if c.id_examples == "last" else self.train_examples
+            return self.gen.model, self._id_loss, examples, c.id_epochs, c.id_batch_size, c.id_lr
+        keyword_tokens = [list(t) for t in self.rec.tokenizer(self.gen.keyword_ids(self.texts), add_special_tokens=False)["input_ids"]]
+        return self.gen.model, self._warmup_loss, keyword_tokens, c.warmup_epochs, c.warmup_batch_size, c.warmup_lr
+
+    def _train(self, kind: str, round_: int) -> None:
+        module, loss_fn, examples, epochs, batch_size, lr = self._phase(kind)
+        frozen = self.gen.model if kind == "rec" else self.rec.model
+        params = [p for p in module.parameters() if p.requires_grad]
+        frozen_flags = [(p, p.requires_grad) for p in frozen.parameters()]
+        for p, _ in frozen_flags:
+            p.requires_grad_(False)
+        frozen.eval()
+        module.train()
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=self.config.weight_decay)
+        if self._pending_optimizer is not None:
+            checkpoint.load_optimizer_state(self.optimizer, "optimizer", *self._pending_optimizer)
+            self._pending_optimizer = None
+        n = len(examples)
+        per_epoch = math.ceil(n / (batch_size * self.dist.world))
+        total = max(1, epochs * per_epoch)
+        try:
+            while self.epoch < epochs:
+                self._epoch(kind, round_, loss_fn, examples, params, batch_size, lr, per_epoch, total)
+                if self._out_of_steps():
+                    break
+                self.epoch, self.batch = self.epoch + 1, 0
+                if self.epoch < epochs:
+                    self.save_checkpoint()
+        finally:
+            for p, flag in frozen_flags:
+                p.requires_grad_(flag)
+            self.optimizer = None
+
+    def _epoch(self, kind, round_, loss_fn, examples, params, batch_size, lr, per_epoch, total) -> None:
+        order, templates, _ = self._epoch_order(len(examples), batch_size)
+        world, rank = self.dist.world, self.dist.rank
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.dist.device.type == "cuda" else nullcontext()
+        bar = tqdm(
+            total=per_epoch,
+            initial=self.batch,
+            desc=f"{kind} r{round_} e{self.epoch}",
+            unit="batch",
+            disable=not (self.progress and self.dist.main),
+            dynamic_ncols=True,
+        )
+        window = {"loss": 0.0, "n": 0, "samples": 0, "tokens": 0, "start": time.perf_counter()}
+        with bar:
+            while self.batch < per_epoch and not self._out_of_steps():
+                lo = self.batch * batch_size * world
+                chunk = order[lo : lo + batch_size * world][rank::world]
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr * lr_factor(self.epoch * per_epoch + self.batch, total, self.config.lr_warmup_ratio)
+                with autocast:
+                    loss, tokens = loss_fn(examples, chunk, templates[chunk])
+                loss.backward()
+                self.dist.mean_grads(params)
+                if self.config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step, self.batch = self.step + 1, self.batch + 1
+                window["loss"] += float(loss.detach())
+                window["n"] += 1
+                window["samples"] += len(chunk) * world
+                window["tokens"] += tokens * world
+                bar.update(1)
+                if window["n"] == self.config.log_every or self.batch == per_epoch:
+                    self._log_window(kind, round_, window, bar)
+                if self.batch % self.config.checkpoint_every == 0 and self.batch < per_epoch:
+                    self.save_checkpoint()
+        if window["n"]:
+            self._log_window(kind, round_, window, bar)
+
+    def _log_window(self, kind, round_, window, bar) -> None:
+        seconds = max(time.perf_counter() - window["start"], 1e-9)
+        record = {
+            "step": self.step,
+            "phase": kind,
+            "round": round_,
+            "epoch": self.epoch,
+            "loss": window["loss"] / window["n"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "samples_per_s": window["samples"] / seconds,
+            "tokens_per_s": window["tokens"] / seconds,
+        }
+        bar.set_postfix(loss=f"{record['loss']:.3f}", sps=f"{record['samples_per_s']:.1f}", step=self.step)
+        self.log.write(record)
+        window.update(loss=0.0, n=0, samples=0, tokens=0, start=time.perf_counter())
+
+    def _out_of_steps(self) -> bool:
+        return bool(self.config.max_steps) and self.step >= self.config.max_steps
+
+    # ----------------------------------------------------------------------------- IDs and evaluation
+
+    def regenerate(self) -> None:
+        """Generate every item's ID (items sharded over processes; uniqueness resolved over the whole pool)."""
+        self.gen.model.eval()
+        ids = self.gen.generate_ids(self.texts, rank=self.dist.rank, world=self.dist.world, gather=self.dist.gather)
+        self.set_ids(ids)
+        self.log.write({"step": self.step, "phase": "regen", "unique_ids": len(set(ids)), "items": len(ids)})
+
+    def evaluate(self, split: str) -> dict:
+        """Recall/NDCG@5,10 per corpus (and pooled) on ``split``'s examples, users sharded over processes."""
+        examples = self.valid_examples if split == "valid" else self.test_examples
+        results, hits = {}, []
+        for c, name in enumerate(self.pool.names()):
+            mine = np.flatnonzero(examples.corpus == c)[self.dist.rank :: self.dist.world]
+            view = CatalogRecommender(
+                self.rec, self.prompts, self.tries[c], int(self.pool.offsets[c]), num_beams=self.config.eval_beams, batch_size=self.config.eval_batch_size
+            )
+            histories = [examples.history(i) - self.pool.offsets[c] for i in mine]
+            users = [self._user(examples, i) for i in mine]
+            recommended = view.recommend(histories, 10, users) if len(mine) else np.zeros((0, 10), np.int64)
+            targets = [examples.target(i) - int(self.pool.offsets[c]) for i in mine]
+            pairs = self.dist.gather(list(zip(recommended.tolist(), targets, strict=True)))
+            if pairs:
+                rec_rows, truth = np.asarray([p[0] for p in pairs]), np.asarray([p[1] for p in pairs])
+                results[name] = {**leave_one_out_metrics(rec_rows, truth), "users": len(pairs), "catalog": len(self.pool.corpora[c].items)}
+                hits.append((rec_rows, truth))
+        if hits:
+            pooled = leave_one_out_metrics(np.concatenate([h[0] for h in hits]), np.concatenate([h[1] for h in hits]))
+            results["pooled"] = {**pooled, "users": sum(len(h[1]) for h in hits)}
+        return results
+
+    # ----------------------------------------------------------------------------- checkpoints
+
+    def state(self) -> dict:
+        return {
+            "stage": self.stage,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "best": self.best,
+            "history": self.history,
+            "stages": self.stages,
+            "train_config": asdict(self.config),
+        }
+
+    def save_checkpoint(self, folder: str = "checkpoint") -> None:
+        """Write models, tokenizer, ID table and training state to ``output_dir/<folder>`` atomically (rank 0)."""
+        if self.dist.main:
+            with atomic.staged_dir(self.output_dir / folder) as tmp:
+                config = {**self.run_config, "format_version": checkpoint.FORMAT_VERSION, "corpora": list(self.pool.names()), "step": self.step}
+                atomic.write_json(tmp / checkpoint.CONFIG_NAME, config)
+                self.save_models(tmp)
+                checkpoint.save_ids(tmp / "ids", self.pool, self.id_strings)
+                tensors, state = checkpoint.rng_tensors(), self.state()
+                if self.optimizer is not None:
+                    opt_tensors, state["optimizer"] = checkpoint.optimizer_state(self.optimizer, "optimizer")
+                    tensors.update(opt_tensors)
+                checkpoint.write_state(tmp, state, tensors)
+        self.dist.barrier()
+
+    def load_models(self, folder: Path) -> None:
+        """Load both models' weights and the ID table of a checkpoint (``checkpoint/`` or ``best/``)."""
+        checkpoint.read_config(folder)
+        checkpoint.load_weights(self.rec.model, folder / "recommender")
+        checkpoint.load_weights(self.gen.model, folder / "generator")
+        ids = checkpoint.load_ids(folder / "ids", self.pool)
+        if ids:
+            self.set_ids(ids)
+
+    def restore(self, folder: str | Path) -> None:
+        """Continue from a checkpoint: weights, ID table, schedule position, optimizer moments, RNG."""
+        folder = Path(folder)
+        state, tensors = checkpoint.read_state(folder)
+        if state["stages"] != [list(s) for s in self.stages] or _schedule(state["train_config"]) != _schedule(asdict(self.config)):
+            raise FoundationRecError(f"{folder} was written with another schedule; resume with the same arguments as the run that wrote it")
+        self.load_models(folder)
+        self.stage, self.epoch, self.batch, self.step = state["stage"], state["epoch"], state["batch"], state["step"]
+        self.best, self.history = state["best"], state["history"]
+        if "optimizer" in state:
+            self._pending_optimizer = ({k: v for k, v in tensors.items() if k.startswith("optimizer.")}, state["optimizer"])
+        checkpoint.restore_rng(tensors)
+        self.log.truncate(self.step)
+
+    # ----------------------------------------------------------------------------- the run
+
+    def run(self) -> dict:
+        """Run (or continue) the plan; return ``{"valid": [...], "best_valid": ..., "test": {...}}`` (also in ``results.json``)."""
+        while self.stage < len(self.stages):
+            kind, round_ = self.stages[self.stage]
+            if kind in ("warmup", "rec", "id"):
+                if not self._out_of_steps():
+                    self._train(kind, round_)
+            elif kind == "regen":
+                self.regenerate()
+            elif kind == "valid":
+                self._validate(round_)
+            else:
+                self._test()
+            self.stage, self.epoch, self.batch = self.stage + 1, 0, 0
+            self.save_checkpoint()
+        return {"valid": self.history, "best_valid": self.best, "test": self.test_result}
+
+    def _validate(self, round_: int) -> None:
+        result = self.evaluate("valid")
+        score = result.get("pooled", {}).get(SELECT_METRIC, 0.0)
+        self.history.append({"round": round_, "step": self.step, "metrics": result})
+        self.log.write({"step": self.step, "phase": "valid", "round": round_, **result.get("pooled", {})})
+        if self.best is None or score > self.best:
+            self.best = score
+            self.save_checkpoint("best")
+
+    def _test(self) -> None:
+        """Evaluate the best model (by validation) once on the test split; write ``results.json``."""
+        if (self.output_dir / "best").is_dir():
+            self.load_models(self.output_dir / "best")
+        self.test_result = self.evaluate("test")
+        self.log.write({"step": self.step, "phase": "test", **self.test_result.get("pooled", {})})
+        if self.dist.main:
+            atomic.write_json(self.output_dir / "results.json", {"valid": self.history, "best_valid": self.best, "test": self.test_result})

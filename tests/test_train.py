@@ -1,0 +1,221 @@
+"""Alternating training on the fixture corpora with tiny models (a test-double ID generator, see train_doubles)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from train_doubles import GeneratorDouble, tiny_llama, tiny_t5, word_tokenizer
+
+from foundation_rec.corpora import load_corpora
+from foundation_rec.errors import FoundationRecError
+from foundation_rec.pool import Pool, sample_corpus
+from foundation_rec.prompts import user_textual_ids
+from foundation_rec.recommender import GenerativeRecommender
+from foundation_rec.splits import leave_one_out
+from foundation_rec.train import TrainConfig, Trainer, plan
+
+CORPORA = "amazon2014-beauty,amazon2018-office"
+
+
+@pytest.fixture
+def pool(fixture_data) -> Pool:
+    return Pool(load_corpora(CORPORA, data_dir=fixture_data))
+
+
+def make_trainer(pool, tmp_path, *, decoder_only=False, seed=0, **overrides) -> Trainer:
+    tok = word_tokenizer(pool.texts())
+    model = tiny_llama(len(tok), seed) if decoder_only else tiny_t5(len(tok), seed)
+    rec = GenerativeRecommender(model, tok)
+    gen = GeneratorDouble(tiny_t5(len(tok), seed + 1), tok)
+
+    def save_models(folder):
+        for name, m in (("recommender", rec.model), ("generator", gen.model)):
+            m.save_pretrained(folder / name)
+            tok.save_pretrained(folder / name)
+
+    config = TrainConfig(**{"rec_batch_size": 2, "id_batch_size": 2, "warmup_batch_size": 4, "checkpoint_every": 1, **overrides})
+    return Trainer(config, pool, rec, gen, tmp_path, run_config={"test": True}, save_models=save_models, progress=False)
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_plan_orders_phases_by_alt_style():
+    assert plan(TrainConfig(rounds=1, alt_style="rec_first")) == [
+        ("warmup", 0), ("regen", 0), ("rec", 0), ("valid", 0), ("id", 0), ("regen", 1), ("test", 1)
+    ]
+    assert plan(TrainConfig(rounds=1, alt_style="id_first", warmup_epochs=0))[:4] == [("regen", 0), ("id", 0), ("regen", 1), ("rec", 0)]
+    with pytest.raises(FoundationRecError, match="alt-style"):
+        TrainConfig(alt_style="both").check()
+
+
+@pytest.mark.parametrize("decoder_only", [False, True])
+def test_one_round_of_both_phases_runs(pool, tmp_path, decoder_only):
+    trainer = make_trainer(pool, tmp_path, decoder_only=decoder_only)
+    result = trainer.run()
+    phases = [json.loads(line)["phase"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {"warmup", "regen", "rec", "valid", "id", "test"} <= set(phases)
+    assert result["test"]["pooled"]["users"] == len(trainer.test_examples)
+    assert 0.0 <= result["best_valid"] <= 1.0
+    assert json.loads((tmp_path / "results.json").read_text())["test"] == result["test"]
+    for folder in ("checkpoint", "best"):
+        assert (tmp_path / folder / "foundation_rec.json").is_file()
+        assert (tmp_path / folder / "ids" / "ids.json").is_file()
+
+
+def test_id_phase_changes_only_the_generator_through_soft_embeddings(pool, tmp_path):
+    trainer = make_trainer(pool, tmp_path)
+    trainer.regenerate()
+    rec_before, gen_before = weights(trainer.rec.model), weights(trainer.gen.model)
+
+    # one batch by hand: gradients reach the generator, none reaches the recommender
+    examples = trainer.train_examples
+    idx = np.arange(len(examples))
+    for p in trainer.rec.model.parameters():
+        p.requires_grad_(False)
+    loss, _ = trainer._id_loss(examples, idx, np.zeros(len(idx), dtype=np.int64))
+    loss.backward()
+    assert all(p.grad is None for p in trainer.rec.model.parameters())
+    assert sum(float(p.grad.abs().sum()) for p in trainer.gen.model.parameters() if p.grad is not None) > 0
+    trainer.gen.model.zero_grad(set_to_none=True)
+    for p in trainer.rec.model.parameters():
+        p.requires_grad_(True)
+
+    trainer._train("id", 0)
+    assert all(torch.equal(v, rec_before[k]) for k, v in weights(trainer.rec.model).items())
+    assert any(not torch.equal(v, gen_before[k]) for k, v in weights(trainer.gen.model).items())
+    assert all(p.requires_grad for p in trainer.rec.model.parameters())  # unfrozen again
+
+
+def test_soft_embeddings_equal_hard_ones_for_one_hot_distributions(pool, tmp_path):
+    """With one-hot generator distributions on the current IDs, the ID phase's loss is the plain teacher-forcing loss."""
+    trainer = make_trainer(pool, tmp_path)
+    trainer.regenerate()
+    vocab = trainer.rec.model.get_input_embeddings().weight.shape[0]
+
+    def one_hot(texts, id_token_ids):
+        width = max(len(t) for t in id_token_ids)
+        rows = [list(t) + [0] * (width - len(t)) for t in id_token_ids]
+        return torch.nn.functional.one_hot(torch.tensor(rows), vocab).float()
+
+    trainer.gen.token_distributions = one_hot
+    trainer.rec.model.eval()
+    idx = np.arange(len(trainer.train_examples))
+    templates = np.arange(len(idx)) % 3
+    soft, _ = trainer._id_loss(trainer.train_examples, idx, templates)
+    hard, _ = trainer._rec_loss(trainer.train_examples, idx, templates)
+    assert torch.allclose(soft, hard, atol=1e-5)
+
+
+def test_regenerated_ids_are_unique_and_the_tries_rebuilt(pool, tmp_path):
+    trainer = make_trainer(pool, tmp_path)
+    trainer.regenerate()
+    first = list(trainer.id_strings)
+    assert len(set(first)) == pool.num_items
+    trainer._train("warmup", 0)
+    trainer.regenerate()
+    assert len(set(trainer.id_strings)) == pool.num_items
+    assert [t.num_items for t in trainer.tries] == [len(c.items) for c in pool.corpora]
+    for trie, lo in zip(trainer.tries, pool.offsets[:-1], strict=True):
+        eos = trainer.rec.eos_token_id
+        assert trie.sequences() == [trainer.prompts.id_tokens[lo + i] + [eos] for i in range(trie.num_items)]
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(pool, tmp_path):
+    config = {"rounds": 2, "rec_epochs": 2, "rec_batch_size": 1, "id_batch_size": 1}
+    full = make_trainer(pool, tmp_path / "full", **config)
+    full_result = full.run()
+
+    # a second run dies (as under kill -9: no clean-up) in the middle of an epoch ...
+    broken = make_trainer(pool, tmp_path / "resumed", **config)
+    original_step = broken._log_window
+    calls = {"n": 0}
+
+    def die(*args):
+        calls["n"] += 1
+        if broken.stages[broken.stage][0] == "rec" and broken.stage > 4 and broken.batch == 2:
+            raise KeyboardInterrupt
+        original_step(*args)
+
+    broken.config.log_every = 1
+    broken._log_window = die
+    with pytest.raises(KeyboardInterrupt):
+        broken.run()
+    state = json.loads((tmp_path / "resumed" / "checkpoint" / "training_state" / "state.json").read_text())
+    assert state["batch"] == 1 or state["epoch"] > 0  # the checkpoint is inside a phase
+
+    # ... and a fresh process (other random initial weights) resumes from its checkpoint
+    resumed = make_trainer(pool, tmp_path / "resumed", seed=7, **config)
+    resumed.restore(tmp_path / "resumed" / "checkpoint")
+    result = resumed.run()
+    assert resumed.id_strings == full.id_strings
+    assert result["test"] == full_result["test"]
+    for a, b in ((full.rec.model, resumed.rec.model), (full.gen.model, resumed.gen.model)):
+        for k, v in weights(a).items():
+            torch.testing.assert_close(weights(b)[k], v, atol=1e-6, rtol=1e-5)
+    losses = [(r["step"], r["loss"]) for r in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert losses[-1][1] == pytest.approx(
+        [r["loss"] for r in map(json.loads, (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) if "loss" in r][-1], rel=1e-5
+    )
+
+
+def test_restore_refuses_a_different_schedule(pool, tmp_path):
+    make_trainer(pool, tmp_path, rounds=1).save_checkpoint()
+    with pytest.raises(FoundationRecError, match="same arguments"):
+        make_trainer(pool, tmp_path, rounds=2).restore(tmp_path / "checkpoint")
+
+
+def test_no_held_out_item_reaches_any_input(pool, tmp_path):
+    trainer = make_trainer(pool, tmp_path, user_ids=True)
+    trainer.regenerate()
+    sequences = {}  # global user -> its items
+    for c, corpus in enumerate(pool.corpora):
+        for row, seq in enumerate(corpus.sequences.data.column("items").to_pylist()):
+            sequences[int(pool.user_offsets[c] + row)] = [int(pool.offsets[c] + i) for i in seq]
+    ex = trainer.train_examples
+    assert len(ex) > 0
+    batch = trainer._rec_batch(ex, np.arange(len(ex)), np.zeros(len(ex), dtype=np.int64))
+    for i, spans in enumerate(batch.spans):
+        seq = sequences[ex.user(i)]
+        position = int(ex.splits[ex.corpus[i]].positions[ex.index[i]])
+        assert 1 <= position <= len(seq) - 3  # a training target, never the validation or test position
+        assert [item for item, _ in spans] == seq[:position]  # the prompt holds exactly the items before it
+    valid = trainer.valid_examples
+    for i in range(len(valid)):  # validation inputs stop before the validation item
+        assert valid.history(i).tolist() == sequences[valid.user(i)][:-2]
+    # user IDs come from training items only
+    offsets, values = pool.training_prefixes()
+    for u in range(len(offsets) - 1):
+        assert values[offsets[u] : offsets[u + 1]].tolist() == sequences[u][:-2]
+        words = {w for item in values[offsets[u] : offsets[u + 1]] for w in trainer.id_strings[item].split()}
+        assert set((trainer.user_text[u] or "").split()) <= words
+
+
+def test_user_textual_ids_pick_frequent_words():
+    assert user_textual_ids(np.array([0, 3, 3]), np.array([0, 1, 2]), ["red lip", "red oil", "blue"], max_words=1) == ["red", ""]
+
+
+def test_sampled_corpus_keeps_its_users_items(fixture_data):
+    corpus = load_corpora("amazon2014-beauty", data_dir=fixture_data)[0]
+    sampled = sample_corpus(corpus, 2, seed=0)
+    assert len(sampled.sequences) == 2
+    used = {i for seq in sampled.sequences["items"] for i in seq}
+    assert used == set(range(len(sampled.items)))
+    originals = corpus.items["item_id"]
+    ids_by_user = {u: [originals[i] for i in s] for u, s in zip(corpus.sequences["user_id"], corpus.sequences["items"], strict=True)}
+    for u, s in zip(sampled.sequences["user_id"], sampled.sequences["items"], strict=True):
+        assert [sampled.items["item_id"][i] for i in s] == ids_by_user[u]
+    assert len(leave_one_out(sampled.item_sequences, "test")) <= 2
+
+
+def test_different_tokenizers_are_refused(pool, tmp_path):
+    tok = word_tokenizer(pool.texts())
+    other = word_tokenizer(["completely different words"])
+    rec = GenerativeRecommender(tiny_t5(len(tok), 0), tok)
+    gen = GeneratorDouble(tiny_t5(len(other), 1), other)
+    with pytest.raises(FoundationRecError, match="shared vocabulary"):
+        Trainer(TrainConfig(), pool, rec, gen, tmp_path, run_config={}, save_models=lambda folder: None)
