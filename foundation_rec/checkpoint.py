@@ -60,34 +60,15 @@ def load_weights(model, folder: Path) -> None:
     state = {}
     for file in files:
         state.update(safetensors.torch.load_file(str(file)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    mismatch = f"{folder}: the saved weights do not fit the model; resume with the same --preset/--backbone"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError:
+        raise FoundationRecError(mismatch) from None
     params = dict(model.state_dict())
     loaded_ptrs = {params[k].data_ptr() for k in state if k in params}
-    untied = [k for k in missing if params[k].data_ptr() not in loaded_ptrs]
-    if unexpected or untied:
-        raise FoundationRecError(f"{folder}: weights do not match the model ({(unexpected or untied)[:3]}); resume with the same --preset/--backbone")
-
-
-def save_ids(folder: Path, pool, ids: list[str]) -> None:
-    """The ID table as ``ids.json``: per corpus, every catalog item's original id and textual ID (empty before the first generation)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    corpora = []
-    for c, corpus in enumerate(pool.corpora):
-        lo, hi = int(pool.offsets[c]), int(pool.offsets[c + 1])
-        corpora.append({"name": corpus.name, "item_id": corpus.items.data.column("item_id").to_pylist(), "id": ids[lo:hi] if ids else []})
-    (folder / "ids.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "corpora": corpora}, ensure_ascii=False), encoding="utf-8")
-
-
-def load_ids(folder: Path, pool) -> list[str]:
-    """The global ID list saved by :func:`save_ids` for the same pool (same corpora and catalogs), ``[]`` if none yet."""
-    table = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
-    names = [c["name"] for c in table["corpora"]]
-    same = names == [c.name for c in pool.corpora] and all(
-        t["item_id"] == c.items.data.column("item_id").to_pylist() for t, c in zip(table["corpora"], pool.corpora, strict=True)
-    )
-    if not same:
-        raise FoundationRecError(f"{folder} holds IDs for other catalogs ({', '.join(names)}); resume with the same --corpora, sample and --seed")
-    return [i for t in table["corpora"] for i in t["id"]]
+    if unexpected or [k for k in missing if params[k].data_ptr() not in loaded_ptrs]:
+        raise FoundationRecError(mismatch)
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:

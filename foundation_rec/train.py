@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from . import atomic, checkpoint
 from .errors import FoundationRecError
+from .idgen import IDGenerator, IDTable, build_table, encode_ids, keyword_id
 from .metrics import leave_one_out_metrics
 from .pool import Examples, Pool
 from .prompts import TEMPLATES, PromptBuilder, sample_templates, user_textual_ids
@@ -54,6 +55,10 @@ from .trie import Trie
 
 ALT_STYLES = ("rec_first", "id_first")
 SELECT_METRIC = "N@10"
+_VOCAB_ERROR = (
+    "the ID generator and the recommender use different tokenizers; soft ID embeddings need one shared vocabulary: "
+    "build both from the same --backbone/--preset"
+)
 
 
 @dataclass
@@ -110,6 +115,21 @@ def plan(config: TrainConfig) -> list[tuple[str, int]]:
     return [*stages, ("test", config.rounds)]
 
 
+def share_tokenizer(source, target) -> None:
+    """Give backbone ``target`` the tokenizer of backbone ``source`` (soft ID embeddings need one vocabulary).
+
+    A from-scratch model whose own tokenizer had another size gets its embedding matrices resized;
+    pretrained backbones must already share a vocabulary.
+    """
+    if target.tokenizer.get_vocab() == source.tokenizer.get_vocab():
+        target.tokenizer = source.tokenizer
+        return
+    if target.config.preset not in ("tiny", "t5-cpu"):
+        raise FoundationRecError(_VOCAB_ERROR)
+    target.tokenizer = source.tokenizer
+    target.hf_model.resize_token_embeddings(len(source.tokenizer), mean_resizing=False)
+
+
 def _schedule(config: dict) -> dict:
     """The fields of a :class:`TrainConfig` that a resumed run must share (all but logging and checkpoint frequency)."""
     return {k: v for k, v in config.items() if k not in ("log_every", "checkpoint_every")}
@@ -159,6 +179,26 @@ class Distributed:
             self.dist.barrier()
 
 
+class ShardedIDGenerator(IDGenerator):
+    """An :class:`~foundation_rec.idgen.IDGenerator` whose candidate generation is split over processes.
+
+    Each process writes candidates for every ``world``-th text; the lists are gathered in text order,
+    so every process runs the same (deterministic) unique assignment on the same candidates.
+    """
+
+    def __init__(self, backbone, config, dist: Distributed):
+        super().__init__(backbone, config)
+        self.dist = dist
+
+    def candidates(self, texts: Sequence[str], **kwargs) -> list[list[str]]:
+        rank, world = self.dist.rank, self.dist.world
+        if world == 1:
+            return super().candidates(texts, **kwargs)
+        mine = super().candidates(list(texts[rank::world]), **kwargs)
+        gathered = self.dist.gather([(rank + k * world, c) for k, c in enumerate(mine)])
+        return [c for _, c in sorted(gathered, key=lambda pair: pair[0])]
+
+
 class MetricsLog:
     """JSON-lines metrics log (and TensorBoard scalars when ``tensorboard`` is installed), written by rank 0."""
 
@@ -195,9 +235,9 @@ class MetricsLog:
 class Trainer:
     """Runs :func:`plan` over a :class:`~foundation_rec.pool.Pool` with a recommender and an ID generator.
 
-    ``generator`` is a :class:`foundation_rec.idgen.IDGenerator`-like object: ``model``, ``tokenizer``,
-    ``token_distributions(texts, id_token_ids)`` (differentiable probabilities ``[B, L, V]``),
-    ``generate_ids(texts)`` (unique textual IDs) and ``keyword_ids(texts)`` (extractive warm-up IDs).
+    ``generator`` is an :class:`foundation_rec.idgen.IDGenerator` (its trainable module is
+    ``generator.backbone.model``); IDs are generated with :func:`foundation_rec.idgen.build_table`
+    (unique over the whole pool), the warm-up targets are :func:`foundation_rec.idgen.keyword_id`.
     ``run_config`` (JSON) goes into every checkpoint's ``foundation_rec.json`` (the arguments that
     rebuild the models); ``save_models(folder)`` writes ``folder/recommender`` and ``folder/generator``
     (e.g. :meth:`foundation_rec.backbones.Backbone.save`); ``output_dir`` receives ``checkpoint/`` (latest), ``best/`` (best validation),
@@ -220,12 +260,13 @@ class Trainer:
         self.config = config
         self.pool = pool
         self.rec = recommender
-        self.gen = generator
+        self.dist = Distributed(recommender.device)
+        self.gen = ShardedIDGenerator(generator.backbone, generator.config, self.dist)
+        self.gen_model = generator.backbone.model
         self.output_dir = Path(output_dir)
         self.run_config = run_config
         self.save_models = save_models
         self.progress = progress
-        self.dist = Distributed(recommender.device)
         self.stages = plan(config)
         self.log = MetricsLog(self.output_dir / "metrics.jsonl", self.dist.main)
         self._check_vocabulary()
@@ -233,6 +274,7 @@ class Trainer:
         self.train_examples = pool.examples("train")
         self.valid_examples = pool.examples("valid", config.valid_users or None, config.seed)
         self.test_examples = pool.examples("test", config.test_users or None, config.seed)
+        self.table = IDTable()
         self.id_strings: list[str] = []
         self.prompts = PromptBuilder(recommender.tokenizer, [], max_tokens=config.max_prompt_tokens)
         self.tries: list[Trie] = []
@@ -247,28 +289,27 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_optimizer: tuple[dict, dict] | None = None
         self.test_result: dict = {}
+        torch.manual_seed(config.seed)  # dropout; a resumed run restores the saved generator state instead
 
     # ----------------------------------------------------------------------------- set-up
 
     def _check_vocabulary(self) -> None:
         rec_vocab, gen_vocab = self.rec.tokenizer.get_vocab(), self.gen.tokenizer.get_vocab()
         if rec_vocab != gen_vocab:
-            raise FoundationRecError(
-                "the ID generator and the recommender use different tokenizers; soft ID embeddings need one shared vocabulary: "
-                "build both from the same --backbone/--preset"
-            )
+            raise FoundationRecError(_VOCAB_ERROR)
 
-    def set_ids(self, id_strings: Sequence[str]) -> None:
-        """Adopt a new ID table: token lists, prompt builder, per-corpus tries and (optionally) user IDs."""
-        if len(id_strings) != self.pool.num_items:
-            raise FoundationRecError(f"ID table has {len(id_strings)} IDs for {self.pool.num_items} items; regenerate the IDs")
-        tok = self.rec.tokenizer
-        self.id_strings = list(id_strings)
-        id_tokens = [list(ids) for ids in tok(self.id_strings, add_special_tokens=False)["input_ids"]]
-        self.prompts.id_tokens = id_tokens
-        eos, vocab = self.rec.eos_token_id, int(self.rec.model.get_output_embeddings().weight.shape[0])
+    def set_ids(self, table: IDTable) -> None:
+        """Adopt an ID table: token lists, prompt builder, per-corpus tries and (optionally) user IDs."""
+        for corpus in self.pool.corpora:
+            if table.item_ids.get(corpus.name) != corpus.items.data.column("item_id").to_pylist():
+                raise FoundationRecError(f"the ID table does not cover catalog {corpus.name!r}; resume with the same --corpora, sample and --seed")
+        self.table = table
+        self.id_strings = [i for name in self.pool.names() for i in table.ids[name]]
+        with_eos = encode_ids(self.rec.tokenizer, self.id_strings)
+        self.prompts.id_tokens = [ids[:-1] for ids in with_eos]
+        vocab = int(self.rec.model.get_output_embeddings().weight.shape[0])
         self.tries = [
-            Trie.build([id_tokens[i] + [eos] for i in range(lo, hi)], vocab_size=vocab, eos_token_id=eos, corpus=name)
+            Trie.build(with_eos[lo:hi], vocab_size=vocab, eos_token_id=self.rec.eos_token_id, corpus=name)
             for name, lo, hi in zip(self.pool.names(), self.pool.offsets[:-1], self.pool.offsets[1:], strict=True)
         ]
         if self.config.user_ids:
@@ -301,7 +342,8 @@ class Trainer:
         batch = self._rec_batch(examples, indices, templates).to(self.dist.device)
         items = sorted({item for row in batch.spans for item, _ in row})
         slot = {item: k for k, item in enumerate(items)}
-        probs = self.gen.token_distributions([self.texts[i] for i in items], [self.prompts.id_tokens[i] for i in items])
+        eos = [self.rec.eos_token_id]
+        probs = self.gen.token_distributions([self.texts[i] for i in items], [self.prompts.id_tokens[i] + eos for i in items])
         table = self.rec.model.get_input_embeddings().weight.detach()
         vocab = min(table.shape[0], probs.shape[-1])  # shared tokenizer; models may pad their vocabularies differently
         soft = probs[..., :vocab].to(table.dtype) @ table[:vocab]  # [U, L, D]
@@ -319,14 +361,11 @@ class Trainer:
         return self.rec.loss_from_embeds(embeds, batch), batch.num_tokens
 
     def _warmup_loss(self, keyword_tokens: list[list[int]], indices, _templates) -> tuple[torch.Tensor, int]:
-        """Teacher-forcing loss of the generator on the items' keyword IDs (from its own distributions)."""
-        targets = [keyword_tokens[i] + [self.rec.eos_token_id] for i in indices]
-        probs = self.gen.token_distributions([self.texts[i] for i in indices], targets)
-        width = probs.shape[1]
-        labels = torch.tensor([t + [-1] * (width - len(t)) for t in targets], device=probs.device)
-        picked = probs.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
-        mask = labels >= 0
-        return -(picked.clamp(min=1e-9).log() * mask).sum() / mask.sum(), int(mask.sum())
+        """Teacher-forcing cross-entropy of the generator on the items' keyword IDs (EOS included)."""
+        targets = [keyword_tokens[i] for i in indices]
+        logits, mask = self.gen.logits([self.texts[i] for i in indices], targets)
+        gold = torch.nn.utils.rnn.pad_sequence([torch.tensor(t) for t in targets], batch_first=True).to(logits.device)
+        return torch.nn.functional.cross_entropy(logits.float()[mask], gold[mask]), int(mask.sum())
 
     # ----------------------------------------------------------------------------- phases
 
@@ -337,13 +376,13 @@ class Trainer:
             return self.rec.model, self._rec_loss, self.train_examples, c.rec_epochs, c.rec_batch_size, c.rec_lr
         if kind == "id":
             examples = self.train_examples.last_per_user() if c.id_examples == "last" else self.train_examples
-            return self.gen.model, self._id_loss, examples, c.id_epochs, c.id_batch_size, c.id_lr
-        keyword_tokens = [list(t) for t in self.rec.tokenizer(self.gen.keyword_ids(self.texts), add_special_tokens=False)["input_ids"]]
-        return self.gen.model, self._warmup_loss, keyword_tokens, c.warmup_epochs, c.warmup_batch_size, c.warmup_lr
+            return self.gen_model, self._id_loss, examples, c.id_epochs, c.id_batch_size, c.id_lr
+        keyword_tokens = encode_ids(self.rec.tokenizer, [keyword_id(t) or "item" for t in self.texts])
+        return self.gen_model, self._warmup_loss, keyword_tokens, c.warmup_epochs, c.warmup_batch_size, c.warmup_lr
 
     def _train(self, kind: str, round_: int) -> None:
         module, loss_fn, examples, epochs, batch_size, lr = self._phase(kind)
-        frozen = self.gen.model if kind == "rec" else self.rec.model
+        frozen = self.gen_model if kind == "rec" else self.rec.model
         params = [p for p in module.parameters() if p.requires_grad]
         frozen_flags = [(p, p.requires_grad) for p in frozen.parameters()]
         for p, _ in frozen_flags:
@@ -433,10 +472,9 @@ class Trainer:
 
     def regenerate(self) -> None:
         """Generate every item's ID (items sharded over processes; uniqueness resolved over the whole pool)."""
-        self.gen.model.eval()
-        ids = self.gen.generate_ids(self.texts, rank=self.dist.rank, world=self.dist.world, gather=self.dist.gather)
-        self.set_ids(ids)
-        self.log.write({"step": self.step, "phase": "regen", "unique_ids": len(set(ids)), "items": len(ids)})
+        self.set_ids(build_table(self.gen, self.pool.corpora, progress=self.progress and self.dist.main))
+        fallbacks = sum(g.get("fallbacks", 0) for g in self.table.generation.values())
+        self.log.write({"step": self.step, "phase": "regen", "unique_ids": len(set(self.id_strings)), "items": len(self.id_strings), "fallbacks": fallbacks})
 
     def evaluate(self, split: str) -> dict:
         """Recall/NDCG@5,10 per corpus (and pooled) on ``split``'s examples, users sharded over processes."""
@@ -482,7 +520,7 @@ class Trainer:
                 config = {**self.run_config, "format_version": checkpoint.FORMAT_VERSION, "corpora": list(self.pool.names()), "step": self.step}
                 atomic.write_json(tmp / checkpoint.CONFIG_NAME, config)
                 self.save_models(tmp)
-                checkpoint.save_ids(tmp / "ids", self.pool, self.id_strings)
+                self.table.save(tmp / "ids")
                 tensors, state = checkpoint.rng_tensors(), self.state()
                 if self.optimizer is not None:
                     opt_tensors, state["optimizer"] = checkpoint.optimizer_state(self.optimizer, "optimizer")
@@ -494,10 +532,10 @@ class Trainer:
         """Load both models' weights and the ID table of a checkpoint (``checkpoint/`` or ``best/``)."""
         checkpoint.read_config(folder)
         checkpoint.load_weights(self.rec.model, folder / "recommender")
-        checkpoint.load_weights(self.gen.model, folder / "generator")
-        ids = checkpoint.load_ids(folder / "ids", self.pool)
-        if ids:
-            self.set_ids(ids)
+        checkpoint.load_weights(self.gen_model, folder / "generator")
+        table = IDTable.load(folder / "ids")
+        if table.ids:
+            self.set_ids(table)
 
     def restore(self, folder: str | Path) -> None:
         """Continue from a checkpoint: weights, ID table, schedule position, optimizer moments, RNG."""

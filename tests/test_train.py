@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from train_doubles import GeneratorDouble, tiny_llama, tiny_t5, word_tokenizer
+from train_helpers import tiny_models
 
 from foundation_rec.corpora import load_corpora
 from foundation_rec.errors import FoundationRecError
 from foundation_rec.pool import Pool, sample_corpus
 from foundation_rec.prompts import user_textual_ids
-from foundation_rec.recommender import GenerativeRecommender
 from foundation_rec.splits import leave_one_out
 from foundation_rec.train import TrainConfig, Trainer, plan
 
@@ -25,17 +24,8 @@ def pool(fixture_data) -> Pool:
     return Pool(load_corpora(CORPORA, data_dir=fixture_data))
 
 
-def make_trainer(pool, tmp_path, *, decoder_only=False, seed=0, **overrides) -> Trainer:
-    tok = word_tokenizer(pool.texts())
-    model = tiny_llama(len(tok), seed) if decoder_only else tiny_t5(len(tok), seed)
-    rec = GenerativeRecommender(model, tok)
-    gen = GeneratorDouble(tiny_t5(len(tok), seed + 1), tok)
-
-    def save_models(folder):
-        for name, m in (("recommender", rec.model), ("generator", gen.model)):
-            m.save_pretrained(folder / name)
-            tok.save_pretrained(folder / name)
-
+def make_trainer(pool, tmp_path, *, decoder_only=False, seed=0, saved=None, **overrides) -> Trainer:
+    rec, gen, save_models = tiny_models(pool.texts(), seed, decoder_only, saved)
     config = TrainConfig(**{"rec_batch_size": 2, "id_batch_size": 2, "warmup_batch_size": 4, "checkpoint_every": 1, **overrides})
     return Trainer(config, pool, rec, gen, tmp_path, run_config={"test": True}, save_models=save_models, progress=False)
 
@@ -70,7 +60,7 @@ def test_one_round_of_both_phases_runs(pool, tmp_path, decoder_only):
 def test_id_phase_changes_only_the_generator_through_soft_embeddings(pool, tmp_path):
     trainer = make_trainer(pool, tmp_path)
     trainer.regenerate()
-    rec_before, gen_before = weights(trainer.rec.model), weights(trainer.gen.model)
+    rec_before, gen_before = weights(trainer.rec.model), weights(trainer.gen_model)
 
     # one batch by hand: gradients reach the generator, none reaches the recommender
     examples = trainer.train_examples
@@ -80,14 +70,14 @@ def test_id_phase_changes_only_the_generator_through_soft_embeddings(pool, tmp_p
     loss, _ = trainer._id_loss(examples, idx, np.zeros(len(idx), dtype=np.int64))
     loss.backward()
     assert all(p.grad is None for p in trainer.rec.model.parameters())
-    assert sum(float(p.grad.abs().sum()) for p in trainer.gen.model.parameters() if p.grad is not None) > 0
-    trainer.gen.model.zero_grad(set_to_none=True)
+    assert sum(float(p.grad.abs().sum()) for p in trainer.gen_model.parameters() if p.grad is not None) > 0
+    trainer.gen_model.zero_grad(set_to_none=True)
     for p in trainer.rec.model.parameters():
         p.requires_grad_(True)
 
     trainer._train("id", 0)
     assert all(torch.equal(v, rec_before[k]) for k, v in weights(trainer.rec.model).items())
-    assert any(not torch.equal(v, gen_before[k]) for k, v in weights(trainer.gen.model).items())
+    assert any(not torch.equal(v, gen_before[k]) for k, v in weights(trainer.gen_model).items())
     assert all(p.requires_grad for p in trainer.rec.model.parameters())  # unfrozen again
 
 
@@ -126,41 +116,42 @@ def test_regenerated_ids_are_unique_and_the_tries_rebuilt(pool, tmp_path):
 
 
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(pool, tmp_path):
-    config = {"rounds": 2, "rec_epochs": 2, "rec_batch_size": 1, "id_batch_size": 1}
-    full = make_trainer(pool, tmp_path / "full", **config)
+    config = {"rounds": 2, "rec_epochs": 2, "rec_batch_size": 1, "id_batch_size": 1, "log_every": 1}
+    _, _, save_models = tiny_models(pool.texts())
+    save_models(tmp_path / "init")  # both runs start from the same weights and tokenizer
+    full = make_trainer(pool, tmp_path / "full", saved=tmp_path / "init", **config)
     full_result = full.run()
 
     # a second run dies (as under kill -9: no clean-up) in the middle of an epoch ...
-    broken = make_trainer(pool, tmp_path / "resumed", **config)
+    broken = make_trainer(pool, tmp_path / "resumed", saved=tmp_path / "init", **config)
     original_step = broken._log_window
-    calls = {"n": 0}
 
     def die(*args):
-        calls["n"] += 1
         if broken.stages[broken.stage][0] == "rec" and broken.stage > 4 and broken.batch == 2:
             raise KeyboardInterrupt
         original_step(*args)
 
-    broken.config.log_every = 1
     broken._log_window = die
     with pytest.raises(KeyboardInterrupt):
         broken.run()
     state = json.loads((tmp_path / "resumed" / "checkpoint" / "training_state" / "state.json").read_text())
     assert state["batch"] == 1 or state["epoch"] > 0  # the checkpoint is inside a phase
 
-    # ... and a fresh process (other random initial weights) resumes from its checkpoint
-    resumed = make_trainer(pool, tmp_path / "resumed", seed=7, **config)
+    # ... and a fresh process resumes from its checkpoint (models and tokenizer loaded from it, as pretrain does)
+    resumed = make_trainer(pool, tmp_path / "resumed", saved=tmp_path / "resumed" / "checkpoint", **config)
     resumed.restore(tmp_path / "resumed" / "checkpoint")
     result = resumed.run()
     assert resumed.id_strings == full.id_strings
     assert result["test"] == full_result["test"]
-    for a, b in ((full.rec.model, resumed.rec.model), (full.gen.model, resumed.gen.model)):
+    for a, b in ((full.rec.model, resumed.rec.model), (full.gen_model, resumed.gen_model)):
         for k, v in weights(a).items():
             torch.testing.assert_close(weights(b)[k], v, atol=1e-6, rtol=1e-5)
-    losses = [(r["step"], r["loss"]) for r in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    assert losses[-1][1] == pytest.approx(
-        [r["loss"] for r in map(json.loads, (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()) if "loss" in r][-1], rel=1e-5
-    )
+
+    def losses(run):
+        return [(r["step"], r["phase"], r["loss"]) for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+    assert [x[:2] for x in losses("resumed")] == [x[:2] for x in losses("full")]  # the log of the dead run was cut back
+    assert [x[2] for x in losses("resumed")] == pytest.approx([x[2] for x in losses("full")], rel=1e-5)
 
 
 def test_restore_refuses_a_different_schedule(pool, tmp_path):
@@ -213,9 +204,7 @@ def test_sampled_corpus_keeps_its_users_items(fixture_data):
 
 
 def test_different_tokenizers_are_refused(pool, tmp_path):
-    tok = word_tokenizer(pool.texts())
-    other = word_tokenizer(["completely different words"])
-    rec = GenerativeRecommender(tiny_t5(len(tok), 0), tok)
-    gen = GeneratorDouble(tiny_t5(len(other), 1), other)
+    rec, _, _ = tiny_models(pool.texts())
+    _, gen, _ = tiny_models(["completely different words"])
     with pytest.raises(FoundationRecError, match="shared vocabulary"):
         Trainer(TrainConfig(), pool, rec, gen, tmp_path, run_config={}, save_models=lambda folder: None)
