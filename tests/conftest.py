@@ -29,3 +29,17 @@ def real_data() -> Path:
     if not (REAL_DATA / "SOURCES.md").is_file():
         pytest.skip("real corpora not found beside the checkout (../shared/corpora)")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of the tiny preset pre-trained on the two Amazon fixture corpora (built once per session)."""
+    from unittest import mock
+
+    from foundation_rec.pretrain import main
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    with mock.patch.dict("os.environ", {"FOUNDATION_REC_CACHE": str(tmp_path_factory.mktemp("tiny_cache"))}):
+        assert main(["--corpora", "amazon2014-beauty,amazon2018-office", "--data-dir", str(FIXTURE_DATA), "--preset", "tiny",
+                     "--output-dir", str(out), "--progress", "false"]) == 0
+    return out / "best"

@@ -1,0 +1,204 @@
+"""Python API: load a pre-trained foundation model, index any catalog, recommend.
+
+    from foundation_rec import FoundationRec
+    model = FoundationRec.from_pretrained("runs/pretrain/best")
+    model.index_catalog("yelp")                       # a built-in corpus, a bring-your-own folder, or records
+    model.recommend(["1", "2"], k=10)                # a history of the catalog's item ids, oldest first
+
+Indexing a catalog generates a unique textual ID for each of its items with the shared ID generator
+(unique within the catalog), and builds its prefix trie. The IDs are cached on disk, keyed by the
+checkpoint and the catalog's texts, so a second indexing of the same catalog is instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import atomic, checkpoint
+from .backbones import BackboneConfig, load_backbone
+from .corpora import Corpus, load_corpus, load_recipe
+from .errors import FoundationRecError
+from .idgen import IDGenConfig, IDGenerator, encode_ids
+from .paths import cache_dir
+from .prompts import PromptBuilder
+from .recommender import CatalogRecommender, GenerativeRecommender
+from .trie import Trie
+
+MAX_HISTORY = 20
+
+
+@dataclass
+class Catalog:
+    """An indexed catalog: its items (``item_id``, ``title``, ``text``), their textual IDs, and its trie."""
+
+    name: str
+    platform: str
+    item_ids: list[str]
+    titles: list[str]
+    texts: list[str]
+    ids: list[str]
+    trie: Trie
+    id_tokens: list[list[int]]
+    corpus: Corpus | None = None
+    _row_of: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._row_of = {item: row for row, item in enumerate(self.item_ids)}
+
+    def row(self, item_id: str) -> int | None:
+        """Row of an original item id, or ``None`` when the catalog has no such item."""
+        return self._row_of.get(str(item_id))
+
+
+def _records_corpus(records: Sequence[dict], name: str) -> tuple[list[str], list[str], list[str]]:
+    """``(item_ids, titles, texts)`` of records ``{"item_id", "title", ...}``, rendered like a corpus."""
+    from .corpora.text import clean, render
+
+    if not records:
+        raise FoundationRecError(f"catalog {name!r} is empty; give at least one item record")
+    ids, titles, texts, seen = [], [], [], set()
+    for n, rec in enumerate(records, 1):
+        if not isinstance(rec, dict) or "item_id" not in rec:
+            raise FoundationRecError(f"catalog {name!r}, record {n}: no item_id; give every record an item_id and metadata fields")
+        item = str(rec["item_id"])
+        if item in seen:
+            raise FoundationRecError(f"catalog {name!r}, record {n}: duplicate item id {item!r}; keep one record per item")
+        seen.add(item)
+        fields = {k: v for k, v in rec.items() if k != "item_id"}
+        ids.append(item)
+        titles.append(clean(fields.get("title", "")))
+        texts.append(render(fields, ["title"]))
+    return ids, titles, texts
+
+
+class FoundationRec:
+    """A pre-trained ID generator and base recommender, ready to index catalogs and recommend."""
+
+    def __init__(self, path: Path, config: dict, recommender: GenerativeRecommender, generator: IDGenerator, *, num_beams: int = 20):
+        self.path = path
+        self.config = config
+        self.recommender = recommender
+        self.generator = generator
+        self.num_beams = num_beams
+        self.catalog: Catalog | None = None
+        self._fingerprint = hashlib.blake2b(
+            (json.dumps(config, sort_keys=True) + str(path.resolve())).encode(), digest_size=8
+        ).hexdigest()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str = "auto", num_beams: int = 20) -> FoundationRec:
+        """Load a checkpoint directory written by ``python -m foundation_rec.pretrain`` (``best/`` or ``checkpoint/``)."""
+        path = Path(path)
+        config = checkpoint.read_config(path)
+        rec = load_backbone(BackboneConfig(name_or_path=str(path / "recommender"), device=device))
+        gen = load_backbone(BackboneConfig(name_or_path=str(path / "generator"), device=device))
+        gen.tokenizer = rec.tokenizer  # one vocabulary for both (the soft-embedding ID phase needs it)
+        run = config.get("run", {})
+        beams = int(run.get("id_beams", IDGenConfig.num_beams))
+        id_config = IDGenConfig(num_beams=beams, num_beam_groups=2 if beams % 2 == 0 else 1, max_id_tokens=int(run.get("id_max_tokens", 10)))
+        for model in (rec.hf_model, gen.hf_model):
+            model.eval()
+        return cls(path, config, GenerativeRecommender(rec.hf_model, rec.tokenizer), IDGenerator(gen, id_config), num_beams=num_beams)
+
+    @property
+    def pretrained_corpora(self) -> list[str]:
+        """The corpora the checkpoint was pre-trained on."""
+        return list(self.config.get("corpora", []))
+
+    @property
+    def pretrained_platforms(self) -> set[str]:
+        """Platforms of the pre-training corpora (a zero-shot target must not be one of them)."""
+        platforms = set()
+        for name in self.pretrained_corpora:
+            try:
+                platforms.add(load_recipe(name)[1]["platform"])
+            except FoundationRecError:  # a bring-your-own folder that has moved: its platform is its name
+                platforms.add(Path(name).name)
+        return platforms
+
+    def index_catalog(self, items: str | Path | Corpus | Sequence[dict], *, name: str | None = None, data_dir=None, progress: bool = True) -> Catalog:
+        """Generate (or load cached) unique textual IDs for a catalog and build its trie; it becomes the current catalog.
+
+        ``items`` is a built-in corpus name, a bring-your-own folder, a :class:`Corpus`, or a list of
+        records ``{"item_id": ..., "title": ..., <any fields>}``.
+        """
+        corpus = None
+        if isinstance(items, Corpus):
+            corpus = items
+        elif isinstance(items, (str, Path)):
+            corpus = load_corpus(str(items), data_dir)
+        if corpus is not None:
+            name, platform = corpus.name, corpus.platform
+            item_ids = corpus.items.data.column("item_id").to_pylist()
+            titles = corpus.items.data.column("title").to_pylist()
+            texts = corpus.items.data.column("text").to_pylist()
+        else:
+            name = name or "catalog"
+            platform = name
+            item_ids, titles, texts = _records_corpus(list(items), name)
+        ids = self._catalog_ids(name, texts, progress)
+        tokenizer = self.recommender.tokenizer
+        with_eos = encode_ids(tokenizer, ids)
+        vocab = int(self.recommender.model.get_output_embeddings().weight.shape[0])
+        trie = Trie.build(with_eos, vocab_size=vocab, eos_token_id=tokenizer.eos_token_id, corpus=name)
+        self.catalog = Catalog(name, platform, item_ids, titles, texts, ids, trie, [t[:-1] for t in with_eos], corpus)
+        return self.catalog
+
+    def _catalog_ids(self, name: str, texts: list[str], progress: bool) -> list[str]:
+        digest = hashlib.blake2b(self._fingerprint.encode(), digest_size=8)
+        for text in texts:
+            digest.update(text.encode("utf-8") + b"\0")
+        file = cache_dir() / "catalog_ids" / f"{name}-{digest.hexdigest()}.json"
+        if file.is_file():
+            return json.loads(file.read_text(encoding="utf-8"))["ids"]
+        assignment = self.generator.assign(texts, set(), progress=progress)
+        atomic.write_json(file, {"catalog": name, "checkpoint": str(self.path), "ids": assignment.ids, "fallbacks": assignment.fallbacks})
+        return assignment.ids
+
+    def _require_catalog(self) -> Catalog:
+        if self.catalog is None:
+            raise FoundationRecError("no catalog is indexed; call index_catalog(...) first")
+        return self.catalog
+
+    def catalog_recommender(self, num_beams: int | None = None, batch_size: int = 16) -> CatalogRecommender:
+        """The current catalog in the evaluation harness's protocol (``recommend(histories, k)`` over item rows)."""
+        catalog = self._require_catalog()
+        max_tokens = int(self.config.get("train", {}).get("max_prompt_tokens", 256))
+        prompts = PromptBuilder(self.recommender.tokenizer, catalog.id_tokens, max_tokens=max_tokens)
+        return CatalogRecommender(self.recommender, prompts, catalog.trie, 0, num_beams=num_beams or self.num_beams, batch_size=batch_size)
+
+    def history_rows(self, history: Sequence[str | int]) -> np.ndarray:
+        """Catalog rows of a history given as original item ids; unknown ids are a one-line error."""
+        catalog = self._require_catalog()
+        if not history:
+            raise FoundationRecError("the history is empty; give at least one item")
+        rows = []
+        for item in history:
+            row = catalog.row(str(item))
+            if row is None:
+                raise FoundationRecError(f"item {item!r} is not in catalog {catalog.name!r}; use its item_id (or resolve free text first)")
+            rows.append(row)
+        return np.asarray(rows[-MAX_HISTORY:], dtype=np.int64)
+
+    def recommend(self, history: Sequence[str | int], k: int = 10) -> list[dict]:
+        """Top ``k`` items of the current catalog after ``history`` (original item ids, oldest first).
+
+        Returns dicts with ``item_id``, ``title``, ``textual_id`` and ``score`` (length-normalised log-probability), best first.
+        """
+        if not 1 <= k <= 100:
+            raise FoundationRecError(f"k={k} is out of range; ask for 1 to 100 recommendations")
+        catalog = self._require_catalog()
+        rec = self.catalog_recommender(num_beams=max(self.num_beams, k))
+        rows = rec.recommend([self.history_rows(history)], k)[0]
+        scores = rec.last_scores[0]
+        return [
+            {"item_id": catalog.item_ids[r], "title": catalog.titles[r], "textual_id": catalog.ids[r], "score": float(s)}
+            for r, s in zip(rows, scores, strict=True)
+            if r >= 0
+        ]

@@ -1,0 +1,88 @@
+"""Zero-shot command and Python API on a tiny pre-trained checkpoint and the fixture corpora."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from foundation_rec.api import FoundationRec
+from foundation_rec.corpora import load_corpus
+from foundation_rec.errors import FoundationRecError
+from foundation_rec.zeroshot import main as zeroshot_main
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint) -> FoundationRec:
+    return FoundationRec.from_pretrained(tiny_checkpoint, device="cpu", num_beams=10)
+
+
+def test_zeroshot_cli_writes_results_for_unseen_target(tiny_checkpoint, fixture_data, tmp_path):
+    assert zeroshot_main(["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(fixture_data),
+                          "--out", str(tmp_path), "--baselines", "random,popularity", "--num-beams", "10", "--progress", "false"]) == 0
+    results = json.loads((tmp_path / "yelp.json").read_text())["results"]
+    assert [r["method"] for r in results] == ["idgenrec-zeroshot", "random", "popularity"]
+    ours = results[0]
+    assert ours["setting"] == "zero-shot" and ours["unique_ids"] and ours["catalog_size"] == 3
+    assert ours["users_evaluated"] == 2 and set(ours["metrics"]) == {"R@5", "R@10", "N@5", "N@10"}
+    assert "| yelp | idgenrec-zeroshot |" in (tmp_path / "yelp.md").read_text()
+
+
+def test_leakage_guard_refuses_a_pretrained_platform(tiny_checkpoint, fixture_data, tmp_path, capsys):
+    args = ["--target", "amazon2014-beauty", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(fixture_data), "--out", str(tmp_path),
+            "--num-beams", "10", "--progress", "false"]
+    with pytest.raises(SystemExit) as info:
+        zeroshot_main(args)
+    assert info.value.code == 2
+    assert "pre-trained on; pick an unseen platform or pass --allow-seen-platform" in capsys.readouterr().err
+    assert zeroshot_main([*args, "--allow-seen-platform"]) == 0
+    result = json.loads((tmp_path / "amazon2014-beauty.json").read_text())["results"][0]
+    assert result["setting"] == "seen platform"
+
+
+def test_bring_your_own_target_recommends_only_catalog_items(model):
+    folder = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "corpora" / "example-byo")
+    catalog = model.index_catalog(folder, progress=False)
+    assert len(set(catalog.ids)) == len(catalog.ids) == 5
+    recs = model.recommend(["b1", "b2"], k=5)
+    assert recs and len(recs) <= 5
+    assert {r["item_id"] for r in recs} <= set(catalog.item_ids)
+    assert len({r["item_id"] for r in recs}) == len(recs)  # distinct items
+    assert all(r["textual_id"] == catalog.ids[catalog.row(r["item_id"])] for r in recs)
+    assert [r["score"] for r in recs] == sorted((r["score"] for r in recs), reverse=True)
+
+
+def test_every_recommendation_is_in_the_target_catalog(model, fixture_data):
+    corpus = load_corpus("goodreads", fixture_data)
+    model.index_catalog(corpus, progress=False)
+    rows = model.catalog_recommender(num_beams=10).recommend([[0], [0, 1], [2]], 10)
+    assert rows.shape == (3, 10)
+    valid = rows[rows >= 0]
+    assert valid.size and valid.max() < len(corpus.items)
+    for row in rows:  # no item twice in one list
+        kept = row[row >= 0]
+        assert len(set(kept.tolist())) == len(kept)
+
+
+def test_api_records_catalog_is_cached_and_bad_input_is_explained(model):
+    records = [{"item_id": "x", "title": "Red running shoes"}, {"item_id": "y", "title": "Blue rain jacket"},
+               {"item_id": "z", "title": "Green wool hat", "brand": "Acme"}]
+    first = model.index_catalog(records, name="shop", progress=False)
+    again = model.index_catalog(records, name="shop", progress=False)
+    assert first.ids == again.ids and len(set(first.ids)) == 3
+    assert first.texts[2] == "title: Green wool hat; brand: Acme"
+    with pytest.raises(FoundationRecError, match="the history is empty"):
+        model.recommend([], k=3)
+    with pytest.raises(FoundationRecError, match="item 'nope' is not in catalog 'shop'"):
+        model.recommend(["x", "nope"], k=3)
+    with pytest.raises(FoundationRecError, match="k=0 is out of range"):
+        model.recommend(["x"], k=0)
+    with pytest.raises(FoundationRecError, match="duplicate item id 'x'"):
+        model.index_catalog([*records, {"item_id": "x", "title": "again"}], name="shop")
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        zeroshot_main(["--target", "yelp", "--checkpoint", str(tmp_path / "none")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a foundation_rec checkpoint" in err[0]
