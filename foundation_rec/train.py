@@ -37,7 +37,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,31 +65,31 @@ _VOCAB_ERROR = (
 class TrainConfig:
     """The training schedule and its hyper-parameters (every field is a ``pretrain`` flag)."""
 
-    rounds: int = 1
-    rec_epochs: int = 1
-    id_epochs: int = 1
-    warmup_epochs: int = 1
-    alt_style: str = "rec_first"
-    rec_lr: float = 1e-3
-    id_lr: float = 1e-4
-    warmup_lr: float = 1e-3
-    rec_batch_size: int = 16
-    id_batch_size: int = 8
-    warmup_batch_size: int = 32
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    lr_warmup_ratio: float = 0.05
-    id_examples: str = "all"
-    user_ids: bool = False
-    max_prompt_tokens: int = 160
-    max_steps: int = 0
-    checkpoint_every: int = 200
-    log_every: int = 10
-    valid_users: int = 50
-    test_users: int = 0
-    eval_beams: int = 10
-    eval_batch_size: int = 16
-    seed: int = 42
+    rounds: int = field(default=1, metadata={"help": "alternation rounds (each: a recommender phase and an ID-generator phase)"})
+    rec_epochs: int = field(default=1, metadata={"help": "recommender epochs per round"})
+    id_epochs: int = field(default=1, metadata={"help": "ID-generator epochs per round"})
+    warmup_epochs: int = field(default=1, metadata={"help": "epochs of generator warm-up on extractive keyword IDs before the first ID generation (0: none)"})
+    alt_style: str = field(default="rec_first", metadata={"help": "phase order in a round: rec_first or id_first"})
+    rec_lr: float = field(default=1e-3, metadata={"help": "recommender learning rate (AdamW, linear warm-up then decay per phase)"})
+    id_lr: float = field(default=1e-4, metadata={"help": "ID-generator learning rate in the ID phase"})
+    warmup_lr: float = field(default=1e-3, metadata={"help": "ID-generator learning rate in the keyword warm-up"})
+    rec_batch_size: int = field(default=16, metadata={"help": "recommender batch size per process"})
+    id_batch_size: int = field(default=8, metadata={"help": "ID-phase batch size per process (each example runs the generator on its history items)"})
+    warmup_batch_size: int = field(default=32, metadata={"help": "warm-up batch size per process (items)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip (0: off)"})
+    lr_warmup_ratio: float = field(default=0.05, metadata={"help": "share of each phase's steps with a linearly rising learning rate"})
+    id_examples: str = field(default="all", metadata={"help": "ID-phase examples: all (every training prefix) or last (each user's longest prefix)"})
+    user_ids: bool = field(default=False, metadata={"help": "put a user textual ID (words from the user's training items only) into the prompt"})
+    max_prompt_tokens: int = field(default=160, metadata={"help": "prompt length cap; the oldest history items are dropped whole"})
+    max_steps: int = field(default=0, metadata={"help": "stop training after this many optimizer steps over all phases (0: no cap)"})
+    checkpoint_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps inside an epoch (and after every stage)"})
+    log_every: int = field(default=10, metadata={"help": "write a metrics-log record every N steps"})
+    valid_users: int = field(default=50, metadata={"help": "validation users per corpus for model selection (0: all)"})
+    test_users: int = field(default=0, metadata={"help": "test users per corpus for the final evaluation (0: all)"})
+    eval_beams: int = field(default=10, metadata={"help": "beams of the trie-constrained beam search in evaluation"})
+    eval_batch_size: int = field(default=16, metadata={"help": "prompts per beam search in evaluation"})
+    seed: int = field(default=42, metadata={"help": "seed of data order, templates, samples and dropout"})
 
     def check(self) -> None:
         if self.alt_style not in ALT_STYLES:
