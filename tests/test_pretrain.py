@@ -1,0 +1,96 @@
+"""``python -m foundation_rec.pretrain`` end to end on the fixture corpora with the tiny preset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from foundation_rec import checkpoint
+from foundation_rec.backbones import BackboneConfig, load_backbone
+from foundation_rec.idgen import IDGenerator, IDTable
+from foundation_rec.pretrain import main
+
+CORPORA = "amazon2014-beauty,amazon2018-office"
+FAST = ["--id-beams", "2", "--id-max-tokens", "3", "--id-input-tokens", "32", "--progress", "false"]
+
+
+def args(fixture_data, out, *extra) -> list[str]:
+    return ["--corpora", CORPORA, "--data-dir", str(fixture_data), "--preset", "tiny", "--output-dir", str(out), *FAST, *extra]
+
+
+def test_main_runs_end_to_end_and_leaves_a_loadable_checkpoint(fixture_data, tmp_path, capsys):
+    assert main(args(fixture_data, tmp_path)) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["preset"] == "tiny" and summary["test"]["users"] > 0
+    ckpt = tmp_path / "checkpoint"
+    config = checkpoint.read_config(ckpt)
+    assert config["format_version"] == checkpoint.FORMAT_VERSION and config["corpora"] == CORPORA.split(",")
+    rec = load_backbone(BackboneConfig(name_or_path=str(ckpt / "recommender"), device="cpu"))
+    gen = IDGenerator.load(ckpt / "generator", device="cpu")
+    assert rec.tokenizer.get_vocab() == gen.tokenizer.get_vocab()
+    table = IDTable.load(ckpt / "ids")
+    pooled = [i for ids in table.ids.values() for i in ids]
+    assert len(pooled) == len(set(pooled)) > 0
+    state, tensors = checkpoint.read_state(ckpt)
+    assert state["stage"] == len(state["stages"]) and "rng.cpu" in tensors
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test"]["pooled"] == summary["test"]
+    assert (tmp_path / "best" / "foundation_rec.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--load-in-4bit"], "CUDA"),
+        (["--preset", "huge"], "unknown preset"),
+        (["--resume", "."], "not a foundation_rec checkpoint"),
+        (["--alt-style", "both"], "alt-style"),
+    ],
+)
+def test_user_errors_are_one_line(fixture_data, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args(fixture_data, tmp_path, *extra))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only message")
+def test_cuda_without_cuda_is_a_user_error(fixture_data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(args(fixture_data, tmp_path, "--device", "cuda"))
+    assert "--device cpu" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_equals_an_uninterrupted_run(fixture_data, tmp_path):
+    """A real ``kill -9`` in the middle of an epoch, then ``--resume``: the same results as one uninterrupted run."""
+    init = tmp_path / "init"  # a saved tiny backbone, so both runs share weights and tokenizer
+    load_backbone(BackboneConfig(preset="tiny", device="cpu"), tokenizer_texts=None).save(init)
+    common = ["--backbone", str(init), "--rounds", "2", "--rec-epochs", "3", "--rec-batch-size", "1", "--checkpoint-every", "1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "foundation_rec.pretrain"]
+    subprocess.run([*cmd, *args(fixture_data, tmp_path / "full", *common)], check=True, env=env, capture_output=True)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, *args(fixture_data, out, *common)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = out / "checkpoint" / "training_state" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait for a checkpoint inside a recommender epoch
+        if state_file.is_file():
+            state = json.loads(state_file.read_text())
+            if state["stages"][state["stage"]][0] == "rec" and state["batch"] > 0:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run([*cmd, *args(fixture_data, out, *common, "--resume", str(out / "checkpoint"))], check=True, env=env, capture_output=True)
+    full, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("full", "killed"))
+    assert resumed == full
