@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
 from transformers import HfArgumentParser
 
@@ -112,6 +113,8 @@ def _process_group(device: torch.device) -> torch.device:
 
 
 def build_pool(run: RunArguments, seed: int) -> Pool:
+    """The corpora named by ``--corpora``, each cut to a seeded sample of ``--users-per-corpus`` users."""
+    datasets.disable_progress_bars()
     corpora = load_corpora(run.corpora, run.data_dir)
     return Pool([sample_corpus(c, run.users_per_corpus or None, seed) for c in corpora])
 

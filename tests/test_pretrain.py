@@ -94,3 +94,15 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(fixture_data, tmp_path)
     subprocess.run([*cmd, *args(fixture_data, out, *common, "--resume", str(out / "checkpoint"))], check=True, env=env, capture_output=True)
     full, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("full", "killed"))
     assert resumed == full
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_launch(fixture_data, tmp_path):
+    """``accelerate launch --num_processes 2 --cpu``: gradients averaged, ID generation sharded, one checkpoint."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "-m", "foundation_rec.pretrain"]
+    subprocess.run([*cmd, *args(fixture_data, tmp_path)], check=True, env=env, capture_output=True, timeout=600)
+    table = IDTable.load(tmp_path / "checkpoint" / "ids")
+    pooled = [i for ids in table.ids.values() for i in ids]
+    assert len(pooled) == len(set(pooled)) > 0
+    assert json.loads((tmp_path / "results.json").read_text())["test"]["pooled"]["users"] > 0
