@@ -51,11 +51,19 @@ from .errors import FoundationRecError
 
 TABLE_FILE = "ids.json"
 CONFIG_FILE = "idgen.json"
-SYSTEM_PROMPT = "You name shop items, places, games, movies and books with short tags."
-USER_PROMPT = "Write a tag of two to four words that names this item. Answer with the tag only.\n\n{text}"
+SYSTEM_PROMPT = "You write a short tag of two to five words that names an item. Answer with the tag only."
+# few-shot turns shown to an instruct model before the item (candidates equal to an answer are dropped)
+EXAMPLES = (
+    ("title: Maybelline New York Great Lash Washable Mascara, Blackest Black; brand: Maybelline", "maybelline great lash mascara"),
+    ("title: Lucky Dragon Noodle House; categories: Chinese, Noodles, Restaurants", "lucky dragon noodle house"),
+    ("title: The Silent Lighthouse; description: A keeper alone on a northern island finds a message.", "silent lighthouse novel"),
+)
+_EXAMPLE_IDS = frozenset(answer for _, answer in EXAMPLES)
 
+# dropped from extractive IDs: function words and pack/unit words
 STOPWORDS = frozenset(
-    "a an and are as at be by for from in into is it its of on or the this to with without pack pcs pc count ct oz fl ml lb lbs x".split()
+    {"a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "in", "into", "is", "it", "its", "of", "on", "or", "the"}
+    | {"this", "to", "with", "without", "pack", "pcs", "pc", "count", "ct", "oz", "fl", "ml", "lb", "lbs", "x"}
 )
 
 
@@ -96,13 +104,13 @@ class IDGenConfig:
     max_id_tokens: int = field(default=10, metadata={"help": "initial longest ID, in tokens (without EOS)"})
     length_step: int = field(default=2, metadata={"help": "tokens added to the shortest and longest ID per length increase"})
     length_steps: int = field(default=3, metadata={"help": "length increases before the last-resort fallback"})
-    max_input_tokens: int = field(default=128, metadata={"help": "item text is cut to this many tokens"})
+    max_input_tokens: int = field(default=64, metadata={"help": "item text is cut to this many tokens"})
     batch_size: int = field(default=32, metadata={"help": "items per forward pass"})
 
     def schedule(self) -> list[tuple[float, int, int]]:
         """The ``(lambda, min_new_tokens, max_new_tokens)`` of each round of Algorithm 1."""
-        steps = int(round((self.max_penalty - self.diversity_penalty) / self.penalty_step)) if self.penalty_step > 0 else 0
-        penalties = [self.diversity_penalty + i * self.penalty_step for i in range(max(steps, 0) + 1)]
+        steps = max(0, round((self.max_penalty - self.diversity_penalty) / self.penalty_step)) if self.penalty_step > 0 else 0
+        penalties = [self.diversity_penalty + i * self.penalty_step for i in range(steps + 1)]
         return [
             (lam, 1 + j * self.length_step, self.max_id_tokens + j * self.length_step)
             for j in range(self.length_steps + 1)
@@ -176,17 +184,7 @@ class IDGenerator:
             enc = tok(list(texts), truncation=True, max_length=limit, padding=True, return_tensors="pt")
         else:
             cut = tok.batch_decode(tok(list(texts), truncation=True, max_length=limit, add_special_tokens=False)["input_ids"])
-            if tok.chat_template:
-                prompts = [
-                    tok.apply_chat_template(
-                        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": USER_PROMPT.format(text=t)}],
-                        add_generation_prompt=True,
-                        tokenize=False,
-                    )
-                    for t in cut
-                ]
-            else:
-                prompts = [f"{t}\nShort tag:" for t in cut]
+            prompts = [_prompt(tok, t) for t in cut]
             enc = tok(prompts, padding=True, add_special_tokens=not tok.chat_template, return_tensors="pt")
         device = self.backbone.device
         return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
@@ -245,7 +243,7 @@ class IDGenerator:
             for b, item in enumerate(batch):
                 row = decoded[b * cfg.num_beams : (b + 1) * cfg.num_beams]
                 ids = (normalize_id(text) for text, ok in zip(row, finite[b], strict=True) if ok)
-                out[item] = list(dict.fromkeys(i for i in ids if i))
+                out[item] = list(dict.fromkeys(i for i in ids if i and i not in _EXAMPLE_IDS))
         model.train(was_training)
         return out
 
@@ -340,6 +338,17 @@ class IDGenerator:
             raise FoundationRecError(f"{path} is not a saved ID generator (no {CONFIG_FILE}); pass the directory IDGenerator.save wrote")
         backbone = load_backbone(BackboneConfig(name_or_path=str(path), device=device))
         return cls(backbone, IDGenConfig(**json.loads(file.read_text(encoding="utf-8"))))
+
+
+def _prompt(tokenizer, text: str) -> str:
+    """The few-shot prompt asking a causal model for the tag of ``text`` (its chat template when it has one)."""
+    if not tokenizer.chat_template:
+        return "".join(f"{q}\nTag: {a}\n\n" for q, a in EXAMPLES) + f"{text}\nTag:"
+    turns = [{"role": "system", "content": SYSTEM_PROMPT}]
+    for question, answer in EXAMPLES:
+        turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    turns.append({"role": "user", "content": text})
+    return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
 
 
 def _fallback(base: str, text: str, taken: set[str]) -> str:
