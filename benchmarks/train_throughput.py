@@ -74,7 +74,7 @@ def reference(trainer: Trainer, kind: str, steps: int) -> float:
     """Seconds for the same ``steps`` batches, prepared beforehand, through a bare forward/backward/step loop."""
     module, _, examples, _, batch_size, lr = trainer._phase(kind)
     trainer.stage = trainer.epoch = 0
-    order, templates, _ = trainer._epoch_order(len(examples), batch_size)
+    order, templates = trainer._epoch_order(len(examples))
     chunks = [order[b * batch_size : (b + 1) * batch_size] for b in range(steps)]
     batches = [trainer._rec_batch(examples, c, templates[c]).to(trainer.dist.device) for c in chunks]
     params = [p for p in module.parameters() if p.requires_grad]

@@ -321,12 +321,16 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- batches
 
-    def _epoch_order(self, n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """This epoch's example order and templates (from seed, stage and epoch) and its number of global batches."""
+    def _epoch_order(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """This epoch's example order and per-example templates, drawn from seed, stage and epoch.
+
+        With several processes the order wraps around to a multiple of their number, so that every
+        process gets a non-empty slice of the last batch (as ``DistributedSampler`` does).
+        """
         rng = np.random.default_rng([self.config.seed, self.stage, self.epoch])
         order = rng.permutation(n)
         templates = sample_templates(rng, n, len(TEMPLATES))
-        return order, templates, math.ceil(n / (batch_size * self.dist.world))
+        return np.resize(order, -(-n // self.dist.world) * self.dist.world), templates
 
     def _rec_batch(self, examples: Examples, indices: np.ndarray, templates: np.ndarray) -> Batch:
         prompts = [self.prompts.build(examples.history(i), int(t), self._user(examples, i)) for i, t in zip(indices, templates, strict=True)]
@@ -410,7 +414,7 @@ class Trainer:
             self.optimizer = None
 
     def _epoch(self, kind, round_, loss_fn, examples, params, batch_size, lr, per_epoch, total) -> None:
-        order, templates, _ = self._epoch_order(len(examples), batch_size)
+        order, templates = self._epoch_order(len(examples))
         world, rank = self.dist.world, self.dist.rank
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.dist.device.type == "cuda" else nullcontext()
         bar = tqdm(
