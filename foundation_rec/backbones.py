@@ -230,9 +230,7 @@ def _scratch_t5(preset: str, tokenizer, seed: int):
     from transformers import T5Config, T5ForConditionalGeneration
 
     sizes, _ = _SCRATCH[preset]
-    config = T5Config(
-        vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.1, **sizes
-    )
+    config = T5Config(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.1, **sizes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return T5ForConditionalGeneration(config)

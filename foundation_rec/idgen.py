@@ -278,7 +278,13 @@ class IDGenerator:
                     result.ids[item] = free
                     taken.add(free)
             result.rounds.append(
-                {"penalty": penalty, "min_tokens": min_new, "max_tokens": max_new, "items": len(pending), "resolved": len(pending) - len(still)}
+                {
+                    "penalty": penalty,
+                    "min_tokens": min_new,
+                    "max_tokens": max_new,
+                    "items": len(pending),
+                    "resolved": len(pending) - len(still),
+                }
             )
             pending = still
             rounds.set_postfix(pending=len(pending))
