@@ -127,7 +127,7 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`  ",
         f"Model: {report['model']}  ",
-        f"Hardware: {report['hardware']['cpu']}, {report['hardware']['cpu_cores']} cores"
+        f"Hardware: {report['hardware']['cpu']}, {report['hardware']['cpu_cores']} cores, {report['hardware']['torch_threads']} torch threads"
         + (f", GPU {report['hardware']['gpu']}" if "gpu" in report["hardware"] else "")
         + f"; device {report['hardware']['device']}; 1-min load average {report['hardware']['load_average_1m_at_start']:.2f} "
         + f"at start, {report['hardware']['load_average_1m_at_end']:.2f} at end  ",
@@ -176,10 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4, help="prompts per batch (default 4)")
     parser.add_argument("--history", type=int, default=10, help="item IDs per prompt (default 10)")
     parser.add_argument("--repeats", type=int, help="timed runs per setting, best reported (default 7)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
     parser.add_argument("--out", type=Path, help="output stem (default benchmarks/results/decoding[_smollm2][_quick])")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise FoundationRecError("--device cuda but CUDA is not available here; use --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     catalogs = args.catalogs or ([3000, 20000] if args.quick else [3000, 20000, 250000])
     beams = args.beams or ([10] if args.quick else [10, 20])
     repeats = args.repeats or (1 if args.quick else 7)
