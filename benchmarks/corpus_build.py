@@ -54,8 +54,10 @@ def main() -> None:
     md = [
         "# Corpus build benchmark",
         "",
-        f"`{payload['environment']['command']}` on {payload['environment']['cpu']} ({payload['environment']['cpu_count']} cores), "
-        f"{payload['environment']['date']}; {best['cold']['corpora']} corpora, {best['cold']['rows']:,} item + user rows.",
+        (
+            f"`{payload['environment']['command']}` on {payload['environment']['cpu']} ({payload['environment']['cpu_count']} cores), "
+            f"{payload['environment']['date']}; {best['cold']['corpora']} corpora, {best['cold']['rows']:,} item + user rows."
+        ),
         "",
         "| phase | seconds (best of %d) | target | peak RSS (MiB) |" % args.repeats,
         "|---|---|---|---|",
