@@ -59,7 +59,7 @@ def main() -> None:
             f"{payload['environment']['date']}; {best['cold']['corpora']} corpora, {best['cold']['rows']:,} item + user rows."
         ),
         "",
-        "| phase | seconds (best of %d) | target | peak RSS (MiB) |" % args.repeats,
+        f"| phase | seconds (best of {args.repeats}) | target | peak RSS (MiB) |",
         "|---|---|---|---|",
         f"| cold build (empty cache) | {best['cold']['seconds']} | < 120 | {best['cold']['peak_rss_mib']} |",
         f"| warm load (cached Arrow) | {best['warm']['seconds']} | < 5 | {best['warm']['peak_rss_mib']} |",
