@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     if test:
         ax_valid.plot(*zip(*test), "s", color="red", label="test N@10 (best model)")
     ax_valid.set(xlabel="optimizer step", ylabel="NDCG@10", title="validation (pooled)")
-    ax_valid.legend()
+    if valid or test:
+        ax_valid.legend()
     fig.tight_layout()
     out = args.output or args.log.with_name("losses.png")
     fig.savefig(out, dpi=110)
