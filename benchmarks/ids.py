@@ -38,9 +38,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None, help="data directory (default: the package's search order)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--batch-size", type=int, default=64, help="items per forward pass")
+    parser.add_argument("--input-tokens", type=int, default=IDGenConfig.max_input_tokens, help="item text is cut to this many tokens")
     parser.add_argument("--warmup-items", type=int, default=4096, help="pool items for the keyword warm-up (from-scratch presets)")
     parser.add_argument("--warmup-epochs", type=int, default=1, help="keyword warm-up epochs (from-scratch presets)")
-    parser.add_argument("--warmup-lr", type=float, default=3e-3, help="keyword warm-up learning rate")
+    parser.add_argument("--warmup-lr", type=float, default=2e-3, help="keyword warm-up learning rate")
     return parser.parse_args()
 
 
@@ -132,7 +133,7 @@ def main() -> None:
     start = time.perf_counter()
     texts = [t for c in pool_all for t in c.items["text"]] if args.preset in SCRATCH else None
     backbone = load_backbone(BackboneConfig(preset=args.preset, device=args.device), tokenizer_texts=texts)
-    generator = IDGenerator(backbone, IDGenConfig(batch_size=args.batch_size))
+    generator = IDGenerator(backbone, IDGenConfig(batch_size=args.batch_size, max_input_tokens=args.input_tokens))
     run = {"environment": environment(), "preset": args.preset, "device": str(backbone.device), "threads": torch.get_num_threads()}
     run["load_seconds"] = round(time.perf_counter() - start, 2)
     run["config"] = dataclasses.asdict(generator.config)

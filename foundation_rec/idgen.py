@@ -73,13 +73,17 @@ def normalize_id(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
 
 
+def field_values(text: str) -> list[str]:
+    """The values of an item text ``key: value; key: value`` (the corpus format), keys dropped."""
+    return [re.sub(r"^[\w ]+?:\s*", "", part) for part in text.split("; ")]
+
+
 def keyword_id(text: str, max_words: int = 4) -> str:
     """Extractive ID: the first ``max_words`` distinct non-stopword words of the item's first field (its title).
 
-    ``text`` is ``key: value; key: value`` (the corpus format); the keys are not used. Falls back to
-    the values of all fields when the title has no informative word.
+    Falls back to the words of all field values when the title has no informative word.
     """
-    values = [re.sub(r"^[\w ]+?:\s*", "", field) for field in text.split("; ")]
+    values = field_values(text)
     for source in (values[0], " ".join(values)):
         words = [w for w in dict.fromkeys(normalize_id(source).split()) if w not in STOPWORDS]
         if words:
@@ -363,7 +367,7 @@ def _fallback(base: str, text: str, taken: set[str]) -> str:
     if base not in taken:
         return base
     used = set(base.split())
-    for word in dict.fromkeys(normalize_id(text).split()):
+    for word in dict.fromkeys(normalize_id(" ".join(field_values(text))).split()):
         if word not in used and f"{base} {word}" not in taken:
             return f"{base} {word}"
     counter = 2
@@ -524,7 +528,7 @@ def id_report(table: IDTable, texts: Mapping[str, Sequence[str]], tokenizer) -> 
     """Uniqueness, ID length (words, tokens) and text overlap, per corpus and per scope.
 
     ``texts[corpus]`` are the item texts in row order; ``tokenizer`` counts ID tokens (EOS excluded).
-    ``text_word_share`` is the share of ID words that occur in the item's own text.
+    ``text_word_share`` is the share of ID words that occur in the item's own text (field values).
     """
 
     def stats(ids: list[str], item_texts: list[str]) -> dict:
@@ -532,7 +536,7 @@ def id_report(table: IDTable, texts: Mapping[str, Sequence[str]], tokenizer) -> 
         tokens = [len(t) - 1 for t in encode_ids(tokenizer, ids)]
         in_text = 0
         for textual_id, text in zip(ids, item_texts, strict=True):
-            text_words = set(normalize_id(text).split())
+            text_words = set(normalize_id(" ".join(field_values(text))).split())
             in_text += sum(w in text_words for w in textual_id.split())
         return {
             "items": len(ids),
