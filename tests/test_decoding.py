@@ -29,7 +29,7 @@ def t5():
         pad_token_id=PAD,
         eos_token_id=EOS,
     )
-    return T5ForConditionalGeneration(config).eval()
+    return T5ForConditionalGeneration(config).train(False)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def llama():
         bos_token_id=2,
         initializer_range=0.1,
     )
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config).train(False)
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +203,7 @@ def test_word_ids_end_to_end(catalog):
         pad_token_id=PAD,
         eos_token_id=EOS,
     )
-    model = T5ForConditionalGeneration(config).eval()
+    model = T5ForConditionalGeneration(config).train(False)
     batch = tokenizer(["red lipstick matte soft brush", "pink nail gloss"], return_tensors="pt", padding=True)
     out = beam_search(
         model,
