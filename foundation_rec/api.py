@@ -3,22 +3,27 @@
     from foundation_rec import FoundationRec
     model = FoundationRec.from_pretrained("runs/pretrain/best")
     model.index_catalog("yelp")                       # a built-in corpus, a bring-your-own folder, or records
-    model.recommend(["1", "2"], k=10)                # a history of the catalog's item ids, oldest first
+    model.recommend(["1", "Lucky Dragon noodles"], k=10)  # a history, oldest first: item ids or free-text names
 
 Indexing a catalog generates a unique textual ID for each of its items with the shared ID generator
 (unique within the catalog), and builds its prefix trie. The IDs are cached on disk, keyed by the
-checkpoint and the catalog's texts, so a second indexing of the same catalog is instant.
+checkpoint and the catalog's texts, so a second indexing of the same catalog is instant. A history
+entry that is not an item id of the catalog is resolved as free text (:mod:`foundation_rec.resolve`:
+exact title, else the nearest title by MiniLM similarity above a threshold); an entry that matches
+nothing is a one-line error, never a guess.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import atomic, checkpoint
 from .backbones import BackboneConfig, load_backbone
@@ -28,9 +33,11 @@ from .idgen import IDGenConfig, IDGenerator, encode_ids
 from .paths import cache_dir
 from .prompts import PromptBuilder
 from .recommender import CatalogRecommender, GenerativeRecommender
+from .resolve import ItemResolver, Match
 from .trie import Trie
 
-MAX_HISTORY = 20
+MAX_HISTORY = 20  # items of a history the prompt uses (the latest ones)
+MAX_HISTORY_LINES = 50  # longest history accepted
 
 
 @dataclass
@@ -46,7 +53,9 @@ class Catalog:
     trie: Trie
     id_tokens: list[list[int]]
     corpus: Corpus | None = None
+    seconds: float = 0.0
     _row_of: dict[str, int] = field(default_factory=dict, repr=False)
+    _resolver: ItemResolver | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._row_of = {item: row for row, item in enumerate(self.item_ids)}
@@ -54,6 +63,12 @@ class Catalog:
     def row(self, item_id: str) -> int | None:
         """Row of an original item id, or ``None`` when the catalog has no such item."""
         return self._row_of.get(str(item_id))
+
+    def resolver(self, progress: bool = False) -> ItemResolver:
+        """The free-text resolver of this catalog (title embeddings computed, or loaded from the cache, on first use)."""
+        if self._resolver is None:
+            self._resolver = ItemResolver(self.item_ids, self.titles, label=self.name, progress=progress)
+        return self._resolver
 
 
 def _records_corpus(records: Sequence[dict], name: str) -> tuple[list[str], list[str], list[str]]:
@@ -99,9 +114,7 @@ class FoundationRec:
         rec = load_backbone(BackboneConfig(name_or_path=str(path / "recommender"), device=device))
         gen = load_backbone(BackboneConfig(name_or_path=str(path / "generator"), device=device))
         gen.tokenizer = rec.tokenizer  # one vocabulary for both (the soft-embedding ID phase needs it)
-        run = config.get("run", {})
-        beams = int(run.get("id_beams", IDGenConfig.num_beams))
-        id_config = IDGenConfig(num_beams=beams, num_beam_groups=2 if beams % 2 == 0 else 1, max_id_tokens=int(run.get("id_max_tokens", 10)))
+        id_config = IDGenConfig.from_run(config.get("run", {}))
         for model in (rec.hf_model, gen.hf_model):
             model.train(False)  # inference mode (dropout off)
         return cls(path, config, GenerativeRecommender(rec.hf_model, rec.tokenizer), IDGenerator(gen, id_config), num_beams=num_beams)
@@ -142,24 +155,38 @@ class FoundationRec:
             name = name or "catalog"
             platform = name
             item_ids, titles, texts = _records_corpus(list(items), name)
+        start = time.perf_counter()
         ids = self._catalog_ids(name, texts, progress)
         tokenizer = self.recommender.tokenizer
         with_eos = encode_ids(tokenizer, ids)
         vocab = int(self.recommender.model.get_output_embeddings().weight.shape[0])
         trie = Trie.build(with_eos, vocab_size=vocab, eos_token_id=tokenizer.eos_token_id, corpus=name)
-        self.catalog = Catalog(name, platform, item_ids, titles, texts, ids, trie, [t[:-1] for t in with_eos], corpus)
+        self.catalog = Catalog(name, platform, item_ids, titles, texts, ids, trie, [t[:-1] for t in with_eos], corpus,
+                               round(time.perf_counter() - start, 3))
         return self.catalog
 
-    def _catalog_ids(self, name: str, texts: list[str], progress: bool) -> list[str]:
+    def _ids_file(self, name: str, texts: list[str]) -> Path:
+        """Cache file of a catalog's IDs, keyed by this checkpoint and every item text."""
         digest = hashlib.blake2b(self._fingerprint.encode(), digest_size=8)
         for text in texts:
             digest.update(text.encode("utf-8") + b"\0")
-        file = cache_dir() / "catalog_ids" / f"{name}-{digest.hexdigest()}.json"
+        return cache_dir() / "catalog_ids" / f"{name}-{digest.hexdigest()}.json"
+
+    def _catalog_ids(self, name: str, texts: list[str], progress: bool) -> list[str]:
+        file = self._ids_file(name, texts)
         if file.is_file():
             return json.loads(file.read_text(encoding="utf-8"))["ids"]
+        start = time.perf_counter()
         assignment = self.generator.assign(texts, set(), progress=progress)
-        atomic.write_json(file, {"catalog": name, "checkpoint": str(self.path), "ids": assignment.ids, "fallbacks": assignment.fallbacks})
+        atomic.write_json(file, {"catalog": name, "checkpoint": str(self.path), "items": len(texts), "ids": assignment.ids,
+                                 "fallbacks": assignment.fallbacks, "seconds": round(time.perf_counter() - start, 2),
+                                 "device": str(self.generator.backbone.device), "torch_threads": torch.get_num_threads()})
         return assignment.ids
+
+    def catalog_id_record(self, catalog: Catalog | None = None) -> dict:
+        """The cache record of a catalog's generated IDs: ``items``, ``fallbacks``, and the ``seconds`` generation took when it ran."""
+        catalog = catalog or self._require_catalog()
+        return json.loads(self._ids_file(catalog.name, catalog.texts).read_text(encoding="utf-8"))
 
     def _require_catalog(self) -> Catalog:
         if self.catalog is None:
@@ -173,21 +200,32 @@ class FoundationRec:
         prompts = PromptBuilder(self.recommender.tokenizer, catalog.id_tokens, max_tokens=max_tokens)
         return CatalogRecommender(self.recommender, prompts, catalog.trie, 0, num_beams=num_beams or self.num_beams, batch_size=batch_size)
 
-    def history_rows(self, history: Sequence[str | int]) -> np.ndarray:
-        """Catalog rows of a history given as original item ids; unknown ids are a one-line error."""
+    def resolve_history(self, history: Sequence[str | int]) -> list[Match]:
+        """How each history entry resolves in the current catalog: item id, exact title, or nearest title (see :mod:`foundation_rec.resolve`)."""
         catalog = self._require_catalog()
-        if not history:
+        entries = [str(item).strip() for item in history]
+        if not any(entries):
             raise FoundationRecError("the history is empty; give at least one item")
-        rows = []
-        for item in history:
-            row = catalog.row(str(item))
-            if row is None:
-                raise FoundationRecError(f"item {item!r} is not in catalog {catalog.name!r}; use its item_id (or resolve free text first)")
-            rows.append(row)
-        return np.asarray(rows[-MAX_HISTORY:], dtype=np.int64)
+        if len(entries) > MAX_HISTORY_LINES:
+            raise FoundationRecError(f"the history has {len(entries)} entries; give at most {MAX_HISTORY_LINES} (the last {MAX_HISTORY} are used)")
+        if all(catalog.row(e) is not None for e in entries):  # plain item ids: no text model needed
+            return [Match(e, catalog.row(e), catalog.titles[catalog.row(e)], 1.0, "item id") for e in entries]
+        return catalog.resolver().resolve(entries)
+
+    def history_rows(self, history: Sequence[str | int]) -> np.ndarray:
+        """Catalog rows of a history of item ids or free-text names; an entry that matches no item is a one-line error."""
+        catalog = self._require_catalog()
+        matches = self.resolve_history(history)
+        for n, match in enumerate(matches, 1):
+            if not match.matched:
+                hint = f" (closest: {match.title!r}, similarity {match.similarity:.2f})" if match.title else ""
+                raise FoundationRecError(
+                    f"history entry {n}, {match.query!r}, matches no item of catalog {catalog.name!r}{hint}; use an item_id or a closer title"
+                )
+        return np.asarray([m.row for m in matches][-MAX_HISTORY:], dtype=np.int64)
 
     def recommend(self, history: Sequence[str | int], k: int = 10) -> list[dict]:
-        """Top ``k`` items of the current catalog after ``history`` (original item ids, oldest first).
+        """Top ``k`` items of the current catalog after ``history`` (item ids or free-text names, oldest first).
 
         Returns dicts with ``item_id``, ``title``, ``textual_id`` and ``score`` (length-normalised log-probability), best first.
         """

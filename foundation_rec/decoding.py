@@ -155,11 +155,13 @@ def beam_search(
     bad_token_mask: torch.Tensor | None = None,
     decoder_start_token_id: int | None = None,
     length_penalty: float = 1.0,
+    no_repeat_tokens: bool = False,
 ) -> BeamSearchOutput:
     """Beam search over ``model`` for each prompt row of ``input_ids`` (left-padded for decoder-only).
 
     ``trie`` restricts outputs to its items (its EOS must be ``eos_token_id``); ``bad_token_mask``
-    (bool [V]) forbids tokens everywhere; see the module docstring for the selection rules and
+    (bool ``[V]``, or ``[B, V]`` for one mask per prompt) forbids tokens at every step;
+    ``no_repeat_tokens`` forbids a beam a token it has already generated; see the module docstring for the selection rules and
     scores. Returns ``num_beams`` results per prompt, best first.
     """
     start = _check_args(
@@ -193,12 +195,16 @@ def beam_search(
         raise FoundationRecError(
             f"the trie's vocab_size {trie.vocab_size} exceeds the model's {vocab}; build it with the model's tokenizer"
         )
-    if bad_token_mask is not None and bad_token_mask.shape != (vocab,):
-        raise FoundationRecError(f"bad_token_mask must be a bool tensor of shape [{vocab}] (the model's logits)")
+    if bad_token_mask is not None and bad_token_mask.shape not in ((vocab,), (batch, vocab)):
+        raise FoundationRecError(f"bad_token_mask must be a bool tensor of shape [{vocab}] or [{batch}, {vocab}] (the model's logits)")
+    row_prompt = torch.arange(batch, device=device)  # prompt of each model row (one row per prompt at the first step)
+    row_tokens = None  # tokens generated so far by the beam of each model row
     for step in range(max_new_tokens):
         log_probs = torch.log_softmax(logits, dim=-1)  # [rows, V]
         if bad_token_mask is not None:
-            log_probs = log_probs.masked_fill(bad_token_mask, float("-inf"))
+            log_probs = log_probs.masked_fill(bad_token_mask if bad_token_mask.dim() == 1 else bad_token_mask[row_prompt], float("-inf"))
+        if row_tokens is not None:
+            log_probs = log_probs.scatter(1, row_tokens, float("-inf"))
         last_step = step == max_new_tokens - 1
         norm = (step + 1) ** length_penalty
         chosen = torch.zeros(batch, log_probs.shape[-1], device=device) if diversity_penalty else None
@@ -274,6 +280,9 @@ def beam_search(
         run_scores = run_scores.masked_fill(~needed, float("-inf"))
         run_rows = torch.zeros_like(run_scores, dtype=torch.long)
         run_rows[needed] = torch.arange(int(needed.sum()), device=device)
+        row_prompt = arange_b[:, :, None].expand_as(needed)[needed]
+        if no_repeat_tokens:
+            row_tokens = torch.stack(next_seqs, dim=1)[needed][:, : step + 1]
         logits = stepper.next(torch.stack(next_row, dim=1)[needed], torch.stack(next_token, dim=1)[needed])
 
     # merge the groups' finished sequences, best first; a sequence found by several groups is kept once

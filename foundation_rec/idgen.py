@@ -19,8 +19,12 @@ Starting point, before any recommendation training:
 
 * a pretrained instruct model (the ``smollm2-135m`` preset) is prompted through its chat template
   for a short tag;
-* a from-scratch model (``tiny``, ``t5-cpu``) is first taught extractive IDs with :func:`warmup`:
-  the first informative words of the item's title (:func:`keyword_id`).
+* a from-scratch model (``tiny``, ``t5-cpu``) generates in *extractive* mode
+  (``IDGenConfig.extractive``): each item's ID may only use tokens of its own text's field values
+  (a per-item ``[B, V]`` mask inside the batched beam search and on the training logits, and no
+  token twice in one ID), so even an untrained model writes IDs made of the item's own words. It is
+  also taught extractive IDs with :func:`warmup` (the first informative words of the title,
+  :func:`keyword_id`), which teaches it which of those words to pick and in what order.
 
 Generation only allows word tokens (letters and digits) and EOS, so IDs never contain punctuation or
 line breaks. :meth:`IDGenerator.token_distributions` is the differentiable path used when training
@@ -111,6 +115,14 @@ class IDGenConfig:
     length_steps: int = field(default=3, metadata={"help": "length increases before the last-resort fallback"})
     max_input_tokens: int = field(default=64, metadata={"help": "item text is cut to this many tokens"})
     batch_size: int = field(default=32, metadata={"help": "items per forward pass"})
+    extractive: bool = field(default=False, metadata={"help": "an ID may only use tokens of the item's own text (from-scratch generators)"})
+
+    @classmethod
+    def from_run(cls, run: Mapping[str, Any]) -> IDGenConfig:
+        """The settings a pre-training run's arguments (``RunArguments`` as a dict, as saved in a checkpoint) ask for."""
+        beams = int(run.get("id_beams", cls.num_beams))
+        return cls(num_beams=beams, num_beam_groups=2 if beams % 2 == 0 else 1, max_id_tokens=int(run.get("id_max_tokens", cls.max_id_tokens)),
+                   max_input_tokens=int(run.get("id_input_tokens", cls.max_input_tokens)), extractive=run.get("id_extractive") == "yes")
 
     def schedule(self) -> list[tuple[float, int, int]]:
         """The ``(lambda, min_new_tokens, max_new_tokens)`` of each round of Algorithm 1."""
@@ -208,6 +220,25 @@ class IDGenerator:
             self._bad_tokens = mask
         return self._bad_tokens
 
+    def text_token_mask(self, texts: Sequence[str], extra: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+        """Bool ``[B, V]`` for extractive mode: True for every token the ID of text ``b`` may not use.
+
+        Allowed: the word tokens of the text's field values (keys dropped, cut at ``max_input_tokens``),
+        the tokens of ``extra[b]`` (e.g. a teacher-forced target), and EOS.
+        """
+        tok, bad = self.tokenizer, self.bad_token_mask()
+        values = [" ".join(field_values(t)) for t in texts]
+        rows = tok(values, truncation=True, max_length=self.config.max_input_tokens, add_special_tokens=False)["input_ids"]
+        allowed = torch.zeros(len(texts), bad.shape[0], dtype=torch.bool)
+        for b, ids in enumerate(rows):
+            ids = [*ids, *(extra[b] if extra is not None else ()), tok.eos_token_id]
+            allowed[b, torch.as_tensor(ids, dtype=torch.long)] = True
+        mask = ~allowed | bad
+        if extra is not None:  # a target token is allowed even when the global mask forbids it
+            for b, ids in enumerate(extra):
+                mask[b, torch.as_tensor(list(ids), dtype=torch.long)] = False
+        return mask
+
     # ----------------------------------------------------------------------------- generation
 
     def candidates(
@@ -232,16 +263,18 @@ class IDGenerator:
         starts = range(0, len(order), cfg.batch_size)
         for start in tqdm(starts, desc="ID candidates", unit="batch", disable=not progress, leave=False):
             batch = order[start : start + cfg.batch_size]
+            batch_texts = [texts[i] for i in batch]
             result = beam_search(
                 _NoEarlyEOS(model, tok.eos_token_id, min_new_tokens),
-                **self._inputs([texts[i] for i in batch]),
+                **self._inputs(batch_texts),
                 num_beams=cfg.num_beams,
                 num_beam_groups=cfg.num_beam_groups,
                 diversity_penalty=penalty,
                 max_new_tokens=max_new,
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,
-                bad_token_mask=self.bad_token_mask(),
+                bad_token_mask=self.text_token_mask(batch_texts) if cfg.extractive else self.bad_token_mask(),
+                no_repeat_tokens=cfg.extractive,
             )
             finite = (result.scores > float("-inf")).tolist()
             decoded = tok.batch_decode(result.sequences.flatten(0, 1).tolist(), skip_special_tokens=True)
@@ -325,6 +358,8 @@ class IDGenerator:
                 position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0),
                 logits_to_keep=width,
             ).logits
+        if self.config.extractive:
+            logits = logits.masked_fill(self.text_token_mask(texts, id_token_ids).to(device)[:, None, :], float("-inf"))
         return logits, mask.bool()
 
     def token_distributions(self, texts: Sequence[str], id_token_ids: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -49,6 +49,7 @@ RECIPES: dict[str, dict] = {
         "id_beams": 4,
         "id_max_tokens": 6,
         "id_input_tokens": 64,
+        "warmup_lr": 2e-3,
     },
     "t5-small": {"users_per_corpus": 0, "rounds": 3, "rec_epochs": 3, "rec_batch_size": 64, "id_batch_size": 16, "valid_users": 200},
     "smollm2-135m": {
@@ -85,6 +86,9 @@ class RunArguments:
     id_beams: int = field(default=6, metadata={"help": "candidates per item when generating IDs (diverse beam search)"})
     id_max_tokens: int = field(default=10, metadata={"help": "longest generated ID, in tokens"})
     id_input_tokens: int = field(default=128, metadata={"help": "item text tokens the ID generator reads"})
+    id_extractive: str = field(
+        default="auto", metadata={"help": "IDs only from the item's own text tokens: yes, no, or auto (yes for the from-scratch presets tiny and t5-cpu)"}
+    )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
@@ -100,6 +104,10 @@ def parse_args(argv: list[str] | None) -> tuple[RunArguments, TrainConfig, str]:
         raise FoundationRecError(f"unknown preset {preset!r}; use auto or one of {', '.join(RECIPES)}")
     parser.set_defaults(**RECIPES[preset])
     run, train = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    if run.id_extractive not in ("auto", "yes", "no"):
+        raise FoundationRecError(f"--id-extractive {run.id_extractive!r} is not auto, yes or no; pick one of those")
+    if run.id_extractive == "auto":
+        run.id_extractive = "yes" if preset in ("tiny", "t5-cpu") and run.backbone is None else "no"
     return run, train, preset
 
 
@@ -121,8 +129,7 @@ def build_pool(run: RunArguments, seed: int) -> Pool:
 
 def build_models(run: RunArguments, preset: str, device: torch.device, pool: Pool, seed: int, resume: Path | None):
     """``(recommender backbone, ID generator)``: new ones from the preset / backbone, or the ones saved in ``resume``."""
-    groups = 2 if run.id_beams % 2 == 0 else 1
-    id_config = IDGenConfig(num_beams=run.id_beams, num_beam_groups=groups, max_id_tokens=run.id_max_tokens, max_input_tokens=run.id_input_tokens)
+    id_config = IDGenConfig.from_run(dataclasses.asdict(run))
     if resume is not None:
         rec = load_backbone(BackboneConfig(name_or_path=str(resume / "recommender"), device=str(device)))
         gen = load_backbone(BackboneConfig(name_or_path=str(resume / "generator"), device=str(device)))

@@ -12,6 +12,7 @@ loaded offline; no model hub is contacted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -44,17 +45,24 @@ def minilm_path() -> Path:
     return folder
 
 
-def embed_texts(texts: list[str], batch_size: int = 64, desc: str = "embed") -> np.ndarray:
-    """L2-normalised mean-pooled MiniLM embeddings, ``float32 [len(texts), 384]``, in input order."""
+@functools.lru_cache(maxsize=1)
+def _minilm():
+    """The MiniLM tokenizer and model, loaded once per process (inference mode)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
 
     folder = minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder).eval()
+    model = AutoModel.from_pretrained(folder)
+    model.train(False)
+    return AutoTokenizer.from_pretrained(folder), model
+
+
+def embed_texts(texts: list[str], batch_size: int = 64, desc: str = "embed", progress: bool = True) -> np.ndarray:
+    """L2-normalised mean-pooled MiniLM embeddings, ``float32 [len(texts), 384]``, in input order."""
+    tokenizer, model = _minilm()
     order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths together: less padding
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode(), tqdm(total=len(texts), unit="item", desc=desc, leave=False) as bar:
+    with torch.inference_mode(), tqdm(total=len(texts), unit="item", desc=desc, leave=False, disable=not progress) as bar:
         for lo in range(0, len(texts), batch_size):
             idx = order[lo : lo + batch_size]
             batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
@@ -66,22 +74,26 @@ def embed_texts(texts: list[str], batch_size: int = 64, desc: str = "embed") -> 
     return out
 
 
-def item_embeddings(corpus, batch_size: int = 64) -> tuple[np.ndarray, dict]:
-    """The corpus's item embeddings and how they were made (model, seconds it took), cached on disk by content hash."""
-    texts = corpus.items.data.column("text").to_pylist()
+def cached_embeddings(texts: list[str], label: str, batch_size: int = 64, progress: bool = True) -> tuple[np.ndarray, dict]:
+    """:func:`embed_texts` of ``texts``, cached on disk by a hash of the model and every text; returns them and how they were made."""
     digest = hashlib.blake2b(f"{MODEL_NAME}:{EMBED_VERSION}:{MAX_TOKENS}".encode(), digest_size=10)
     for text in texts:
         digest.update(text.encode("utf-8") + b"\0")
     folder = cache_dir() / "embeddings" / MODEL_NAME / digest.hexdigest()
     if not (folder / "embeddings.npy").is_file():
         start = time.perf_counter()
-        embeddings = embed_texts(texts, batch_size, desc=f"embed {corpus.name} items ({MODEL_NAME})")
+        embeddings = embed_texts(texts, batch_size, desc=f"embed {label} ({MODEL_NAME})", progress=progress)
         meta = {"model": MODEL_NAME, "pooling": EMBED_VERSION, "max_tokens": MAX_TOKENS, "items": len(texts),
-                "corpus": corpus.name, "seconds": round(time.perf_counter() - start, 1), "torch_threads": torch.get_num_threads()}
+                "corpus": label, "seconds": round(time.perf_counter() - start, 1), "torch_threads": torch.get_num_threads()}
         with staged_dir(folder) as tmp:
             np.save(tmp / "embeddings.npy", embeddings)
             write_json(tmp / "meta.json", meta)
     return np.load(folder / "embeddings.npy"), json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+
+
+def item_embeddings(corpus, batch_size: int = 64) -> tuple[np.ndarray, dict]:
+    """The corpus's item-text embeddings and how they were made (model, seconds it took), cached on disk."""
+    return cached_embeddings(corpus.items.data.column("text").to_pylist(), f"{corpus.name} items", batch_size)
 
 
 class TextKNN:

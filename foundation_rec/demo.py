@@ -1,0 +1,234 @@
+"""Gradio demo: pick a catalog, type a history as free text, get the top-10 recommendations.
+
+    python -m foundation_rec.demo [--checkpoint runs/pretrain/best] [--host 127.0.0.1] [--port 7860]
+
+1. Pick a catalog: any built-in corpus (its data must be in the data directory), or upload a
+   bring-your-own ``items.jsonl`` (one JSON object per line with ``item_id``, ``title`` and any
+   metadata fields). The first use of a catalog generates its textual IDs (cached afterwards).
+2. Type a history, one item per line, oldest first: titles, approximate names, or item ids. While a
+   line is typed, suggestions for it appear; picking one replaces the line. Each line resolves to a
+   catalog item (:mod:`foundation_rec.resolve`); the match, its textual ID and similarity are shown,
+   and a line that matches nothing is flagged and left out, never guessed.
+3. Recommend: the top 10 with title, textual ID and score, and the latency.
+
+Caps: at most :data:`~foundation_rec.api.MAX_HISTORY_LINES` lines of at most
+:data:`~foundation_rec.resolve.MAX_LINE_CHARS` characters, and uploads of at most
+:data:`MAX_UPLOAD_ITEMS` items. Every problem (no checkpoint, an unknown or missing corpus, a
+malformed upload, an empty or over-long history) is a message in the page; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+
+from .api import MAX_HISTORY_LINES, Catalog, FoundationRec  # noqa: E402
+from .corpora import recipe_names  # noqa: E402
+from .errors import FoundationRecError, cli_errors  # noqa: E402
+from .resolve import MAX_LINE_CHARS  # noqa: E402
+
+TOP_K = 10
+MAX_UPLOAD_ITEMS = 200_000
+UPLOAD_CHOICE = "(uploaded items file)"
+MATCH_HEADERS = ["line", "matched item", "textual ID", "similarity", "status"]
+REC_HEADERS = ["rank", "title", "textual ID", "score"]
+
+
+@dataclass
+class DemoArguments:
+    """Where the model is and where the server listens."""
+
+    checkpoint: str = field(default="runs/pretrain/best", metadata={"help": "checkpoint directory written by foundation_rec.pretrain"})
+    data_dir: str | None = field(default=None, metadata={"help": "folder holding the corpora (default: see the README's Data section)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 for every interface)"})
+    port: int = field(default=7860, metadata={"help": "port to listen on"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    num_beams: int = field(default=20, metadata={"help": "beams of the constrained beam search (at least 10)"})
+    catalog: str = field(default="yelp", metadata={"help": "catalog selected when the page opens"})
+
+
+def read_items_file(path: str | Path) -> list[dict]:
+    """Records of an uploaded ``items.jsonl``; a malformed file is a one-line error naming the line."""
+    records = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for n, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                if len(records) >= MAX_UPLOAD_ITEMS:
+                    raise FoundationRecError(f"the items file has more than {MAX_UPLOAD_ITEMS:,} items; upload a smaller catalog")
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise FoundationRecError(f"items file line {n} is not JSON ({err.msg}); upload one JSON object per line") from None
+                if not isinstance(record, dict) or "item_id" not in record or not str(record.get("title", "")).strip():
+                    raise FoundationRecError(f"items file line {n} needs an object with item_id and title; fix that line")
+                records.append(record)
+    except UnicodeDecodeError:
+        raise FoundationRecError("the items file is not UTF-8 text; upload a .jsonl file") from None
+    if not records:
+        raise FoundationRecError("the items file has no items; upload one JSON object per line")
+    return records
+
+
+class DemoApp:
+    """The model, the catalogs indexed so far, and the handlers of the page's events (plain methods, testable without a browser)."""
+
+    def __init__(self, args: DemoArguments):
+        self.args = args
+        self.model: FoundationRec | None = None
+        self.load_error = ""
+        self.catalogs: dict[str, Catalog] = {}
+        self.lock = threading.Lock()  # one model, one current catalog: requests take turns
+        try:
+            self.model = FoundationRec.from_pretrained(args.checkpoint, device=args.device, num_beams=max(args.num_beams, TOP_K))
+        except FoundationRecError as err:
+            self.load_error = str(err)
+
+    def status(self) -> str:
+        if self.model is None:
+            return f"**No model:** {self.load_error}. Start the demo with `--checkpoint DIR` (train one with `python -m foundation_rec.pretrain`)."
+        corpora = ", ".join(self.model.pretrained_corpora)
+        return f"Model `{self.args.checkpoint}`, pre-trained on {corpora}."
+
+    def _model(self) -> FoundationRec:
+        if self.model is None:
+            raise FoundationRecError(self.status().removeprefix("**No model:** "))
+        return self.model
+
+    def catalog(self, choice: str, upload: str | None) -> Catalog:
+        """The catalog picked in the page, indexed on first use."""
+        model = self._model()
+        if choice == UPLOAD_CHOICE:
+            if not upload:
+                raise FoundationRecError("no items file uploaded; upload a .jsonl file or pick a built-in catalog")
+            records = read_items_file(upload)
+            key = f"upload:{Path(upload).name}:{os.path.getsize(upload)}:{os.path.getmtime(upload)}"
+            name = Path(upload).stem.replace(" ", "_")[:40] or "upload"
+            source: object = records
+        else:
+            if choice not in recipe_names():
+                raise FoundationRecError(f"unknown catalog {choice!r}; pick one of the list or upload an items file")
+            key, name, source = choice, choice, choice
+        if key not in self.catalogs:
+            with self.lock:
+                self.catalogs[key] = model.index_catalog(source, name=name, data_dir=self.args.data_dir, progress=True)
+        return self.catalogs[key]
+
+    def load_catalog(self, choice: str, upload: str | None, progress=gr.Progress(track_tqdm=True)) -> str:  # noqa: B008 (Gradio's API)
+        """Index the picked catalog (first use generates its IDs) and say how it went."""
+        try:
+            start = time.perf_counter()
+            catalog = self.catalog(choice, upload)
+            return f"Catalog **{catalog.name}**: {len(catalog.item_ids):,} items with unique textual IDs (ready in {time.perf_counter() - start:.1f} s)."
+        except FoundationRecError as err:
+            return f"**Error:** {err}"
+        except Exception as err:  # the page shows one line; the server log keeps the traceback
+            traceback.print_exc(file=sys.stderr)
+            return f"**Error:** unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+    def suggest(self, choice: str, upload: str | None, history: str):
+        """Autocomplete: suggestions for the line being typed (the last one)."""
+        try:
+            line = (history or "").splitlines()[-1] if (history or "").strip() else ""
+            titles = self.catalog(choice, upload).resolver().suggest(line) if len(line.strip()) >= 2 else []
+        except FoundationRecError:
+            titles = []
+        return gr.update(choices=titles, value=None)
+
+    @staticmethod
+    def apply_suggestion(history: str, picked: str | None) -> str:
+        """Replace the line being typed with the picked suggestion."""
+        if not picked:
+            return history
+        lines = (history or "").splitlines() or [""]
+        return "\n".join([*lines[:-1], picked]) + "\n"
+
+    def recommend(self, choice: str, upload: str | None, history: str):
+        """Resolve the history lines, recommend the top 10; returns (matches table, recommendations table, message)."""
+        try:
+            model = self._model()
+            lines = [line.strip() for line in (history or "").splitlines() if line.strip()]
+            if not lines:
+                raise FoundationRecError("the history is empty; type at least one item, one per line")
+            if len(lines) > MAX_HISTORY_LINES:
+                raise FoundationRecError(f"the history has {len(lines)} lines; type at most {MAX_HISTORY_LINES}")
+            catalog = self.catalog(choice, upload)
+            with self.lock:
+                model.catalog = catalog
+                matches = model.resolve_history(lines)
+                rows = [[m.query, m.title if m.matched else f"(closest: {m.title})" if m.title else "",
+                         catalog.ids[m.row] if m.matched else "", round(m.similarity, 3), m.how if m.matched else "unmatched: left out"]
+                        for m in matches]
+                known = [catalog.item_ids[m.row] for m in matches if m.matched]
+                if not known:
+                    raise FoundationRecError("no history line matches an item of this catalog; use titles from the suggestions")
+                start = time.perf_counter()
+                recs = model.recommend(known, k=TOP_K)
+                latency = time.perf_counter() - start
+            table = [[rank, r["title"], r["textual_id"], round(r["score"], 4)] for rank, r in enumerate(recs, 1)]
+            flagged = sum(not m.matched for m in matches)
+            note = f" {flagged} unmatched line(s) left out." if flagged else ""
+            return rows, table, f"{len(table)} recommendations from **{catalog.name}** in {latency * 1000:.0f} ms.{note}"
+        except FoundationRecError as err:
+            return [], [], f"**Error:** {err}"
+        except Exception as err:  # never a stack trace in the page; the server log keeps it
+            traceback.print_exc(file=sys.stderr)
+            return [], [], f"**Error:** unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+    def build(self) -> gr.Blocks:
+        """The page."""
+        choices = [*recipe_names(), UPLOAD_CHOICE]
+        with gr.Blocks(title="foundation_rec demo") as page:
+            gr.Markdown("# foundation_rec: zero-shot generative recommendation\n" + self.status())
+            with gr.Row():
+                with gr.Column(scale=1):
+                    choice = gr.Dropdown(choices, value=self.args.catalog if self.args.catalog in choices else choices[0],
+                                         label="Catalog", elem_id="catalog")
+                    upload = gr.File(label="Or upload items.jsonl (item_id, title, any fields)", file_types=[".jsonl", ".json"],
+                                     type="filepath", elem_id="upload")
+                    catalog_status = gr.Markdown(elem_id="catalog-status")
+                with gr.Column(scale=2):
+                    history = gr.Textbox(label=f"History, one item per line, oldest first (at most {MAX_HISTORY_LINES} lines, "
+                                         f"{MAX_LINE_CHARS} characters each)", lines=6, elem_id="history")
+                    suggestions = gr.Dropdown([], label="Suggestions for the line you are typing", interactive=True, elem_id="suggestions")
+                    button = gr.Button("Recommend", variant="primary", elem_id="recommend")
+            message = gr.Markdown(elem_id="message")
+            matches = gr.Dataframe(headers=MATCH_HEADERS, label="History as resolved", interactive=False, elem_id="matches")
+            recs = gr.Dataframe(headers=REC_HEADERS, label=f"Top {TOP_K} recommendations", interactive=False, elem_id="recs")
+
+            choice.change(self.load_catalog, [choice, upload], catalog_status)
+            upload.upload(lambda f: gr.update(value=UPLOAD_CHOICE), upload, choice)
+            history.input(self.suggest, [choice, upload, history], suggestions, trigger_mode="always_last", show_progress="hidden")
+            suggestions.select(self.apply_suggestion, [history, suggestions], history)
+            button.click(self.recommend, [choice, upload, history], [matches, recs, message])
+            page.load(self.load_catalog, [choice, upload], catalog_status)
+        return page
+
+
+def main(argv: list[str] | None = None) -> int:
+    with cli_errors():
+        (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(argv, look_for_args_file=False)
+        if not 0 < args.port < 65536:
+            raise FoundationRecError(f"--port {args.port} is out of range; use 1 to 65535")
+        if args.num_beams < TOP_K:
+            raise FoundationRecError(f"--num-beams {args.num_beams} is below {TOP_K}; use at least {TOP_K} beams for a top-{TOP_K} list")
+        app = DemoApp(args)
+        print(app.status().replace("**", ""), file=sys.stderr)
+        app.build().launch(server_name=args.host, server_port=args.port, show_error=False, footer_links=[])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""Free-text history resolution, the API's free-text path, the demo's handlers, and the demo in a real headless browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from foundation_rec.api import FoundationRec
+from foundation_rec.demo import UPLOAD_CHOICE, DemoApp, DemoArguments, read_items_file
+from foundation_rec.errors import FoundationRecError
+from foundation_rec.resolve import ItemResolver
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+BOOKS = [
+    ("b01", "The Hobbit", "J. R. R. Tolkien", "fantasy"),
+    ("b02", "Dune", "Frank Herbert", "science fiction"),
+    ("b03", "Emma", "Jane Austen", "romance"),
+    ("b04", "Pride and Prejudice", "Jane Austen", "romance"),
+    ("b05", "The Fellowship of the Ring", "J. R. R. Tolkien", "fantasy"),
+    ("b06", "Foundation", "Isaac Asimov", "science fiction"),
+    ("b07", "I, Robot", "Isaac Asimov", "science fiction"),
+    ("b08", "Moby-Dick", "Herman Melville", "adventure"),
+    ("b09", "Treasure Island", "Robert Louis Stevenson", "adventure"),
+    ("b10", "Frankenstein", "Mary Shelley", "horror"),
+    ("b11", "Dracula", "Bram Stoker", "horror"),
+    ("b12", "The Time Machine", "H. G. Wells", "science fiction"),
+    ("b13", "Sense and Sensibility", "Jane Austen", "romance"),
+    ("b14", "The War of the Worlds", "H. G. Wells", "science fiction"),
+]
+RECORDS = [{"item_id": i, "title": t, "author": a, "genre": [g]} for i, t, a, g in BOOKS]
+
+
+@pytest.fixture
+def items_file(tmp_path) -> Path:
+    path = tmp_path / "bookshop.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint) -> FoundationRec:
+    return FoundationRec.from_pretrained(tiny_checkpoint, device="cpu", num_beams=16)
+
+
+def test_resolver_takes_ids_titles_and_near_names_and_flags_the_rest():
+    resolver = ItemResolver([r["item_id"] for r in RECORDS], [r["title"] for r in RECORDS], progress=False)
+    by_id, by_title, near, nonsense, empty = resolver.resolve(["b06", "the  HOBBIT!", "war of worlds wells", "quarterly tax form 1099", ""])
+    assert (by_id.row, by_id.how, by_id.similarity) == (5, "item id", 1.0)
+    assert (by_title.row, by_title.how) == (0, "title")
+    assert near.matched and near.how == "similarity" and RECORDS[near.row]["item_id"] == "b14" and 0.6 <= near.similarity < 1.0
+    assert not nonsense.matched and nonsense.how == "unmatched" and nonsense.similarity < 0.6 and nonsense.title  # a hint, not a guess
+    assert not empty.matched
+    assert resolver.suggest("the") [:1] == ["The Hobbit"]  # titles starting with the text come first, shortest first
+    assert "Pride and Prejudice" in resolver.suggest("prejudice")
+    assert resolver.suggest("   ") == []
+    with pytest.raises(FoundationRecError, match="keep each line under 300"):
+        resolver.resolve(["x" * 301])
+
+
+def test_api_recommends_from_free_text_history(model):
+    catalog = model.index_catalog(RECORDS, name="bookshop", progress=False)
+    matches = model.resolve_history(["The Hobbit", "b02", "fellowship of the ring tolkien"])
+    assert [m.row for m in matches] == [0, 1, 4]
+    recs = model.recommend(["The Hobbit", "b02", "fellowship of the ring tolkien"], k=10)
+    assert len(recs) == 10 and len({r["item_id"] for r in recs}) == 10
+    assert {r["item_id"] for r in recs} <= set(catalog.item_ids)
+    with pytest.raises(FoundationRecError, match=r"history entry 2, 'quarterly tax form 1099', matches no item .* \(closest: "):
+        model.recommend(["b01", "quarterly tax form 1099"], k=5)
+    with pytest.raises(FoundationRecError, match="give at most 50"):
+        model.recommend(["b01"] * 51, k=5)
+
+
+def test_demo_handlers_explain_bad_input_in_the_page(tiny_checkpoint, items_file, tmp_path):
+    app = DemoApp(DemoArguments(checkpoint=str(tiny_checkpoint), device="cpu", num_beams=16))
+    assert "pre-trained on amazon2014-beauty, amazon2018-office" in app.status()
+    assert "14 items with unique textual IDs" in app.load_catalog(UPLOAD_CHOICE, str(items_file))
+    matches, recs, message = app.recommend(UPLOAD_CHOICE, str(items_file), "The Hobbit\nquarterly tax form 1099\nDune\n")
+    assert len(recs) == 10 and message.startswith("10 recommendations from **bookshop**") and "1 unmatched line(s) left out" in message
+    assert [m[4] for m in matches] == ["title", "unmatched: left out", "title"]
+    assert all(rec[1] in {r["title"] for r in RECORDS} for rec in recs)
+    for history, expected in [("", "the history is empty"), ("\n".join(["Dune"] * 51), "at most 50"),
+                              ("quarterly tax form 1099", "no history line matches")]:
+        assert expected in app.recommend(UPLOAD_CHOICE, str(items_file), history)[2]
+    assert "unknown catalog 'nowhere'" in app.load_catalog("nowhere", None)
+    assert "no items file uploaded" in app.load_catalog(UPLOAD_CHOICE, None)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"item_id": "a", "title": "A"}\n{"item_id": "b", "title": \n', encoding="utf-8")
+    assert "items file line 2 is not JSON" in app.load_catalog(UPLOAD_CHOICE, str(bad))
+    assert app.suggest(UPLOAD_CHOICE, str(items_file), "Dune\npride")["choices"][0][0] == "Pride and Prejudice"
+    assert app.apply_suggestion("Dune\npride", "Pride and Prejudice") == "Dune\nPride and Prejudice\n"
+
+    missing = DemoApp(DemoArguments(checkpoint=str(tmp_path / "none"), device="cpu"))
+    assert missing.status().startswith("**No model:**") and "--checkpoint DIR" in missing.status()
+    assert "**Error:**" in missing.recommend("yelp", None, "Dune")[2]
+
+
+def test_read_items_file_rejects_records_without_title(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"item_id": "a"}\n', encoding="utf-8")
+    with pytest.raises(FoundationRecError, match="line 1 needs an object with item_id and title"):
+        read_items_file(path)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None, reason="needs chromium (apt-get install chromium)")
+def test_demo_in_a_headless_browser(tiny_checkpoint, items_file, tmp_path):
+    from demo_screenshot import RESULTS, demo_server, drive_demo
+
+    screenshot = RESULTS / "demo-test.png"
+    with demo_server(["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--num-beams", "16"], log=tmp_path / "demo.log") as url:
+        result = drive_demo(url, ["The Hobbit", "Dune", "frankenstein shelley"], screenshot, upload=items_file, timeout_ms=120_000)
+    titles = {r["title"] for r in RECORDS}
+    assert result["message"].startswith("10 recommendations from bookshop"), result["message"]
+    assert len(result["recommendations"]) == 10
+    assert all(row[1] in titles for row in result["recommendations"])
+    assert [row[1] for row in result["matches"]] == ["The Hobbit", "Dune", "Frankenstein"]
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000
