@@ -24,13 +24,12 @@ import argparse
 import time
 
 import torch
-from common import RESULTS, environment, write_results
+from common import RESULTS, TARGETS, environment, write_results
 
 from foundation_rec.baselines import METHODS, evaluate_methods
 from foundation_rec.corpora import load_corpus
 from foundation_rec.evaluate import markdown_table
 
-TARGETS = ["movielens-100k", "steam", "movielens-1m", "yelp", "goodreads"]
 IN_DOMAIN = ["amazon2014-beauty", "amazon2014-toys"]
 SASREC_BUDGET = {  # CPU seconds of SASRec training per corpus (one epoch always completes)
     "movielens-100k": 45,

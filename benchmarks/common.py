@@ -46,3 +46,31 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     """Write ``results/<name>.json`` and ``results/<name>.md`` atomically."""
     atomic.write_json(RESULTS / f"{name}.json", payload)
     atomic.write_text(RESULTS / f"{name}.md", markdown)
+
+
+TARGETS = ["movielens-100k", "steam", "movielens-1m", "yelp", "goodreads"]
+
+
+def checkpoint_run(doc: str, users_flag: str, users_default: int):
+    """Parse the flags shared by the scripts that evaluate a checkpoint on the targets; load it on CPU.
+
+    Returns ``(args, model)``: ``--checkpoint``, ``--targets``, ``users_flag``, ``--seed``, ``--num-beams``,
+    ``--threads`` and ``--data-dir``, and the :class:`~foundation_rec.api.FoundationRec` they name.
+    """
+    import argparse
+
+    import torch
+
+    from foundation_rec.api import FoundationRec
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--checkpoint", default="runs/pretrain/best", help="checkpoint directory written by pretrain")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma list of target corpora")
+    parser.add_argument(users_flag, type=int, default=users_default, help="fixed-seed sample of test users per target")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the user sample")
+    parser.add_argument("--num-beams", type=int, default=20, help="beams of the constrained beam search")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--data-dir", default=None, help="data directory (default: the package's search order)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args, FoundationRec.from_pretrained(args.checkpoint, device="cpu", num_beams=args.num_beams)

@@ -54,7 +54,8 @@ def demo_server(demo_args: list[str], timeout: float = 180.0, log: Path | None =
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the demo exited with code {proc.returncode} before serving")
+                tail = log.read_text(errors="replace")[-2000:] if log else ""
+                raise RuntimeError(f"the demo exited with code {proc.returncode} before serving\n{tail}")
             try:
                 urllib.request.urlopen(url, timeout=2).read(1)
                 break
@@ -85,7 +86,8 @@ def drive_demo(url: str, history: list[str], screenshot: Path, *, catalog: str |
         browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.goto(url, wait_until="networkidle")
+            page.goto(url, wait_until="domcontentloaded")
+            page.locator("#history textarea").wait_for(timeout=60_000)
             if upload is not None:
                 page.locator("#upload input[type=file]").set_input_files(str(upload))
             elif catalog is not None:
@@ -93,7 +95,8 @@ def drive_demo(url: str, history: list[str], screenshot: Path, *, catalog: str |
                 box.click()
                 box.fill(catalog)
                 page.get_by_role("option", name=catalog, exact=True).click()
-            page.locator("#catalog-status").get_by_text("unique textual IDs").wait_for(timeout=timeout_ms)
+            name = upload.stem if upload is not None else catalog
+            page.locator("#catalog-status").get_by_text(f"Catalog {name}: ").wait_for(timeout=timeout_ms)
             history_box = page.locator("#history textarea")
             history_box.click()
             for line in history:
@@ -101,11 +104,13 @@ def drive_demo(url: str, history: list[str], screenshot: Path, *, catalog: str |
             page.locator("#recommend").click()
             page.locator("#message").get_by_text("recommendations from").or_(page.locator("#message").get_by_text("Error:")).wait_for(
                 timeout=timeout_ms)
-            result = {
-                "message": page.locator("#message").inner_text(),
-                "recommendations": _table(page, "#recs"),
-                "matches": _table(page, "#matches"),
-            }
+            message = page.locator("#message").inner_text()
+            for _ in range(40):  # the tables render just after the message
+                recs, matches = _table(page, "#recs"), _table(page, "#matches")
+                if "Error:" in message or (recs and recs[0][0]):
+                    break
+                page.wait_for_timeout(250)
+            result = {"message": message, "recommendations": recs, "matches": matches}
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
             return result
@@ -114,9 +119,10 @@ def drive_demo(url: str, history: list[str], screenshot: Path, *, catalog: str |
 
 
 def _table(page, selector: str) -> list[list[str]]:
-    """The body rows of a Gradio Dataframe, as text."""
-    rows = page.locator(f"{selector} tbody tr")
-    return [[cell.strip() for cell in rows.nth(i).locator("td").all_inner_texts()] for i in range(rows.count())]
+    """The non-empty body rows of a Gradio Dataframe, as text (its grid rows; the table's own tbody is a hidden sizing row)."""
+    rows = page.locator(f"{selector} [role=row][data-index]")
+    cells = [[cell.strip() for cell in rows.nth(i).locator("[role=gridcell]").all_inner_texts()] for i in range(rows.count())]
+    return [row for row in cells if any(row)]
 
 
 def main() -> int:

@@ -1,12 +1,13 @@
 """ID generation throughput, uniqueness and length: the whole Amazon pre-training pool and one target catalog.
 
-For a from-scratch preset (``tiny``, ``t5-cpu``) the tokenizer is counted from the pool's texts and the
-generator is first warmed up on extractive keyword IDs (timed separately); ``smollm2-135m`` is prompted
-as is. IDs are then generated with :func:`foundation_rec.idgen.build_table` (Algorithm 1, unique over
+For a from-scratch preset (``tiny``, ``t5-cpu``) the tokenizer is counted from the pool's texts, the
+generator runs in extractive mode (IDs from each item's own words, as ``pretrain`` sets it) and is
+first warmed up on extractive keyword IDs (timed separately); ``smollm2-135m`` is prompted as is. IDs are then generated with :func:`foundation_rec.idgen.build_table` (Algorithm 1, unique over
 the whole pool, then unique within the target), timed per catalog. Each run is stored under its preset
 in ``results/ids.json``; ``results/ids.md`` tabulates every stored run.
 
-    python benchmarks/ids.py --preset tiny --threads 1
+    python benchmarks/ids.py --preset tiny --sample 2000 --threads 1
+    python benchmarks/ids.py --preset t5-cpu --sample 2000 --threads 1
     python benchmarks/ids.py --preset smollm2-135m --sample 200 --threads 1
 """
 
@@ -133,7 +134,9 @@ def main() -> None:
     start = time.perf_counter()
     texts = [t for c in pool_all for t in c.items["text"]] if args.preset in SCRATCH else None
     backbone = load_backbone(BackboneConfig(preset=args.preset, device=args.device), tokenizer_texts=texts)
-    generator = IDGenerator(backbone, IDGenConfig(batch_size=args.batch_size, max_input_tokens=args.input_tokens))
+    # from-scratch presets generate extractively (IDs from the item's own words), as pretrain's auto setting does
+    config = IDGenConfig(batch_size=args.batch_size, max_input_tokens=args.input_tokens, extractive=args.preset in SCRATCH)
+    generator = IDGenerator(backbone, config)
     run = {"environment": environment(), "preset": args.preset, "device": str(backbone.device), "threads": torch.get_num_threads()}
     run["load_seconds"] = round(time.perf_counter() - start, 2)
     run["config"] = dataclasses.asdict(generator.config)

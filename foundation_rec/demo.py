@@ -30,13 +30,13 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import gradio as gr  # noqa: E402
-from transformers import HfArgumentParser  # noqa: E402
+import gradio as gr
+from transformers import HfArgumentParser
 
-from .api import MAX_HISTORY_LINES, Catalog, FoundationRec  # noqa: E402
-from .corpora import recipe_names  # noqa: E402
-from .errors import FoundationRecError, cli_errors  # noqa: E402
-from .resolve import MAX_LINE_CHARS  # noqa: E402
+from .api import MAX_HISTORY_LINES, Catalog, FoundationRec
+from .corpora import recipe_names
+from .errors import FoundationRecError, cli_errors
+from .resolve import MAX_LINE_CHARS
 
 TOP_K = 10
 MAX_UPLOAD_ITEMS = 200_000
@@ -80,6 +80,15 @@ def read_items_file(path: str | Path) -> list[dict]:
     if not records:
         raise FoundationRecError("the items file has no items; upload one JSON object per line")
     return records
+
+
+def page_error(err: Exception) -> str:
+    """The one-line message the page shows for an error; an unexpected one also goes to the server log with its traceback."""
+    if isinstance(err, FoundationRecError):
+        return f"**Error:** {err}"
+    traceback.print_exception(err, file=sys.stderr)
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"**Error:** unexpected {type(err).__name__}: {first}"
 
 
 class DemoApp:
@@ -132,11 +141,8 @@ class DemoApp:
             start = time.perf_counter()
             catalog = self.catalog(choice, upload)
             return f"Catalog **{catalog.name}**: {len(catalog.item_ids):,} items with unique textual IDs (ready in {time.perf_counter() - start:.1f} s)."
-        except FoundationRecError as err:
-            return f"**Error:** {err}"
-        except Exception as err:  # the page shows one line; the server log keeps the traceback
-            traceback.print_exc(file=sys.stderr)
-            return f"**Error:** unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        except Exception as err:  # noqa: BLE001 (the page shows one line, never a traceback)
+            return page_error(err)
 
     def suggest(self, choice: str, upload: str | None, history: str):
         """Autocomplete: suggestions for the line being typed (the last one)."""
@@ -181,11 +187,8 @@ class DemoApp:
             flagged = sum(not m.matched for m in matches)
             note = f" {flagged} unmatched line(s) left out." if flagged else ""
             return rows, table, f"{len(table)} recommendations from **{catalog.name}** in {latency * 1000:.0f} ms.{note}"
-        except FoundationRecError as err:
-            return [], [], f"**Error:** {err}"
-        except Exception as err:  # never a stack trace in the page; the server log keeps it
-            traceback.print_exc(file=sys.stderr)
-            return [], [], f"**Error:** unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        except Exception as err:  # noqa: BLE001 (the page shows one line, never a traceback)
+            return [], [], page_error(err)
 
     def build(self) -> gr.Blocks:
         """The page."""
@@ -209,7 +212,7 @@ class DemoApp:
             recs = gr.Dataframe(headers=REC_HEADERS, label=f"Top {TOP_K} recommendations", interactive=False, elem_id="recs")
 
             choice.change(self.load_catalog, [choice, upload], catalog_status)
-            upload.upload(lambda f: gr.update(value=UPLOAD_CHOICE), upload, choice)
+            upload.upload(lambda f: (UPLOAD_CHOICE, self.load_catalog(UPLOAD_CHOICE, f)), upload, [choice, catalog_status])
             history.input(self.suggest, [choice, upload, history], suggestions, trigger_mode="always_last", show_progress="hidden")
             suggestions.select(self.apply_suggestion, [history, suggestions], history)
             button.click(self.recommend, [choice, upload, history], [matches, recs, message])
@@ -217,16 +220,19 @@ class DemoApp:
         return page
 
 
+@cli_errors
 def main(argv: list[str] | None = None) -> int:
-    with cli_errors():
-        (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(argv, look_for_args_file=False)
-        if not 0 < args.port < 65536:
-            raise FoundationRecError(f"--port {args.port} is out of range; use 1 to 65535")
-        if args.num_beams < TOP_K:
-            raise FoundationRecError(f"--num-beams {args.num_beams} is below {TOP_K}; use at least {TOP_K} beams for a top-{TOP_K} list")
-        app = DemoApp(args)
-        print(app.status().replace("**", ""), file=sys.stderr)
-        app.build().launch(server_name=args.host, server_port=args.port, show_error=False, footer_links=[])
+    parser = HfArgumentParser(DemoArguments, description=__doc__.splitlines()[0])
+    (args,) = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv, look_for_args_file=False)
+    if not 0 < args.port < 65536:
+        raise FoundationRecError(f"--port {args.port} is out of range; use 1 to 65535")
+    if args.num_beams < TOP_K:
+        raise FoundationRecError(f"--num-beams {args.num_beams} is below {TOP_K}; use at least {TOP_K} beams for a top-{TOP_K} list")
+    app = DemoApp(args)
+    print(app.status().replace("**", ""), file=sys.stderr)
+    # system fonts: the page makes no request outside this server (works offline)
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    app.build().launch(server_name=args.host, server_port=args.port, show_error=False, footer_links=[], theme=theme)
     return 0
 
 

@@ -411,6 +411,13 @@ def _fallback(base: str, text: str, taken: set[str]) -> str:
     return f"{base} {counter}"
 
 
+def keyword_loss(generator: IDGenerator, texts: Sequence[str], targets: Sequence[Sequence[int]]) -> tuple[torch.Tensor, int]:
+    """Teacher-forcing cross-entropy of the generator on target ID tokens (EOS included), and the number of target tokens."""
+    logits, mask = generator.logits(texts, targets)
+    gold = torch.nn.utils.rnn.pad_sequence([torch.tensor(t) for t in targets], batch_first=True).to(logits.device)
+    return torch.nn.functional.cross_entropy(logits.float()[mask], gold[mask]), int(mask.sum())
+
+
 def warmup(
     generator: IDGenerator,
     texts: Sequence[str],
@@ -448,9 +455,7 @@ def warmup(
             for start in range(0, len(order), batch_size):
                 batch = [texts[i] for i in order[start : start + batch_size]]
                 targets = encode_ids(generator.tokenizer, [keyword_id(t, rng.randint(min_words, max_words)) or "item" for t in batch])
-                logits, mask = generator.logits(batch, targets)
-                gold = torch.nn.utils.rnn.pad_sequence([torch.tensor(t) for t in targets], batch_first=True).to(logits.device)
-                loss = torch.nn.functional.cross_entropy(logits.float()[mask], gold[mask])
+                loss, _ = keyword_loss(generator, batch, targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from . import atomic, checkpoint
 from .errors import FoundationRecError
-from .idgen import IDGenerator, IDTable, build_table, encode_ids, keyword_id
+from .idgen import IDGenerator, IDTable, build_table, encode_ids, keyword_id, keyword_loss
 from .metrics import leave_one_out_metrics
 from .pool import Examples, Pool
 from .prompts import TEMPLATES, PromptBuilder, sample_templates, user_textual_ids
@@ -366,10 +366,7 @@ class Trainer:
 
     def _warmup_loss(self, keyword_tokens: list[list[int]], indices, _templates) -> tuple[torch.Tensor, int]:
         """Teacher-forcing cross-entropy of the generator on the items' keyword IDs (EOS included)."""
-        targets = [keyword_tokens[i] for i in indices]
-        logits, mask = self.gen.logits([self.texts[i] for i in indices], targets)
-        gold = torch.nn.utils.rnn.pad_sequence([torch.tensor(t) for t in targets], batch_first=True).to(logits.device)
-        return torch.nn.functional.cross_entropy(logits.float()[mask], gold[mask]), int(mask.sum())
+        return keyword_loss(self.gen, [self.texts[i] for i in indices], [keyword_tokens[i] for i in indices])
 
     # ----------------------------------------------------------------------------- phases
 

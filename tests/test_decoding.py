@@ -237,3 +237,26 @@ def test_user_errors_are_one_line(t5, catalog):
         beam_search(t5, ids, mask, num_beams=2, max_new_tokens=3, trie=big, **kw)
     with pytest.raises(FoundationRecError, match=f"shape \\[{V}\\]"):
         beam_search(t5, ids, mask, num_beams=2, max_new_tokens=3, bad_token_mask=torch.zeros(V - 1, dtype=torch.bool), **kw)
+
+
+@pytest.mark.parametrize("model_name", ["t5", "llama"])
+def test_per_prompt_masks_and_no_repeated_tokens(request, model_name):
+    model = request.getfixturevalue(model_name)
+    ids, mask = prompts(3, left_pad=model_name == "llama")
+    kw = {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.5, "max_new_tokens": 6, "eos_token_id": EOS, "pad_token_id": PAD}
+    bad = torch.ones(len(ids), V, dtype=torch.bool)
+    for row in range(len(ids)):  # each prompt may use its own 12 tokens (and EOS)
+        bad[row, 2 + 12 * row : 14 + 12 * row] = False
+    bad[:, EOS] = False
+    out = beam_search(model, ids, mask, bad_token_mask=bad, no_repeat_tokens=True, **kw)
+    for row in range(len(ids)):
+        alone = beam_search(model, ids[row : row + 1], mask[row : row + 1], bad_token_mask=bad[row], no_repeat_tokens=True, **kw)
+        assert torch.equal(alone.sequences[0], out.sequences[row][:, : alone.sequences.shape[-1]])
+        for seq, score in zip(out.sequences[row].tolist(), out.scores[row].tolist(), strict=True):
+            if score == float("-inf"):
+                continue
+            tokens = seq[: seq.index(EOS)] if EOS in seq else [t for t in seq if t != PAD]
+            assert tokens and len(set(tokens)) == len(tokens)  # no token twice
+            assert not bad[row, tokens].any()  # only the prompt's own tokens
+    with pytest.raises(FoundationRecError, match=r"bad_token_mask must be a bool tensor of shape \[120\] or \[3, 120\]"):
+        beam_search(model, ids, mask, bad_token_mask=bad[:2], **kw)

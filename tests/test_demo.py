@@ -91,7 +91,7 @@ def test_demo_handlers_explain_bad_input_in_the_page(tiny_checkpoint, items_file
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"item_id": "a", "title": "A"}\n{"item_id": "b", "title": \n', encoding="utf-8")
     assert "items file line 2 is not JSON" in app.load_catalog(UPLOAD_CHOICE, str(bad))
-    assert app.suggest(UPLOAD_CHOICE, str(items_file), "Dune\npride")["choices"][0][0] == "Pride and Prejudice"
+    assert app.suggest(UPLOAD_CHOICE, str(items_file), "Dune\npride")["choices"][0] == "Pride and Prejudice"
     assert app.apply_suggestion("Dune\npride", "Pride and Prejudice") == "Dune\nPride and Prejudice\n"
 
     missing = DemoApp(DemoArguments(checkpoint=str(tmp_path / "none"), device="cpu"))
@@ -107,11 +107,12 @@ def test_read_items_file_rejects_records_without_title(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None, reason="needs chromium (apt-get install chromium)")
-def test_demo_in_a_headless_browser(tiny_checkpoint, items_file, tmp_path):
+def test_demo_in_a_headless_browser(tiny_checkpoint, items_file, tmp_path, fixture_data):
     from demo_screenshot import RESULTS, demo_server, drive_demo
 
     screenshot = RESULTS / "demo-test.png"
-    with demo_server(["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--num-beams", "16"], log=tmp_path / "demo.log") as url:
+    args = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--num-beams", "16", "--data-dir", str(fixture_data), "--catalog", "steam"]
+    with demo_server(args, log=tmp_path / "demo.log") as url:
         result = drive_demo(url, ["The Hobbit", "Dune", "frankenstein shelley"], screenshot, upload=items_file, timeout_ms=120_000)
     titles = {r["title"] for r in RECORDS}
     assert result["message"].startswith("10 recommendations from bookshop"), result["message"]

@@ -3,6 +3,7 @@ determinism, warm-up to extractive IDs, the differentiable path, the ID table, a
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import pytest
@@ -21,6 +22,7 @@ from foundation_rec.idgen import (
     _NoEarlyEOS,
     build_table,
     encode_ids,
+    field_values,
     id_report,
     keyword_id,
     normalize_id,
@@ -246,3 +248,23 @@ def test_smollm2_writes_tag_like_ids():
     report = id_report(table, {"x": texts}, backbone.tokenizer)["corpora"]["x"]
     assert report["unique_pct"] == 100 and all(1 <= len(i.split()) <= 8 for i in ids)
     assert report["text_word_share"] > 0.5, ids
+
+
+def test_extractive_ids_use_only_the_items_own_words(cold):
+    """Extractive mode: even an untrained generator writes IDs from the item's own field values, no token twice."""
+    generator = IDGenerator(cold.backbone, dataclasses.replace(FAST, extractive=True))
+    result = generator.assign(TEXTS, progress=False)
+    assert len(set(result.ids)) == len(TEXTS)
+    tok = generator.tokenizer
+    for text, textual_id in zip(TEXTS, result.ids, strict=True):
+        own = set(tok(" ".join(field_values(text)), add_special_tokens=False)["input_ids"])
+        id_tokens = tok(textual_id, add_special_tokens=False)["input_ids"]
+        assert set(id_tokens) <= own, (text, textual_id)
+        assert "title" not in textual_id.split()  # field keys are not the item's words
+    assert result.fallbacks == 0
+    # the training path sees the same restriction: no probability outside the text's tokens (and the target's)
+    targets = encode_ids(tok, result.ids[:3])
+    probs = generator.token_distributions(TEXTS[:3], targets)
+    allowed = ~generator.text_token_mask(TEXTS[:3], targets)
+    assert probs.sum(-1)[probs.sum(-1) > 0].allclose(torch.ones(1))
+    assert (probs * ~allowed[:, None, :]).abs().max() == 0

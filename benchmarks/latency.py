@@ -1,0 +1,91 @@
+"""Recommendation latency for one user (p50/p95) and catalog indexing time per target, on CPU.
+
+    python benchmarks/latency.py [--checkpoint runs/pretrain/best] [--users 50] [--threads 2]
+
+For each target: index the catalog through the Python API (``FoundationRec.index_catalog``) and time
+it. The first indexing of a catalog generates its IDs (Algorithm 1 over every item); later ones load
+them from the cache. Both are reported: ``cold`` is the generation time this machine recorded in
+the cache when the IDs were generated (in this run, or an earlier one such as
+``benchmarks/zeroshot.py``; the record says which), ``warm`` the indexing time measured here with
+the IDs cached (trie build included). Then ``--users`` fixed-seed test users are recommended one at
+a time (``FoundationRec.recommend(history, k=10)``, the demo's call) after one untimed warm-up call;
+p50/p95/mean are over those calls.
+
+Writes ``results/latency.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from common import checkpoint_run, environment, write_results
+
+from foundation_rec.api import FoundationRec
+from foundation_rec.evaluate import examples
+
+
+def measure(model: FoundationRec, target: str, users: int, seed: int, data_dir) -> dict:
+    start = time.perf_counter()
+    catalog = model.index_catalog(target, data_dir=data_dir, progress=True)
+    warm = time.perf_counter() - start
+    record = model.catalog_id_record(catalog)
+    ex = examples(catalog.corpus, "test", users, seed, 20)
+    histories = [[catalog.item_ids[r] for r in h] for h in ex.histories]
+    model.recommend(histories[0], k=10)  # warm-up call, not timed
+    times = []
+    for history in histories:
+        t0 = time.perf_counter()
+        model.recommend(history, k=10)
+        times.append(time.perf_counter() - t0)
+    ms = np.asarray(times) * 1000
+    return {
+        "target": target,
+        "items": len(catalog.item_ids),
+        "index_cold_seconds": record.get("seconds"),
+        "index_cold_items_per_s": round(len(catalog.item_ids) / record["seconds"], 1) if record.get("seconds") else None,
+        "index_cold_threads": record.get("torch_threads"),
+        "index_warm_seconds": round(warm, 2),
+        "users": len(times),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "mean_ms": round(float(ms.mean()), 1),
+        "mean_history": round(float(np.mean([len(h) for h in histories])), 1),
+    }
+
+
+def report(payload: dict) -> str:
+    env = payload["environment"]
+    rows = [
+        f"| {r['target']} | {r['items']:,} | {r['index_cold_seconds']} | {r['index_cold_items_per_s']} | {r['index_warm_seconds']} | "
+        f"{r['users']} | {r['mean_history']} | {r['p50_ms']} | {r['p95_ms']} | {r['mean_ms']} |"
+        for r in payload["results"]
+    ]
+    return "\n".join([
+        "# Latency: one user's top-10, and catalog indexing",
+        "",
+        (f"`{env['command']}` on {env['cpu']} ({env['cpu_count']} cores, torch threads {env['torch_threads']}), {env['date']}; "
+         f"torch {env['torch']}, transformers {env['transformers']}. Checkpoint `{payload['checkpoint']}`, "
+         f"{payload['num_beams']} beams, k = 10."),
+        "",
+        "| target | items | index cold (s) | cold items/s | index warm (s) | users | mean history | p50 (ms) | p95 (ms) | mean (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        ("Cold: ID generation for the whole catalog as recorded in the cache when it ran (see the script's docstring); "
+         "warm: indexing with cached IDs, trie included."),
+    ]) + "\n"
+
+
+def main() -> None:
+    args, model = checkpoint_run(__doc__, "--users", 50)
+    payload = {"checkpoint": args.checkpoint, "num_beams": args.num_beams, "results": []}
+    for target in args.targets.split(","):
+        payload["results"].append(measure(model, target, args.users, args.seed, args.data_dir))
+        payload["environment"] = environment()
+        write_results("latency", payload, report(payload))
+        print(payload["results"][-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
