@@ -156,12 +156,16 @@ def beam_search(
     decoder_start_token_id: int | None = None,
     length_penalty: float = 1.0,
     no_repeat_tokens: bool = False,
+    word_pieces: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> BeamSearchOutput:
     """Beam search over ``model`` for each prompt row of ``input_ids`` (left-padded for decoder-only).
 
     ``trie`` restricts outputs to its items (its EOS must be ``eos_token_id``); ``bad_token_mask``
     (bool ``[V]``, or ``[B, V]`` for one mask per prompt) forbids tokens at every step;
-    ``no_repeat_tokens`` forbids a beam a token it has already generated; see the module docstring for the selection rules and
+    ``no_repeat_tokens`` forbids a beam a token it has already generated. ``word_pieces`` =
+    ``(text_tokens [B, L], continuation [V])`` keeps words whole: a continuation piece (``##ing``) may
+    not start the output, and may follow token ``p`` only where it follows ``p`` in prompt ``b``'s
+    ``text_tokens`` (padded with -1); see the module docstring for the selection rules and
     scores. Returns ``num_beams`` results per prompt, best first.
     """
     start = _check_args(
@@ -199,12 +203,17 @@ def beam_search(
         raise FoundationRecError(f"bad_token_mask must be a bool tensor of shape [{vocab}] or [{batch}, {vocab}] (the model's logits)")
     row_prompt = torch.arange(batch, device=device)  # prompt of each model row (one row per prompt at the first step)
     row_tokens = None  # tokens generated so far by the beam of each model row
+    row_last = None  # last generated token of each model row (with word_pieces)
+    if word_pieces is not None:
+        text_tokens, continuation = (x.to(device) for x in word_pieces)
     for step in range(max_new_tokens):
         log_probs = torch.log_softmax(logits, dim=-1)  # [rows, V]
         if bad_token_mask is not None:
             log_probs = log_probs.masked_fill(bad_token_mask if bad_token_mask.dim() == 1 else bad_token_mask[row_prompt], float("-inf"))
         if row_tokens is not None:
             log_probs = log_probs.scatter(1, row_tokens, float("-inf"))
+        if word_pieces is not None:
+            log_probs = log_probs.masked_fill(_unfollowable(continuation, text_tokens, row_prompt, row_last), float("-inf"))
         last_step = step == max_new_tokens - 1
         norm = (step + 1) ** length_penalty
         chosen = torch.zeros(batch, log_probs.shape[-1], device=device) if diversity_penalty else None
@@ -283,6 +292,8 @@ def beam_search(
         row_prompt = arange_b[:, :, None].expand_as(needed)[needed]
         if no_repeat_tokens:
             row_tokens = torch.stack(next_seqs, dim=1)[needed][:, : step + 1]
+        if word_pieces is not None:
+            row_last = torch.stack(next_token, dim=1)[needed]
         logits = stepper.next(torch.stack(next_row, dim=1)[needed], torch.stack(next_token, dim=1)[needed])
 
     # merge the groups' finished sequences, best first; a sequence found by several groups is kept once
@@ -296,6 +307,17 @@ def beam_search(
     sequences = sequences[:, :, : max(int(fin_lengths.max()), 1)].masked_fill(empty[..., None], pad_token_id)
     items = torch.full_like(nodes, -1) if trie is None else trie.items(nodes).masked_fill(empty, -1)
     return BeamSearchOutput(sequences=sequences, scores=scores, items=items)
+
+
+def _unfollowable(continuation: torch.Tensor, text_tokens: torch.Tensor, row_prompt: torch.Tensor, row_last: torch.Tensor | None) -> torch.Tensor:
+    """Bool ``[rows, V]``: continuation pieces that may not come next in each row (see ``word_pieces`` in :func:`beam_search`)."""
+    if row_last is None:  # first step: no continuation piece may start the output
+        return continuation.expand(len(row_prompt), -1)
+    text = text_tokens[row_prompt]  # [rows, L]
+    follows = (text[:, :-1] == row_last[:, None]) & (text[:, 1:] >= 0)  # where the last token stands, with a next token
+    allowed = torch.zeros(len(row_prompt), continuation.shape[0] + 1, dtype=torch.bool, device=continuation.device)
+    allowed.scatter_(1, torch.where(follows, text[:, 1:], continuation.shape[0]), True)  # the extra column takes the rest
+    return continuation & ~allowed[:, :-1]
 
 
 def dict_trie(trie: Trie) -> dict:

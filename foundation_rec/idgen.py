@@ -21,8 +21,9 @@ Starting point, before any recommendation training:
   for a short tag;
 * a from-scratch model (``tiny``, ``t5-cpu``) generates in *extractive* mode
   (``IDGenConfig.extractive``): each item's ID may only use tokens of its own text's field values
-  (a per-item ``[B, V]`` mask inside the batched beam search and on the training logits, and no
-  token twice in one ID), so even an untrained model writes IDs made of the item's own words. It is
+  (a per-item ``[B, V]`` mask inside the batched beam search and on the training logits, no token
+  twice in one ID, and a sub-word piece only after the piece it follows in the item's text), so even
+  an untrained model writes IDs made of the item's own words. It is
   also taught extractive IDs with :func:`warmup` (the first informative words of the title,
   :func:`keyword_id`), which teaches it which of those words to pick and in what order.
 
@@ -187,6 +188,7 @@ class IDGenerator:
                 f"num_beams={self.config.num_beams} is not a multiple of num_beam_groups={self.config.num_beam_groups}"
             )
         self._bad_tokens: torch.Tensor | None = None
+        self._continuation: torch.Tensor | None = None
 
     @property
     def tokenizer(self):
@@ -239,6 +241,24 @@ class IDGenerator:
                 mask[b, torch.as_tensor(list(ids), dtype=torch.long)] = False
         return mask
 
+    def word_pieces(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(text_tokens [B, L], continuation [V])`` for extractive beam search: the field-value tokens of each
+        text (padded with -1) and the vocabulary's continuation pieces (``##...``); ``None`` without such pieces."""
+        if self._continuation is None:
+            size = self.bad_token_mask().shape[0]
+            pieces = self.tokenizer.convert_ids_to_tokens(list(range(min(len(self.tokenizer), size))))
+            mask = torch.zeros(size, dtype=torch.bool)
+            mask[: len(pieces)] = torch.tensor([bool(p) and p.startswith("##") and len(p) > 2 for p in pieces])
+            self._continuation = mask
+        if not self._continuation.any():
+            return None
+        values = [" ".join(field_values(t)) for t in texts]
+        rows = self.tokenizer(values, truncation=True, max_length=self.config.max_input_tokens, add_special_tokens=False)["input_ids"]
+        tokens = torch.full((len(rows), max(1, *map(len, rows))), -1, dtype=torch.long)
+        for b, ids in enumerate(rows):
+            tokens[b, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        return tokens, self._continuation
+
     # ----------------------------------------------------------------------------- generation
 
     def candidates(
@@ -275,6 +295,7 @@ class IDGenerator:
                 pad_token_id=tok.pad_token_id,
                 bad_token_mask=self.text_token_mask(batch_texts) if cfg.extractive else self.bad_token_mask(),
                 no_repeat_tokens=cfg.extractive,
+                word_pieces=self.word_pieces(batch_texts) if cfg.extractive else None,
             )
             finite = (result.scores > float("-inf")).tolist()
             decoded = tok.batch_decode(result.sequences.flatten(0, 1).tolist(), skip_special_tokens=True)

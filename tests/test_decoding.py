@@ -260,3 +260,30 @@ def test_per_prompt_masks_and_no_repeated_tokens(request, model_name):
             assert not bad[row, tokens].any()  # only the prompt's own tokens
     with pytest.raises(FoundationRecError, match=r"bad_token_mask must be a bool tensor of shape \[120\] or \[3, 120\]"):
         beam_search(model, ids, mask, bad_token_mask=bad[:2], **kw)
+
+
+def test_word_pieces_keep_sub_words_in_their_text_order(t5):
+    """A continuation piece never starts the output and only follows the piece it follows in the prompt's text."""
+    ids, mask = prompts(4, left_pad=False)
+    continuation = torch.zeros(V, dtype=torch.bool)
+    continuation[60:] = True  # tokens 60.. play the role of '##' pieces
+    text = torch.tensor([[5, 61, 62, 7, 63, -1], [8, 64, 9, 65, 66, 10], [11, 12, 67, -1, -1, -1]])
+    allowed = torch.zeros(3, V, dtype=torch.bool)
+    for b, row in enumerate(text.tolist()):
+        allowed[b, [t for t in row if t >= 0]] = True
+    allowed[:, EOS] = True
+    out = beam_search(t5, ids, mask, num_beams=6, max_new_tokens=5, eos_token_id=EOS, pad_token_id=PAD, bad_token_mask=~allowed,
+                      no_repeat_tokens=True, word_pieces=(text, continuation))
+    pairs = [set(zip(row[:-1], row[1:], strict=True)) for row in text.tolist()]
+    seen_piece = False
+    for b in range(3):
+        for seq, score in zip(out.sequences[b].tolist(), out.scores[b].tolist(), strict=True):
+            tokens = seq[: seq.index(EOS)] if EOS in seq else seq
+            if score == float("-inf") or not tokens:
+                continue
+            assert not continuation[tokens[0]]
+            for prev, tok in zip(tokens[:-1], tokens[1:], strict=True):
+                if continuation[tok]:
+                    seen_piece = True
+                    assert (prev, tok) in pairs[b], (b, tokens)
+    assert seen_piece  # the rule was exercised, not vacuous
