@@ -102,8 +102,10 @@ class FoundationRec:
         self.generator = generator
         self.num_beams = num_beams
         self.catalog: Catalog | None = None
+        # the generator's files (name, size, mtime) too: a run retrained into the same directory gets new IDs
+        weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in (path / "generator").glob("*") if f.is_file())
         self._fingerprint = hashlib.blake2b(
-            (json.dumps(config, sort_keys=True) + str(path.resolve())).encode(), digest_size=8
+            (json.dumps(config, sort_keys=True) + str(path.resolve()) + repr(weights)).encode(), digest_size=8
         ).hexdigest()
 
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -274,7 +276,7 @@ def test_word_pieces_keep_sub_words_in_their_text_order(t5):
     allowed[:, EOS] = True
     out = beam_search(t5, ids, mask, num_beams=6, max_new_tokens=5, eos_token_id=EOS, pad_token_id=PAD, bad_token_mask=~allowed,
                       no_repeat_tokens=True, word_pieces=(text, continuation))
-    pairs = [set(zip(row[:-1], row[1:], strict=True)) for row in text.tolist()]
+    pairs = [set(itertools.pairwise(row)) for row in text.tolist()]
     seen_piece = False
     for b in range(3):
         for seq, score in zip(out.sequences[b].tolist(), out.scores[b].tolist(), strict=True):
@@ -282,7 +284,7 @@ def test_word_pieces_keep_sub_words_in_their_text_order(t5):
             if score == float("-inf") or not tokens:
                 continue
             assert not continuation[tokens[0]]
-            for prev, tok in zip(tokens[:-1], tokens[1:], strict=True):
+            for prev, tok in itertools.pairwise(tokens):
                 if continuation[tok]:
                     seen_piece = True
                     assert (prev, tok) in pairs[b], (b, tokens)
