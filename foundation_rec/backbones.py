@@ -349,7 +349,7 @@ def load_backbone(config: BackboneConfig, *, tokenizer_texts: Iterable[str] | No
     if quantization is None:
         model = model.to(device)
     backbone = _with_lora(Backbone(model=model, tokenizer=tokenizer, family=family, config=config), config, quantization is not None)
-    backbone.model.eval()  # as from_pretrained leaves a model; trainers switch to train mode themselves
+    backbone.model.train(False)  # as from_pretrained leaves a model; trainers switch to train mode themselves
     return backbone
 
 

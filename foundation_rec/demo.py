@@ -122,15 +122,14 @@ class DemoApp:
         if choice == UPLOAD_CHOICE:
             if not upload:
                 raise FoundationRecError("no items file uploaded; upload a .jsonl file or pick a built-in catalog")
-            records = read_items_file(upload)
             key = f"upload:{Path(upload).name}:{os.path.getsize(upload)}:{os.path.getmtime(upload)}"
             name = Path(upload).stem.replace(" ", "_")[:40] or "upload"
-            source: object = records
         else:
             if choice not in recipe_names():
                 raise FoundationRecError(f"unknown catalog {choice!r}; pick one of the list or upload an items file")
-            key, name, source = choice, choice, choice
-        if key not in self.catalogs:
+            key, name = choice, choice
+        if key not in self.catalogs:  # read and index once; suggestions call this on every keystroke
+            source = read_items_file(upload) if choice == UPLOAD_CHOICE else choice
             with self.lock:
                 self.catalogs[key] = model.index_catalog(source, name=name, data_dir=self.args.data_dir, progress=True)
         return self.catalogs[key]

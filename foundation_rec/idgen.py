@@ -222,15 +222,21 @@ class IDGenerator:
             self._bad_tokens = mask
         return self._bad_tokens
 
-    def text_token_mask(self, texts: Sequence[str], extra: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+    def value_tokens(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text's field values (keys dropped, cut at ``max_input_tokens``): the words an extractive ID may use."""
+        values = [" ".join(field_values(t)) for t in texts]
+        return self.tokenizer(values, truncation=True, max_length=self.config.max_input_tokens, add_special_tokens=False)["input_ids"]
+
+    def text_token_mask(
+        self, texts: Sequence[str], extra: Sequence[Sequence[int]] | None = None, *, rows: list[list[int]] | None = None
+    ) -> torch.Tensor:
         """Bool ``[B, V]`` for extractive mode: True for every token the ID of text ``b`` may not use.
 
-        Allowed: the word tokens of the text's field values (keys dropped, cut at ``max_input_tokens``),
-        the tokens of ``extra[b]`` (e.g. a teacher-forced target), and EOS.
+        Allowed: the tokens of the text's field values (:meth:`value_tokens`, or ``rows`` when already
+        computed), the tokens of ``extra[b]`` (e.g. a teacher-forced target), and EOS.
         """
         tok, bad = self.tokenizer, self.bad_token_mask()
-        values = [" ".join(field_values(t)) for t in texts]
-        rows = tok(values, truncation=True, max_length=self.config.max_input_tokens, add_special_tokens=False)["input_ids"]
+        rows = self.value_tokens(texts) if rows is None else rows
         allowed = torch.zeros(len(texts), bad.shape[0], dtype=torch.bool)
         for b, ids in enumerate(rows):
             ids = [*ids, *(extra[b] if extra is not None else ()), tok.eos_token_id]
@@ -241,9 +247,10 @@ class IDGenerator:
                 mask[b, torch.as_tensor(list(ids), dtype=torch.long)] = False
         return mask
 
-    def word_pieces(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def word_pieces(self, texts: Sequence[str], *, rows: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(text_tokens [B, L], continuation [V])`` for extractive beam search: the field-value tokens of each
-        text (padded with -1) and the vocabulary's continuation pieces (``##...``); ``None`` without such pieces."""
+        text (padded with -1; ``rows`` when already computed) and the vocabulary's continuation pieces (``##...``);
+        ``None`` without such pieces."""
         if self._continuation is None:
             size = self.bad_token_mask().shape[0]
             pieces = self.tokenizer.convert_ids_to_tokens(list(range(min(len(self.tokenizer), size))))
@@ -252,8 +259,7 @@ class IDGenerator:
             self._continuation = mask
         if not self._continuation.any():
             return None
-        values = [" ".join(field_values(t)) for t in texts]
-        rows = self.tokenizer(values, truncation=True, max_length=self.config.max_input_tokens, add_special_tokens=False)["input_ids"]
+        rows = self.value_tokens(texts) if rows is None else rows
         tokens = torch.full((len(rows), max(1, *map(len, rows))), -1, dtype=torch.long)
         for b, ids in enumerate(rows):
             tokens[b, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
@@ -279,11 +285,12 @@ class IDGenerator:
         order = sorted(range(len(texts)), key=lengths.__getitem__)
         out: list[list[str]] = [[] for _ in texts]
         was_training = model.training
-        model.eval()
+        model.train(False)
         starts = range(0, len(order), cfg.batch_size)
         for start in tqdm(starts, desc="ID candidates", unit="batch", disable=not progress, leave=False):
             batch = order[start : start + cfg.batch_size]
             batch_texts = [texts[i] for i in batch]
+            rows = self.value_tokens(batch_texts) if cfg.extractive else None
             result = beam_search(
                 _NoEarlyEOS(model, tok.eos_token_id, min_new_tokens),
                 **self._inputs(batch_texts),
@@ -293,9 +300,9 @@ class IDGenerator:
                 max_new_tokens=max_new,
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,
-                bad_token_mask=self.text_token_mask(batch_texts) if cfg.extractive else self.bad_token_mask(),
+                bad_token_mask=self.text_token_mask(batch_texts, rows=rows) if cfg.extractive else self.bad_token_mask(),
                 no_repeat_tokens=cfg.extractive,
-                word_pieces=self.word_pieces(batch_texts) if cfg.extractive else None,
+                word_pieces=self.word_pieces(batch_texts, rows=rows) if cfg.extractive else None,
             )
             finite = (result.scores > float("-inf")).tolist()
             decoded = tok.batch_decode(result.sequences.flatten(0, 1).tolist(), skip_special_tokens=True)
@@ -485,7 +492,7 @@ def warmup(
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             losses.append(total / len(texts))
-    model.eval()
+    model.train(False)
     return losses
 
 

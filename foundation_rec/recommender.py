@@ -107,7 +107,7 @@ class GenerativeRecommender:
         """Top ``k`` trie items (flat trie indices, ``-1`` padded) and their scores for each prompt."""
         input_ids, attention_mask = (t.to(self.device) for t in self.left_padded(prompts))
         was_training = self.model.training
-        self.model.eval()
+        self.model.train(False)
         try:
             out = beam_search(
                 self.model,

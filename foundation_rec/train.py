@@ -388,7 +388,7 @@ class Trainer:
         frozen_flags = [(p, p.requires_grad) for p in frozen.parameters()]
         for p, _ in frozen_flags:
             p.requires_grad_(False)
-        frozen.eval()
+        frozen.train(False)
         module.train()
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=self.config.weight_decay)
         if self._pending_optimizer is not None:

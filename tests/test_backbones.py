@@ -19,13 +19,7 @@ TEXTS = [
 ] * 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and far faster than on two when other processes share the CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +85,7 @@ def test_lora_trains_only_adapters_and_round_trips(tmp_path):
     assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
     loaded = load_backbone(BackboneConfig(name_or_path=str(tmp_path / "lora"), device="cpu"))
     assert loaded.trainable_parameters() == backbone.trainable_parameters()
-    backbone.model.eval()
+    backbone.model.train(False)
     with torch.no_grad():
         expected = backbone.hf_model(**enc, labels=enc["input_ids"]).logits
         assert torch.allclose(loaded.hf_model(**enc, labels=enc["input_ids"]).logits, expected, atol=1e-5)

@@ -49,13 +49,7 @@ FAST = IDGenConfig(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and far faster than on two when other processes share the CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_generator(seed: int = 0) -> IDGenerator:
@@ -91,7 +85,7 @@ def causal_generator(seed: int = 0) -> IDGenerator:
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, initializer_range=0.2,
     )  # fmt: skip
-    backbone = Backbone(model=LlamaForCausalLM(config).eval(), tokenizer=tok, family="causal", config=BackboneConfig(preset="tiny"))
+    backbone = Backbone(model=LlamaForCausalLM(config).train(False), tokenizer=tok, family="causal", config=BackboneConfig(preset="tiny"))
     return IDGenerator(backbone, FAST)
 
 

@@ -93,7 +93,7 @@ def test_soft_embeddings_equal_hard_ones_for_one_hot_distributions(pool, tmp_pat
         return torch.nn.functional.one_hot(torch.tensor(rows), vocab).float()
 
     trainer.gen.token_distributions = one_hot
-    trainer.rec.model.eval()
+    trainer.rec.model.train(False)
     idx = np.arange(len(trainer.train_examples))
     templates = np.arange(len(idx)) % 3
     soft, _ = trainer._id_loss(trainer.train_examples, idx, templates)

@@ -112,7 +112,7 @@ class SASRec:
     """A trained SASRec behind the harness's ``recommend`` protocol."""
 
     def __init__(self, net: SASRecNet, device: str = "cpu", batch_size: int = 256):
-        self.net, self.device, self.batch_size = net.eval(), device, batch_size
+        self.net, self.device, self.batch_size = net.train(False), device, batch_size
         self.history: list[dict] = []
         self.stopped = ""
 
@@ -177,7 +177,7 @@ class SASRec:
                 loss.backward()
                 optimizer.step()
                 total, count = total + loss.item() * int(real.sum()), count + int(real.sum())
-            net.eval()
+            net.train(False)
             ndcg = evaluate(corpus, model, "sasrec", split="valid", max_users=valid_users, seed=seed, progress=False)["metrics"]["N@10"]
             model.history.append({"epoch": epoch, "loss": round(total / count, 4), "valid_N@10": round(ndcg, 4), "seconds": round(time.perf_counter() - start, 1)})
             epochs.set_postfix(loss=f"{total / count:.3f}", valid_ndcg10=f"{ndcg:.4f}", best=f"{max(best, ndcg):.4f}")
@@ -193,7 +193,7 @@ class SASRec:
                 break
         epochs.close()
         net.load_state_dict(best_state)
-        net.eval()
+        net.train(False)
         return model
 
     @torch.no_grad()
