@@ -52,6 +52,9 @@ class BeamSearchOutput:
     items: torch.Tensor
 
 
+MAX_TAIL_POSITIONS = 256  # CPU: the largest single call scoring the beams' remaining paths (see _score_tails)
+
+
 class _IncrementalModel:
     """Feeds one token per beam to a Hugging Face model, keeping and reordering its KV cache.
 
@@ -64,10 +67,10 @@ class _IncrementalModel:
         self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         params = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
-        self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self.keep_arg = "logits_to_keep" if "logits_to_keep" in params else None
         self.prompt_mask = attention_mask
         self.origin = torch.arange(len(input_ids), device=input_ids.device)  # prompt of each row
-        self.steps = 0
+        self.steps = 0  # generated tokens fed so far
         if self.seq2seq:
             self.prompt_states = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
             self.encoder = (self.prompt_states, attention_mask)  # for the current rows
@@ -76,14 +79,17 @@ class _IncrementalModel:
             self.first_input = input_ids
             self.next_position = attention_mask.sum(-1)
 
-    def _forward(self, tokens, **kwargs):
+    def _forward(self, tokens, keep: int = 1, **kwargs):
+        """Logits of the last ``keep`` positions: ``[rows, V]`` for one, ``[rows, keep, V]`` for more."""
         if self.seq2seq:
             states, mask = self.encoder
             out = self.model(encoder_outputs=states, attention_mask=mask, decoder_input_ids=tokens, use_cache=True, **kwargs)
         else:
-            out = self.model(input_ids=tokens, use_cache=True, **self.keep_last, **kwargs)
+            last = {self.keep_arg: keep} if self.keep_arg else {}
+            out = self.model(input_ids=tokens, use_cache=True, **last, **kwargs)
         self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
-        return out.logits[:, -1, :].float()
+        logits = out.logits[:, -keep:, :].float()
+        return logits[:, 0] if keep == 1 else logits
 
     def first(self) -> torch.Tensor:
         """Logits [B, V] for the first generated token of each prompt (one row per prompt)."""
@@ -93,21 +99,27 @@ class _IncrementalModel:
         return self._forward(self.first_input, attention_mask=self.prompt_mask, position_ids=position)
 
     def next(self, source: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Row ``i`` continues row ``source[i]`` of the previous call with ``tokens[i]``; logits [N, V]."""
+        """Row ``i`` continues row ``source[i]`` of the previous call with ``tokens[i]``: logits ``[N, V]``.
+
+        ``tokens`` ``[N, width]`` feeds several tokens per row at once (right-padded: causal attention
+        keeps padding out of the earlier positions) and returns logits ``[N, width, V]``.
+        """
+        tokens = tokens[:, None] if tokens.dim() == 1 else tokens
         self.cache.reorder_cache(source)
-        origin, self.steps = self.origin[source], self.steps + 1
+        origin, start = self.origin[source], self.steps
+        self.steps += tokens.shape[1]
         cache = {self.cache_arg: self.cache}
         if self.seq2seq:
             if not torch.equal(origin, self.origin):
                 states = self.prompt_states.last_hidden_state.index_select(0, origin)
                 self.encoder = (type(self.prompt_states)(last_hidden_state=states), self.prompt_mask.index_select(0, origin))
             self.origin = origin
-            return self._forward(tokens[:, None], **cache)
+            return self._forward(tokens, tokens.shape[1], **cache)
         self.origin = origin
         generated = torch.ones(len(tokens), self.steps, dtype=self.prompt_mask.dtype, device=tokens.device)
         mask = torch.cat([self.prompt_mask.index_select(0, origin), generated], dim=1)
-        position = (self.next_position.index_select(0, origin) + self.steps - 1)[:, None]
-        return self._forward(tokens[:, None], attention_mask=mask, position_ids=position, **cache)
+        position = self.next_position.index_select(0, origin)[:, None] + start + torch.arange(tokens.shape[1], device=tokens.device)
+        return self._forward(tokens, tokens.shape[1], attention_mask=mask, position_ids=position, **cache)
 
 
 def _check_args(model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, start) -> int | None:
@@ -165,8 +177,9 @@ def beam_search(
     ``no_repeat_tokens`` forbids a beam a token it has already generated. ``word_pieces`` =
     ``(text_tokens [B, L], continuation [V])`` keeps words whole: a continuation piece (``##ing``) may
     not start the output, and may follow token ``p`` only where it follows ``p`` in prompt ``b``'s
-    ``text_tokens`` (padded with -1); see the module docstring for the selection rules and
-    scores. Returns ``num_beams`` results per prompt, best first.
+    ``text_tokens`` (padded with -1); nor may the output end (EOS, or the length limit) on a token
+    that the text always continues with a piece. See the module docstring for the selection rules
+    and scores. Returns ``num_beams`` results per prompt, best first.
     """
     start = _check_args(
         model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, decoder_start_token_id
@@ -206,15 +219,25 @@ def beam_search(
     row_last = None  # last generated token of each model row (with word_pieces)
     if word_pieces is not None:
         text_tokens, continuation = (x.to(device) for x in word_pieces)
+    # once every live beam is on a single path to a leaf (Trie.tails), one model call scores all the
+    # remaining tokens and later steps read them from `tail` (tokens [rows, D], log-probs [rows, D], offset)
+    tail = None
+    use_tails = trie is not None and groups == 1 and not no_repeat_tokens and word_pieces is None
     for step in range(max_new_tokens):
-        log_probs = torch.log_softmax(logits, dim=-1)  # [rows, V]
+        if tail is None:
+            log_probs = torch.log_softmax(logits, dim=-1)  # [rows, V]
+        else:
+            tail_tokens, tail_scores, at = tail
+            log_probs = torch.full((len(tail_tokens), vocab), float("-inf"), device=device)
+            log_probs.scatter_(1, tail_tokens[:, at : at + 1].clamp(min=0), tail_scores[:, at : at + 1])
         if bad_token_mask is not None:
             log_probs = log_probs.masked_fill(bad_token_mask if bad_token_mask.dim() == 1 else bad_token_mask[row_prompt], float("-inf"))
         if row_tokens is not None:
             log_probs = log_probs.scatter(1, row_tokens, float("-inf"))
-        if word_pieces is not None:
-            log_probs = log_probs.masked_fill(_unfollowable(continuation, text_tokens, row_prompt, row_last), float("-inf"))
         last_step = step == max_new_tokens - 1
+        if word_pieces is not None:
+            unfollowable = _unfollowable(continuation, text_tokens, row_prompt, row_last, eos_token_id, last_step)
+            log_probs = log_probs.masked_fill(unfollowable, float("-inf"))
         norm = (step + 1) ** length_penalty
         chosen = torch.zeros(batch, log_probs.shape[-1], device=device) if diversity_penalty else None
         next_row, next_token, next_node, next_score, next_seqs = [], [], [], [], []
@@ -294,7 +317,13 @@ def beam_search(
             row_tokens = torch.stack(next_seqs, dim=1)[needed][:, : step + 1]
         if word_pieces is not None:
             row_last = torch.stack(next_token, dim=1)[needed]
-        logits = stepper.next(torch.stack(next_row, dim=1)[needed], torch.stack(next_token, dim=1)[needed])
+        source, tokens = torch.stack(next_row, dim=1)[needed], torch.stack(next_token, dim=1)[needed]
+        if tail is not None:
+            tail = (tail[0][source], tail[1][source], tail[2] + 1)
+        elif use_tails:
+            tail = _score_tails(stepper, trie, run_nodes[needed], source, tokens, vocab)
+        if tail is None:
+            logits = stepper.next(source, tokens)
 
     # merge the groups' finished sequences, best first; a sequence found by several groups is kept once
     scores, sequences, nodes = fin_scores.flatten(1), fin_tokens.flatten(1, 2), fin_nodes.flatten(1)
@@ -309,15 +338,56 @@ def beam_search(
     return BeamSearchOutput(sequences=sequences, scores=scores, items=items)
 
 
-def _unfollowable(continuation: torch.Tensor, text_tokens: torch.Tensor, row_prompt: torch.Tensor, row_last: torch.Tensor | None) -> torch.Tensor:
-    """Bool ``[rows, V]``: continuation pieces that may not come next in each row (see ``word_pieces`` in :func:`beam_search`)."""
-    if row_last is None:  # first step: no continuation piece may start the output
-        return continuation.expand(len(row_prompt), -1)
+def _score_tails(stepper: _IncrementalModel, trie: Trie, nodes: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor, vocab: int):
+    """When every beam (at ``nodes``, continuing ``source`` with ``tokens``) has a single path left to its
+    leaf, feed each its last token and the path in one model call: ``(path tokens [N, D], their
+    log-probabilities [N, D], 0)``.
+
+    ``None`` (nothing fed) when some beam still has a choice, when the paths are one token long (no
+    call saved), or when the call would be too big: over :data:`MAX_TAIL_POSITIONS` positions on
+    CPU, or logits over 2**27 floats anywhere. One call of ``N * D`` positions replaces ``D`` calls
+    that each read the whole output layer but shrink as beams finish; on CPU the saving wins up to
+    about 40 beams x 5 tokens and loses at 80 x 5 (``benchmarks/decoding.py``, beam 10 against 20).
+    """
+    paths, lengths = trie.tails(nodes)
+    positions = paths.numel()
+    limit = MAX_TAIL_POSITIONS if nodes.device.type == "cpu" else 2**27 // vocab
+    if not len(nodes) or int(lengths.min()) == 0 or paths.shape[1] < 2 or positions > limit:
+        return None
+    feed = torch.cat([tokens[:, None], paths[:, :-1]], dim=1).clamp(min=0)  # padding: any real token, never read
+    logits = stepper.next(source, feed)  # [N, D, V]
+    scores = torch.log_softmax(logits, dim=-1).gather(2, paths.clamp(min=0)[..., None])[..., 0]
+    return paths, scores.masked_fill(paths < 0, float("-inf")), 0
+
+
+def _unfollowable(
+    continuation: torch.Tensor, text_tokens: torch.Tensor, row_prompt: torch.Tensor, row_last: torch.Tensor | None, eos_token_id: int, closing: bool
+) -> torch.Tensor:
+    """Bool ``[rows, V]``: the tokens ``word_pieces`` forbids next in each row (see :func:`beam_search`).
+
+    A continuation piece may not start the output and may follow the row's last token only where it
+    follows it in the text; EOS may not come right after a token that, wherever it stands in the
+    text, is followed by a continuation piece (the word is unfinished); at the ``closing`` (last)
+    step, where every beam ends, neither may such a token.
+    """
     text = text_tokens[row_prompt]  # [rows, L]
-    follows = (text[:, :-1] == row_last[:, None]) & (text[:, 1:] >= 0)  # where the last token stands, with a next token
-    allowed = torch.zeros(len(row_prompt), continuation.shape[0] + 1, dtype=torch.bool, device=continuation.device)
-    allowed.scatter_(1, torch.where(follows, text[:, 1:], continuation.shape[0]), True)  # the extra column takes the rest
-    return continuation & ~allowed[:, :-1]
+    rows, vocab = len(text), continuation.shape[0]
+    following = torch.cat([text[:, 1:], torch.full_like(text[:, :1], -1)], dim=1)  # token after each position, -1 at the end
+    word_end = (text >= 0) & ((following < 0) | ~continuation[following.clamp(min=0)])
+
+    def scatter(where: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:  # [rows, V]: True at `tokens` where `where`
+        hit = torch.zeros(rows, vocab + 1, dtype=torch.bool, device=text.device)
+        return hit.scatter_(1, torch.where(where, tokens, vocab), True)[:, :-1]
+
+    if row_last is None:  # first step: no continuation piece may start the output
+        bad = continuation.expand(rows, -1).clone()
+    else:
+        at_last = text == row_last[:, None]
+        bad = continuation & ~scatter(at_last & (following >= 0), following)
+        bad[:, eos_token_id] |= at_last.any(1) & ~(at_last & word_end).any(1)
+    if closing:
+        bad |= scatter(text >= 0, text) & ~scatter(word_end, text)
+    return bad
 
 
 def dict_trie(trie: Trie) -> dict:

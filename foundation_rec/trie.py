@@ -58,6 +58,7 @@ class Trie:
         counts = offsets[1:] - offsets[:-1]
         edge_parent = torch.repeat_interleave(torch.arange(len(counts), device=offsets.device), counts)
         self.edge_key = edge_parent * self.vocab_size + edge_token
+        self._tail_length: torch.Tensor | None = None  # see tails()
 
     # ----------------------------------------------------------------------------- construction
 
@@ -199,6 +200,33 @@ class Trie:
         pos = torch.searchsorted(self.edge_key, key).clamp(max=max(len(self.edge_key) - 1, 0))
         found = (nodes >= 0) & (tokens >= 0) & (self.edge_key[pos] == key)
         return torch.where(found, pos + 1, -1)
+
+    def tails(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rest of each node's ID when it has no choice left: tokens ``[N, D]`` (-1 padding), lengths ``[N]``.
+
+        A node whose descendants form one path to a leaf (every node on it has a single child) has
+        that path's tokens, EOS included; any other node (a branching node, a leaf, a dead node -1)
+        has length 0. Once every beam is on such a path, decoding knows all remaining tokens and can
+        score them in one model call (see :func:`foundation_rec.decoding.beam_search`).
+        """
+        if self._tail_length is None:
+            counts = self.offsets[1:] - self.offsets[:-1]
+            only_child = torch.where(counts == 1, self.offsets[:-1] + 1, -1)
+            length = torch.where(self.node_item >= 0, 0, -1)  # leaves: nothing left; -1: not (yet) a single path
+            for _ in range(self.max_depth):  # children are numbered after their parents: max_depth passes settle it
+                child = length[only_child.clamp(min=0)]
+                length = torch.where((only_child >= 0) & (child >= 0), child + 1, length)
+            self._tail_length = length.clamp(min=0)
+        alive = nodes >= 0
+        lengths = torch.where(alive, self._tail_length[nodes.clamp(min=0)], 0)
+        width = int(lengths.max()) if len(nodes) else 0
+        tokens = torch.full((len(nodes), width), -1, dtype=torch.long, device=nodes.device)
+        node = nodes.clamp(min=0)
+        for depth in range(width):
+            edge = self.offsets[node].clamp(max=max(len(self.edge_token) - 1, 0))
+            tokens[:, depth] = torch.where(depth < lengths, self.edge_token[edge], -1)
+            node = torch.where(depth < lengths, edge + 1, node)
+        return tokens, lengths
 
     def items(self, nodes: torch.Tensor) -> torch.Tensor:
         """Item index at each node (a leaf), -1 for inner and dead nodes."""

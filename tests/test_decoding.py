@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-from foundation_rec.decoding import beam_search, dict_trie, reference_beam_search
+from foundation_rec.decoding import _unfollowable, beam_search, dict_trie, reference_beam_search
 from foundation_rec.errors import FoundationRecError
 from foundation_rec.trie import Trie
 
@@ -108,6 +108,30 @@ def test_constrained_t5_equals_hf_reference(t5, catalog, num_beams, length_penal
     assert_catalog_items(ours, catalog)
     assert_same(ours, ref)
     assert (ours.scores[:, :-1] >= ours.scores[:, 1:]).all()
+
+
+@pytest.mark.parametrize("name", ["t5", "llama"])
+def test_single_paths_scored_in_one_call_equal_hf_reference(request, name):
+    """Once every beam has one path left to its leaf, one model call scores the rest (Trie.tails): the
+    model runs fewer times than there are steps, and the results still equal the reference."""
+    model = request.getfixturevalue(name)
+    rng = np.random.default_rng(3)
+    seen: dict[tuple[int, ...], None] = {}
+    while len(seen) < 60:  # 10 first words, then 3-5 tokens that make each ID unique after its second token
+        seen[(int(rng.integers(3, 13)), *(int(t) for t in rng.integers(13, V, rng.integers(3, 6))), EOS)] = None
+    trie = Trie.build([list(s) for s in seen], vocab_size=V, eos_token_id=EOS)
+    ids, mask = prompts(4, left_pad=name == "llama")
+    kw = {"num_beams": 4, "max_new_tokens": trie.max_depth, "eos_token_id": EOS, "pad_token_id": PAD}
+    calls = []
+    hook = model.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+    try:
+        ours = beam_search(model, ids, mask, trie=trie, **kw)
+    finally:
+        hook.remove()
+    ref = reference_beam_search(model, ids, mask, prefix_trie=dict_trie(trie), decoder_start_token_id=PAD if name == "t5" else None, **kw)
+    assert len(calls) < trie.max_depth - 1  # the single paths were fed at once
+    assert_catalog_items(ours, trie)
+    assert_same(ours, ref)
 
 
 def test_constrained_decoder_only_equals_hf_reference(llama, catalog):
@@ -277,6 +301,8 @@ def test_word_pieces_keep_sub_words_in_their_text_order(t5):
     out = beam_search(t5, ids, mask, num_beams=6, max_new_tokens=5, eos_token_id=EOS, pad_token_id=PAD, bad_token_mask=~allowed,
                       no_repeat_tokens=True, word_pieces=(text, continuation))
     pairs = [set(itertools.pairwise(row)) for row in text.tolist()]
+    word_final = [{5: False, 61: False, 62: True, 7: False, 63: True}, {8: False, 64: True, 9: False, 65: False, 66: True, 10: True},
+                  {11: True, 12: False, 67: True}]  # does some occurrence end a word (next token not a piece)?
     seen_piece = False
     for b in range(3):
         for seq, score in zip(out.sequences[b].tolist(), out.scores[b].tolist(), strict=True):
@@ -284,8 +310,25 @@ def test_word_pieces_keep_sub_words_in_their_text_order(t5):
             if score == float("-inf") or not tokens:
                 continue
             assert not continuation[tokens[0]]
+            assert word_final[b][tokens[-1]], (b, tokens)  # never ends inside a word
             for prev, tok in itertools.pairwise(tokens):
                 if continuation[tok]:
                     seen_piece = True
                     assert (prev, tok) in pairs[b], (b, tokens)
     assert seen_piece  # the rule was exercised, not vacuous
+
+
+def test_word_piece_mask_by_hand():
+    """The mask behind ``word_pieces``, on a hand-worked text: 'the runn ##ing man ##go' as tokens 2 3 10 4 11."""
+    continuation = torch.zeros(12, dtype=torch.bool)
+    continuation[10:] = True
+    text = torch.tensor([[2, 3, 10, 4, 11, -1]])
+    prompt = torch.tensor([0, 0, 0])
+    first = _unfollowable(continuation, text, prompt[:1], None, EOS, closing=False)
+    assert first[0].nonzero().flatten().tolist() == [10, 11]  # no piece starts an ID
+    after = _unfollowable(continuation, text, prompt, torch.tensor([3, 2, 4]), EOS, closing=False)
+    # after 'runn' only '##ing' may follow and EOS may not; after 'the' no piece, EOS fine; after 'man' only '##go', no EOS
+    assert after.nonzero().tolist() == [[0, EOS], [0, 11], [1, 10], [1, 11], [2, EOS], [2, 10]]
+    closing = _unfollowable(continuation, text, prompt, torch.tensor([3, 2, 4]), EOS, closing=True)
+    # the last step also forbids ending on 'runn' or 'man' (always continued by a piece)
+    assert closing.nonzero().tolist() == [[0, EOS], [0, 3], [0, 4], [0, 11], [1, 3], [1, 4], [1, 10], [1, 11], [2, EOS], [2, 3], [2, 4], [2, 10]]

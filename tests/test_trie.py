@@ -72,6 +72,29 @@ def test_leaves_name_items_and_sequences_round_trip():
     assert trie.max_depth == max(map(len, seqs))
 
 
+def test_tails_are_the_single_paths_left():
+    """By hand: 'a b c', 'a b d', 'e', 'f g' -> after 'a b c' only EOS; after 'f' 'g EOS'; 'a' still branches."""
+    a, b, c, d, e, f, g = range(2, 9)
+    trie = Trie.build([[a, b, c, EOS], [a, b, d, EOS], [e, EOS], [f, g, EOS]], vocab_size=V, eos_token_id=EOS)
+    cases = {(): [], (a,): [], (a, b): [], (a, b, c): [EOS], (e,): [EOS], (f,): [g, EOS], (f, g): [EOS], (f, g, EOS): []}
+    nodes = torch.tensor([walk(trie, p) for p in cases] + [-1])
+    tokens, lengths = trie.tails(nodes)
+    assert lengths.tolist() == [len(t) for t in cases.values()] + [0]
+    assert [row[:n].tolist() for row, n in zip(tokens, lengths, strict=True)] == [*cases.values(), []]
+    assert all((row[n:] == -1).all() for row, n in zip(tokens, lengths, strict=True))  # padded with -1
+    # on a random catalog: a node's tail is its only continuation, and following it reaches a leaf
+    seqs = random_ids(300, seed=4)
+    trie = Trie.build(seqs, vocab_size=V, eos_token_id=EOS)
+    follow = prefixes(seqs)
+    nodes = torch.tensor([walk(trie, p) for p in follow])
+    tokens, lengths = trie.tails(nodes)
+    for (prefix, _), row, n in zip(follow.items(), tokens.tolist(), lengths.tolist(), strict=True):
+        rest = {tuple(s[len(prefix) :]) for s in seqs if tuple(s[: len(prefix)]) == prefix}
+        assert (n > 0) == (len(rest) == 1)
+        if n:
+            assert tuple(row[:n]) == next(iter(rest))
+
+
 def test_union_keeps_global_items_and_corpus_rows():
     a, b = random_ids(120, seed=2), random_ids(80, seed=3, vocab=20)
     b = [s for s in b if s not in a]
