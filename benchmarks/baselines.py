@@ -24,7 +24,7 @@ import argparse
 import time
 
 import torch
-from common import RESULTS, TARGETS, environment, write_results
+from common import RESULTS, TARGETS, environment, provenance, write_results
 
 from foundation_rec.baselines import METHODS, evaluate_methods
 from foundation_rec.corpora import load_corpus
@@ -99,8 +99,7 @@ def report(payload: dict) -> str:
         "# Baselines: random, popularity, text-kNN (zero-shot), SASRec (supervised)",
         "",
         (
-            f"`{env['command']}` on {env['cpu']} ({env['cpu_count']} cores, torch threads {env['torch_threads']}), {env['date']}; "
-            f"python {env['python']}, torch {env['torch']}, transformers {env['transformers']}. Wall time {payload['wall_seconds'] / 60:.1f} min, "
+            f"{provenance(env)} Wall time {payload['wall_seconds'] / 60:.1f} min, "
             f"CPU time {payload['cpu_seconds'] / 60:.1f} min (text-kNN embeddings only where not cached before the run, see below)."
         ),
         "",

@@ -42,6 +42,14 @@ def environment() -> dict:
     return env
 
 
+def provenance(env: dict) -> str:
+    """The sentence every result file opens with: the command, machine, date and versions of :func:`environment`."""
+    return (
+        f"`{env['command']}` on {env['cpu']} ({env['cpu_count']} cores, torch threads {env['torch_threads']}), {env['date']}; "
+        f"python {env['python']}, torch {env['torch']}, transformers {env['transformers']}."
+    )
+
+
 def write_results(name: str, payload: dict, markdown: str) -> None:
     """Write ``results/<name>.json`` and ``results/<name>.md`` atomically."""
     atomic.write_json(RESULTS / f"{name}.json", payload)

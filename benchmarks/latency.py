@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import checkpoint_run, environment, write_results
+from common import checkpoint_run, environment, provenance, write_results
 
 from foundation_rec.api import FoundationRec
 from foundation_rec.evaluate import examples
@@ -64,8 +64,7 @@ def report(payload: dict) -> str:
     return "\n".join([
         "# Latency: one user's top-10, and catalog indexing",
         "",
-        (f"`{env['command']}` on {env['cpu']} ({env['cpu_count']} cores, torch threads {env['torch_threads']}), {env['date']}; "
-         f"torch {env['torch']}, transformers {env['transformers']}. Checkpoint `{payload['checkpoint']}`, "
+        (f"{provenance(env)} Checkpoint `{payload['checkpoint']}`, "
          f"{payload['num_beams']} beams, k = 10."),
         "",
         "| target | items | index cold (s) | cold items/s | index warm (s) | users | mean history | p50 (ms) | p95 (ms) | mean (ms) |",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 
-from common import RESULTS, checkpoint_run, environment, write_results
+from common import RESULTS, checkpoint_run, environment, provenance, write_results
 
 from foundation_rec.evaluate import markdown_table
 from foundation_rec.zeroshot import METHOD, ZeroShotArguments, run_target
@@ -68,8 +68,7 @@ def report(payload: dict) -> str:
     lines = [
         "# Zero-shot on unseen platforms, next to the baselines",
         "",
-        (f"`{env['command']}` on {env['cpu']} ({env['cpu_count']} cores, torch threads {env['torch_threads']}), {env['date']}; "
-         f"torch {env['torch']}, transformers {env['transformers']}. Checkpoint `{payload['checkpoint']}` "
+        (f"{provenance(env)} Checkpoint `{payload['checkpoint']}` "
          f"(pre-trained on {', '.join(payload['pretrained_corpora'])}). Wall time {payload['wall_seconds'] / 60:.1f} min."),
         "",
         (f"Leave-one-out test split, full ranking over the whole catalog, history items kept, at most 20 history items; "

@@ -19,8 +19,9 @@ from the log-softmax over the full vocabulary, so scores are the model's real lo
 and it finishes at a leaf, which names the item. Beams with no valid continuation die (score
 ``-inf``) instead of producing filler, so a small catalog yields fewer results, padded with item
 ``-1`` and score ``-inf``. Only live beams of prompts that can still improve are fed to the model
-(and the first step runs one row per prompt), so finished and dead beams cost no compute; this
-changes no result.
+(and the first step runs one row per prompt), so finished and dead beams cost no compute; once every
+live beam has a single path left to its leaf (:meth:`Trie.tails`), one model call scores all the
+remaining tokens of all beams and the last steps run without the model. None of this changes a result.
 
 Diverse beam search (Vijayakumar et al., 2018; HF's former ``group_beam_search``, now only on the
 Hub): ``num_beam_groups`` groups of ``num_beams // num_beam_groups`` beams search side by side on one
@@ -56,7 +57,7 @@ MAX_TAIL_POSITIONS = 256  # CPU: the largest single call scoring the beams' rema
 
 
 class _IncrementalModel:
-    """Feeds one token per beam to a Hugging Face model, keeping and reordering its KV cache.
+    """Feeds one token (or a known path) per beam to a Hugging Face model, keeping and reordering its KV cache.
 
     Rows are whatever beams the caller still needs: each call names, per new row, the row of the
     previous call it continues, so finished, dead and hopeless beams cost no compute.

@@ -1,0 +1,117 @@
+"""In-domain IDGenRec on Amazon Beauty and Toys: train on one corpus, test on its held-out last items.
+
+    python benchmarks/indomain.py [--corpora amazon2014-beauty,amazon2014-toys] [--users-per-corpus 2000]
+                                  [--max-users 2000] [--runs runs/indomain] [--skip-training]
+
+For each corpus it runs the two commands a user would run:
+
+1. ``python -m foundation_rec.pretrain --corpora NAME --users-per-corpus U --output-dir RUNS/NAME``
+   (the CPU preset's recipe, on a seeded sample of U users of that corpus and their items);
+2. the evaluation of ``python -m foundation_rec.zeroshot --target NAME --allow-seen-platform
+   --max-users N --baselines all``: IDs for the whole catalog from the trained generator, its trie,
+   constrained beam search for a fixed-seed sample of N test users, and random, popularity, text-kNN
+   and SASRec (trained on the whole corpus until its validation score stops improving: about 30 min
+   a corpus on 2 CPU cores) on the same users.
+
+Protocol: leave-one-out (train targets s[1..n-3], valid s[n-2], test s[n-1]), history capped at 20
+items, full ranking over the whole catalog, history items kept, Recall/NDCG@5/10; the literature
+reference points (full ranking, leave-one-out, Beauty) are printed next to the table. Writes
+``results/indomain.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import environment, provenance, write_results
+
+from foundation_rec.api import FoundationRec
+from foundation_rec.evaluate import markdown_table
+from foundation_rec.zeroshot import METHOD, ZeroShotArguments, run_target
+
+# Full-ranking leave-one-out results on Amazon Beauty from the literature (the issue's reference points).
+LITERATURE = [
+    {"corpus": "amazon2014-beauty", "method": "SASRec, cross-entropy loss (literature)", "R@10": 0.082, "N@10": 0.041},
+    {"corpus": "amazon2014-beauty", "method": "TIGER (literature)", "R@10": 0.065, "N@10": 0.038},
+]
+
+
+def train(corpus: str, users: int, out: Path, data_dir: str | None) -> dict:
+    """Run the pre-training CLI on one corpus; its wall time, the children's peak RSS and the command."""
+    command = [sys.executable, "-m", "foundation_rec.pretrain", "--corpora", corpus, "--users-per-corpus", str(users),
+               "--output-dir", str(out), "--progress", "false"]
+    if data_dir:
+        command += ["--data-dir", data_dir]
+    print("$", " ".join(command[1:]), flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return {
+        "command": " ".join(["python", *command[1:]]),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "peak_rss_gib_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
+    }
+
+
+def markdown(payload: dict) -> str:
+    env = payload["environment"]
+    lines = [
+        "# In-domain IDGenRec (train and test on one Amazon corpus)",
+        "",
+        provenance(env),
+        "",
+        ("Leave-one-out test split, full ranking over the whole catalog, history items kept, history capped at 20 items. "
+        f"Our model is trained on a seeded sample of {payload['users_per_corpus']:,} users per corpus (the CPU preset's "
+        f"recipe otherwise); every method is scored on the same fixed-seed sample of test users."),
+        "",
+    ]
+    for corpus, block in payload["corpora"].items():
+        training = block.get("training")
+        lines += [f"## {corpus}", ""]
+        if training:
+            lines += [f"Training: `{training['command']}`, {training['wall_s'] / 60:.1f} min wall, peak RSS {training['peak_rss_gib_children']} GiB.", ""]
+        lines += [markdown_table(block["results"]), ""]
+    lines += ["## Literature (full ranking, leave-one-out, Amazon Beauty, all users, GPU-trained)", "", "| method | R@10 | N@10 |", "|---|---|---|"]
+    lines += [f"| {r['method']} | {r['R@10']:.3f} | {r['N@10']:.3f} |" for r in LITERATURE]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpora", default="amazon2014-beauty,amazon2014-toys", help="comma list of corpora")
+    parser.add_argument("--users-per-corpus", type=int, default=2000, help="users our model is trained on (seeded sample; 0: all)")
+    parser.add_argument("--max-users", type=int, default=2000, help="fixed-seed sample of test users per corpus")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the test-user sample")
+    parser.add_argument("--num-beams", type=int, default=20, help="beams of the constrained beam search")
+    parser.add_argument("--runs", type=Path, default=Path("runs/indomain"), help="folder for the trained checkpoints")
+    parser.add_argument("--skip-training", action="store_true", help="evaluate the checkpoints already in --runs")
+    parser.add_argument("--data-dir", default=None, help="data directory (default: the package's search order)")
+    args = parser.parse_args()
+    payload = {"environment": environment(), "users_per_corpus": args.users_per_corpus, "literature": LITERATURE, "corpora": {}}
+    for corpus in [c.strip() for c in args.corpora.split(",") if c.strip()]:
+        out = args.runs / corpus
+        block = {} if args.skip_training else {"training": train(corpus, args.users_per_corpus, out, args.data_dir)}
+        model = FoundationRec.from_pretrained(out / "best", device="cpu", num_beams=args.num_beams)
+        zs = ZeroShotArguments(target=corpus, data_dir=args.data_dir, max_users=args.max_users, seed=args.seed,
+                               num_beams=args.num_beams, baselines="all", allow_seen_platform=True, progress=False)
+        start = time.perf_counter()
+        results = run_target(model, corpus, zs)
+        for r in results:
+            if r["method"] == METHOD:  # trained on this corpus: in-domain, not zero-shot
+                r["method"], r["setting"] = "idgenrec (in-domain)", "in-domain"
+        block["results"] = results
+        block["evaluation_s"] = round(time.perf_counter() - start, 1)
+        block["training_results"] = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        payload["corpora"][corpus] = block
+        print(f"\n{corpus}\n{markdown_table(block['results'])}", flush=True)
+    write_results("indomain", payload, markdown(payload))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
