@@ -178,8 +178,8 @@ def beam_search(
     ``no_repeat_tokens`` forbids a beam a token it has already generated. ``word_pieces`` =
     ``(text_tokens [B, L], continuation [V])`` keeps words whole: a continuation piece (``##ing``) may
     not start the output, and may follow token ``p`` only where it follows ``p`` in prompt ``b``'s
-    ``text_tokens`` (padded with -1); nor may the output end (EOS, or the length limit) on a token
-    that the text always continues with a piece. See the module docstring for the selection rules
+    ``text_tokens`` (padded with -1); after a token that the text always continues with a piece,
+    only such a piece may come (no EOS, no new word), and the length limit never cuts a word. See the module docstring for the selection rules
     and scores. Returns ``num_beams`` results per prompt, best first.
     """
     start = _check_args(
@@ -367,9 +367,9 @@ def _unfollowable(
     """Bool ``[rows, V]``: the tokens ``word_pieces`` forbids next in each row (see :func:`beam_search`).
 
     A continuation piece may not start the output and may follow the row's last token only where it
-    follows it in the text; EOS may not come right after a token that, wherever it stands in the
-    text, is followed by a continuation piece (the word is unfinished); at the ``closing`` (last)
-    step, where every beam ends, neither may such a token.
+    follows it in the text. After a token that, wherever it stands in the text, is followed by a
+    continuation piece (the word is unfinished), only such a piece may come: not EOS, not a new
+    word. At the ``closing`` (last) step, where every beam ends, no such token may come either.
     """
     text = text_tokens[row_prompt]  # [rows, L]
     rows, vocab = len(text), continuation.shape[0]
@@ -385,7 +385,8 @@ def _unfollowable(
     else:
         at_last = text == row_last[:, None]
         bad = continuation & ~scatter(at_last & (following >= 0), following)
-        bad[:, eos_token_id] |= at_last.any(1) & ~(at_last & word_end).any(1)
+        inside_word = at_last.any(1) & ~(at_last & word_end).any(1)
+        bad |= inside_word[:, None] & ~continuation  # EOS and every word start
     if closing:
         bad |= scatter(text >= 0, text) & ~scatter(word_end, text)
     return bad
