@@ -43,7 +43,8 @@ LITERATURE = [
 
 
 def train(corpus: str, users: int, out: Path, data_dir: str | None) -> dict:
-    """Run the pre-training CLI on one corpus; its wall time, the children's peak RSS and the command."""
+    """Run the pre-training CLI on one corpus; its wall time, the command, and the peak RSS of the
+    training processes so far (``RUSAGE_CHILDREN`` is a maximum over every child this script ran)."""
     command = [sys.executable, "-m", "foundation_rec.pretrain", "--corpora", corpus, "--users-per-corpus", str(users),
                "--output-dir", str(out), "--progress", "false"]
     if data_dir:
@@ -74,7 +75,7 @@ def markdown(payload: dict) -> str:
         training = block.get("training")
         lines += [f"## {corpus}", ""]
         if training:
-            lines += [f"Training: `{training['command']}`, {training['wall_s'] / 60:.1f} min wall, peak RSS {training['peak_rss_gib_children']} GiB.", ""]
+            lines += [f"Training: `{training['command']}`, {training['wall_s'] / 60:.1f} min wall, peak RSS of the training runs so far {training['peak_rss_gib_children']} GiB.", ""]
         lines += [markdown_table(block["results"]), ""]
     lines += ["## Literature (full ranking, leave-one-out, Amazon Beauty, all users, GPU-trained)", "", "| method | R@10 | N@10 |", "|---|---|---|"]
     lines += [f"| {r['method']} | {r['R@10']:.3f} | {r['N@10']:.3f} |" for r in LITERATURE]

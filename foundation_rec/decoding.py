@@ -179,8 +179,9 @@ def beam_search(
     ``(text_tokens [B, L], continuation [V])`` keeps words whole: a continuation piece (``##ing``) may
     not start the output, and may follow token ``p`` only where it follows ``p`` in prompt ``b``'s
     ``text_tokens`` (padded with -1); after a token that the text always continues with a piece,
-    only such a piece may come (no EOS, no new word), and the length limit never cuts a word. See the module docstring for the selection rules
-    and scores. Returns ``num_beams`` results per prompt, best first.
+    only such a piece may come (no EOS, no new word), and the length limit never cuts a word. See
+    the module docstring for the selection rules and scores. Returns ``num_beams`` results per
+    prompt, best first.
     """
     start = _check_args(
         model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, decoder_start_token_id
@@ -316,9 +317,9 @@ def beam_search(
         row_prompt = arange_b[:, :, None].expand_as(needed)[needed]
         if no_repeat_tokens:
             row_tokens = torch.stack(next_seqs, dim=1)[needed][:, : step + 1]
-        if word_pieces is not None:
-            row_last = torch.stack(next_token, dim=1)[needed]
         source, tokens = torch.stack(next_row, dim=1)[needed], torch.stack(next_token, dim=1)[needed]
+        if word_pieces is not None:
+            row_last = tokens
         if tail is not None:
             tail = (tail[0][source], tail[1][source], tail[2] + 1)
         elif use_tails:
