@@ -34,6 +34,7 @@ include the penalties), a sequence found by several groups kept once.
 from __future__ import annotations
 
 import inspect
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +54,7 @@ class BeamSearchOutput:
     items: torch.Tensor
 
 
-MAX_TAIL_POSITIONS = 256  # CPU: the largest single call scoring the beams' remaining paths (see _score_tails)
+MAX_TAIL_POSITIONS = 256  # CPU: the most path tokens one call scores for the beams' remaining paths (see _score_tails)
 
 
 class _IncrementalModel:
@@ -80,15 +81,29 @@ class _IncrementalModel:
             self.first_input = input_ids
             self.next_position = attention_mask.sum(-1)
 
-    def _forward(self, tokens, keep: int = 1, **kwargs):
-        """Logits of the last ``keep`` positions: ``[rows, V]`` for one, ``[rows, keep, V]`` for more."""
-        if self.seq2seq:
-            states, mask = self.encoder
-            out = self.model(encoder_outputs=states, attention_mask=mask, decoder_input_ids=tokens, use_cache=True, **kwargs)
-        else:
-            last = {self.keep_arg: keep} if self.keep_arg else {}
-            out = self.model(input_ids=tokens, use_cache=True, **last, **kwargs)
+    def _forward(self, tokens, keep: int = 1, select: torch.Tensor | None = None, **kwargs):
+        """Logits of the last ``keep`` positions: ``[rows, V]`` for one, ``[rows, keep, V]`` for more.
+
+        ``select`` (bool ``[rows, keep]``) computes the output layer at the selected positions only
+        and returns their logits ``[selected, V]`` in row-major order: the output layer is most of a
+        call's work, and padding positions need none.
+        """
+        hook = None
+        if select is not None:
+            hook = self.model.get_output_embeddings().register_forward_pre_hook(_only_positions(select))
+        try:
+            if self.seq2seq:
+                states, mask = self.encoder
+                out = self.model(encoder_outputs=states, attention_mask=mask, decoder_input_ids=tokens, use_cache=True, **kwargs)
+            else:
+                last = {self.keep_arg: keep} if self.keep_arg else {}
+                out = self.model(input_ids=tokens, use_cache=True, **last, **kwargs)
+        finally:
+            if hook is not None:
+                hook.remove()
         self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        if select is not None:
+            return out.logits[0].float()
         logits = out.logits[:, -keep:, :].float()
         return logits[:, 0] if keep == 1 else logits
 
@@ -99,11 +114,12 @@ class _IncrementalModel:
         position = (self.prompt_mask.cumsum(-1) - 1).clamp(min=0) * self.prompt_mask
         return self._forward(self.first_input, attention_mask=self.prompt_mask, position_ids=position)
 
-    def next(self, source: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def next(self, source: torch.Tensor, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """Row ``i`` continues row ``source[i]`` of the previous call with ``tokens[i]``: logits ``[N, V]``.
 
         ``tokens`` ``[N, width]`` feeds several tokens per row at once (right-padded: causal attention
-        keeps padding out of the earlier positions) and returns logits ``[N, width, V]``.
+        keeps padding out of the earlier positions) and returns logits ``[N, width, V]``, or with
+        ``select`` (bool ``[N, width]``) the logits ``[selected, V]`` of the selected positions.
         """
         tokens = tokens[:, None] if tokens.dim() == 1 else tokens
         self.cache.reorder_cache(source)
@@ -115,12 +131,26 @@ class _IncrementalModel:
                 states = self.prompt_states.last_hidden_state.index_select(0, origin)
                 self.encoder = (type(self.prompt_states)(last_hidden_state=states), self.prompt_mask.index_select(0, origin))
             self.origin = origin
-            return self._forward(tokens, tokens.shape[1], **cache)
+            return self._forward(tokens, tokens.shape[1], select, **cache)
         self.origin = origin
         generated = torch.ones(len(tokens), self.steps, dtype=self.prompt_mask.dtype, device=tokens.device)
         mask = torch.cat([self.prompt_mask.index_select(0, origin), generated], dim=1)
         position = self.next_position.index_select(0, origin)[:, None] + start + torch.arange(tokens.shape[1], device=tokens.device)
-        return self._forward(tokens, tokens.shape[1], attention_mask=mask, position_ids=position, **cache)
+        return self._forward(tokens, tokens.shape[1], select, attention_mask=mask, position_ids=position, **cache)
+
+
+def _only_positions(select: torch.Tensor):
+    """A forward pre-hook for the output layer that keeps the hidden states at ``select`` (``[rows,
+    width]``) as one ``[1, selected, d]`` sequence; calls from other threads pass unchanged."""
+    owner = threading.get_ident()
+
+    def hook(_module, args):
+        if threading.get_ident() != owner:
+            return None
+        hidden, *rest = args
+        return (hidden[select][None], *rest)
+
+    return hook
 
 
 def _check_args(model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, start) -> int | None:
@@ -346,20 +376,24 @@ def _score_tails(stepper: _IncrementalModel, trie: Trie, nodes: torch.Tensor, so
     log-probabilities [N, D], 0)``.
 
     ``None`` (nothing fed) when some beam still has a choice, when the paths are one token long (no
-    call saved), or when the call would be too big: over :data:`MAX_TAIL_POSITIONS` positions on
-    CPU, or logits over 2**27 floats anywhere. One call of ``N * D`` positions replaces ``D`` calls
-    that each read the whole output layer but shrink as beams finish; on CPU the saving wins up to
-    about 40 beams x 5 tokens and loses at 80 x 5 (``benchmarks/decoding.py``, beam 10 against 20).
+    call saved), or when the call would be too big: over :data:`MAX_TAIL_POSITIONS` path tokens on
+    CPU, or logits over 2**27 floats anywhere. Only the path tokens go through the output layer
+    (the right padding of shorter paths does not). One call of that many positions replaces ``D``
+    calls that each read the whole output layer but shrink as beams finish; on CPU the saving wins
+    up to about 250 path tokens (beam 20: 80 beams x 5 tokens, 57% of them real) and not beyond
+    (``benchmarks/decoding.py``; limits of 512 and 1024 measured no better at beams 10-30).
     """
     paths, lengths = trie.tails(nodes)
-    positions = paths.numel()
+    valid = paths >= 0
+    positions = int(lengths.sum())
     limit = MAX_TAIL_POSITIONS if nodes.device.type == "cpu" else 2**27 // vocab
     if not len(nodes) or int(lengths.min()) == 0 or paths.shape[1] < 2 or positions > limit:
         return None
     feed = torch.cat([tokens[:, None], paths[:, :-1]], dim=1).clamp(min=0)  # padding: any real token, never read
-    logits = stepper.next(source, feed)  # [N, D, V]
-    scores = torch.log_softmax(logits, dim=-1).gather(2, paths.clamp(min=0)[..., None])[..., 0]
-    return paths, scores.masked_fill(paths < 0, float("-inf")), 0
+    logits = stepper.next(source, feed, select=valid)  # [positions, V]
+    picked = torch.log_softmax(logits, dim=-1).gather(1, paths[valid][:, None])[:, 0]  # faster than logsumexp on CPU
+    scores = torch.full(paths.shape, float("-inf"), device=paths.device).masked_scatter_(valid, picked)
+    return paths, scores, 0
 
 
 def _unfollowable(

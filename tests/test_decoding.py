@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-from foundation_rec.decoding import _unfollowable, beam_search, dict_trie, reference_beam_search
+from foundation_rec.decoding import _only_positions, _unfollowable, beam_search, dict_trie, reference_beam_search
 from foundation_rec.errors import FoundationRecError
 from foundation_rec.trie import Trie
 
@@ -122,16 +123,45 @@ def test_single_paths_scored_in_one_call_equal_hf_reference(request, name):
     trie = Trie.build([list(s) for s in seen], vocab_size=V, eos_token_id=EOS)
     ids, mask = prompts(4, left_pad=name == "llama")
     kw = {"num_beams": 4, "max_new_tokens": trie.max_depth, "eos_token_id": EOS, "pad_token_id": PAD}
-    calls = []
-    hook = model.register_forward_hook(lambda module, args, kwargs_out: calls.append(1))
+    fed, head_rows = [], []  # tokens fed per model call ([rows, width]); positions through the output layer
+    head = model.get_output_embeddings()
+
+    def record_feed(module, args, kwargs):
+        fed.append(tuple(kwargs.get("decoder_input_ids", kwargs.get("input_ids")).shape))
+
+    hooks = [
+        model.register_forward_pre_hook(record_feed, with_kwargs=True),
+        head.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[:-1].numel())),
+    ]
     try:
         ours = beam_search(model, ids, mask, trie=trie, **kw)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     ref = reference_beam_search(model, ids, mask, prefix_trie=dict_trie(trie), decoder_start_token_id=PAD if name == "t5" else None, **kw)
-    assert len(calls) < trie.max_depth - 1  # the single paths were fed at once
+    assert len(fed) < trie.max_depth - 1  # the single paths were fed at once
+    rows, width = fed[-1]
+    assert width > 1
+    # only the paths' real tokens reached the output layer, not the right padding of the shorter ones
+    assert 0 < head_rows[-1] < rows * width
+    assert not head._forward_pre_hooks  # the selection hook is gone
     assert_catalog_items(ours, trie)
     assert_same(ours, ref)
+
+
+def test_output_layer_selection_is_for_its_own_thread_only():
+    """The hook that sends only selected positions through the output layer leaves other threads'
+    calls of the same model (a demo serving two requests) unchanged."""
+    hidden = torch.arange(2 * 3 * 4, dtype=torch.float).view(2, 3, 4)
+    select = torch.tensor([[True, True, False], [True, False, False]])
+    hook = _only_positions(select)
+    (kept,) = hook(None, (hidden,))
+    assert torch.equal(kept, hidden[select][None]) and kept.shape == (1, 3, 4)
+    other = []
+    thread = threading.Thread(target=lambda: other.append(hook(None, (hidden,))))
+    thread.start()
+    thread.join()
+    assert other == [None]  # None: a pre-hook that leaves the input as it is
 
 
 def test_constrained_decoder_only_equals_hf_reference(llama, catalog):
