@@ -2,11 +2,13 @@
 
     python benchmarks/indomain.py [--corpora amazon2014-beauty,amazon2014-toys] [--users-per-corpus 2000]
                                   [--max-users 2000] [--runs runs/indomain] [--skip-training]
+                                  [--pretrain-args "--id-epochs 0"] [--baselines all] [--name indomain]
 
 For each corpus it runs the two commands a user would run:
 
 1. ``python -m foundation_rec.pretrain --corpora NAME --users-per-corpus U --output-dir RUNS/NAME``
-   (the CPU preset's recipe, on a seeded sample of U users of that corpus and their items);
+   (the CPU preset's recipe, on a seeded sample of U users of that corpus and their items, plus
+   any ``--pretrain-args``);
 2. the evaluation of ``python -m foundation_rec.zeroshot --target NAME --allow-seen-platform
    --max-users N --baselines all``: IDs for the whole catalog from the trained generator, its trie,
    constrained beam search for a fixed-seed sample of N test users, and random, popularity, text-kNN
@@ -16,7 +18,7 @@ For each corpus it runs the two commands a user would run:
 Protocol: leave-one-out (train targets s[1..n-3], valid s[n-2], test s[n-1]), history capped at 20
 items, full ranking over the whole catalog, history items kept, Recall/NDCG@5/10; the literature
 reference points (full ranking, leave-one-out, Beauty) are printed next to the table. Writes
-``results/indomain.{json,md}``.
+``results/NAME.{json,md}`` (``--name``, default ``indomain``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -42,11 +45,11 @@ LITERATURE = [
 ]
 
 
-def train(corpus: str, users: int, out: Path, data_dir: str | None) -> dict:
+def train(corpus: str, users: int, out: Path, data_dir: str | None, extra: list[str]) -> dict:
     """Run the pre-training CLI on one corpus; its wall time, the command, and the peak RSS of the
     training processes so far (``RUSAGE_CHILDREN`` is a maximum over every child this script ran)."""
     command = [sys.executable, "-m", "foundation_rec.pretrain", "--corpora", corpus, "--users-per-corpus", str(users),
-               "--output-dir", str(out), "--progress", "false"]
+               "--output-dir", str(out), "--progress", "false", *extra]
     if data_dir:
         command += ["--data-dir", data_dir]
     print("$", " ".join(command[1:]), flush=True)
@@ -61,14 +64,15 @@ def train(corpus: str, users: int, out: Path, data_dir: str | None) -> dict:
 
 def markdown(payload: dict) -> str:
     env = payload["environment"]
+    users = f"a seeded sample of {payload['users_per_corpus']:,} users" if payload["users_per_corpus"] else "all users"
     lines = [
         "# In-domain IDGenRec (train and test on one Amazon corpus)",
         "",
         provenance(env),
         "",
         ("Leave-one-out test split, full ranking over the whole catalog, history items kept, history capped at 20 items. "
-        f"Our model is trained on a seeded sample of {payload['users_per_corpus']:,} users per corpus (the CPU preset's "
-        f"recipe otherwise); every method is scored on the same fixed-seed sample of test users."),
+        f"Our model is trained on {users} per corpus (the CPU preset's recipe otherwise; the exact command is below); "
+        "every method is scored on the same fixed-seed sample of test users."),
         "",
     ]
     for corpus, block in payload["corpora"].items():
@@ -92,14 +96,18 @@ def main() -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/indomain"), help="folder for the trained checkpoints")
     parser.add_argument("--skip-training", action="store_true", help="evaluate the checkpoints already in --runs")
     parser.add_argument("--data-dir", default=None, help="data directory (default: the package's search order)")
+    parser.add_argument("--pretrain-args", default="", help="extra flags for the pre-training command, e.g. '--id-epochs 0'")
+    parser.add_argument("--baselines", default="all", help="baselines run on the same users (comma list or all; '' for none)")
+    parser.add_argument("--name", default="indomain", help="results file stem under benchmarks/results")
     args = parser.parse_args()
     payload = {"environment": environment(), "users_per_corpus": args.users_per_corpus, "literature": LITERATURE, "corpora": {}}
     for corpus in [c.strip() for c in args.corpora.split(",") if c.strip()]:
         out = args.runs / corpus
-        block = {} if args.skip_training else {"training": train(corpus, args.users_per_corpus, out, args.data_dir)}
+        extra = shlex.split(args.pretrain_args)
+        block = {} if args.skip_training else {"training": train(corpus, args.users_per_corpus, out, args.data_dir, extra)}
         model = FoundationRec.from_pretrained(out / "best", device="cpu", num_beams=args.num_beams)
         zs = ZeroShotArguments(target=corpus, data_dir=args.data_dir, max_users=args.max_users, seed=args.seed,
-                               num_beams=args.num_beams, baselines="all", allow_seen_platform=True, progress=False)
+                               num_beams=args.num_beams, baselines=args.baselines, allow_seen_platform=True, progress=False)
         start = time.perf_counter()
         results = run_target(model, corpus, zs)
         for r in results:
@@ -110,7 +118,7 @@ def main() -> int:
         block["training_results"] = json.loads((out / "results.json").read_text(encoding="utf-8"))
         payload["corpora"][corpus] = block
         print(f"\n{corpus}\n{markdown_table(block['results'])}", flush=True)
-    write_results("indomain", payload, markdown(payload))
+    write_results(args.name, payload, markdown(payload))
     return 0
 
 
