@@ -88,9 +88,8 @@ class _IncrementalModel:
         and returns their logits ``[selected, V]`` in row-major order: the output layer is most of a
         call's work, and padding positions need none.
         """
-        hook = None
-        if select is not None:
-            hook = self.model.get_output_embeddings().register_forward_pre_hook(_only_positions(select))
+        head = self.model.get_output_embeddings() if select is not None else None
+        hook = head.register_forward_pre_hook(_only_positions(select)) if head is not None else None
         try:
             if self.seq2seq:
                 states, mask = self.encoder
@@ -102,8 +101,8 @@ class _IncrementalModel:
             if hook is not None:
                 hook.remove()
         self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
-        if select is not None:
-            return out.logits[0].float()
+        if select is not None:  # without a known output layer, every position was computed: pick the selected ones
+            return (out.logits[0] if hook is not None else out.logits[:, -keep:][select]).float()
         logits = out.logits[:, -keep:, :].float()
         return logits[:, 0] if keep == 1 else logits
 

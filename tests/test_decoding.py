@@ -111,16 +111,20 @@ def test_constrained_t5_equals_hf_reference(t5, catalog, num_beams, length_penal
     assert (ours.scores[:, :-1] >= ours.scores[:, 1:]).all()
 
 
+def single_path_catalog() -> Trie:
+    """60 IDs: 10 first words, then 3-5 tokens that make each ID unique after its second token."""
+    rng = np.random.default_rng(3)
+    seen: dict[tuple[int, ...], None] = {}
+    while len(seen) < 60:
+        seen[(int(rng.integers(3, 13)), *(int(t) for t in rng.integers(13, V, rng.integers(3, 6))), EOS)] = None
+    return Trie.build([list(s) for s in seen], vocab_size=V, eos_token_id=EOS)
+
+
 @pytest.mark.parametrize("name", ["t5", "llama"])
 def test_single_paths_scored_in_one_call_equal_hf_reference(request, name):
     """Once every beam has one path left to its leaf, one model call scores the rest (Trie.tails): the
     model runs fewer times than there are steps, and the results still equal the reference."""
-    model = request.getfixturevalue(name)
-    rng = np.random.default_rng(3)
-    seen: dict[tuple[int, ...], None] = {}
-    while len(seen) < 60:  # 10 first words, then 3-5 tokens that make each ID unique after its second token
-        seen[(int(rng.integers(3, 13)), *(int(t) for t in rng.integers(13, V, rng.integers(3, 6))), EOS)] = None
-    trie = Trie.build([list(s) for s in seen], vocab_size=V, eos_token_id=EOS)
+    model, trie = request.getfixturevalue(name), single_path_catalog()
     ids, mask = prompts(4, left_pad=name == "llama")
     kw = {"num_beams": 4, "max_new_tokens": trie.max_depth, "eos_token_id": EOS, "pad_token_id": PAD}
     fed, head_rows = [], []  # tokens fed per model call ([rows, width]); positions through the output layer
@@ -147,6 +151,25 @@ def test_single_paths_scored_in_one_call_equal_hf_reference(request, name):
     assert not head._forward_pre_hooks  # the selection hook is gone
     assert_catalog_items(ours, trie)
     assert_same(ours, ref)
+
+
+def test_single_paths_without_a_known_output_layer(t5, monkeypatch):
+    """A model that does not expose its output layer still gets the one-call tail scoring, computed
+    over every position: the same results."""
+    trie = single_path_catalog()
+    ids, mask = prompts(3, left_pad=False)
+    kw = {"num_beams": 4, "max_new_tokens": trie.max_depth, "eos_token_id": EOS, "pad_token_id": PAD, "trie": trie}
+    expected = beam_search(t5, ids, mask, **kw)
+    monkeypatch.setattr(t5, "get_output_embeddings", lambda: None)
+    widths = []
+    hook = t5.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["decoder_input_ids"].shape[1]), with_kwargs=True)
+    try:
+        got = beam_search(t5, ids, mask, **kw)
+    finally:
+        hook.remove()
+    assert max(widths) > 1  # the paths were fed in one call
+    assert torch.equal(got.items, expected.items)
+    assert torch.allclose(got.scores, expected.scores, atol=1e-5)
 
 
 def test_output_layer_selection_is_for_its_own_thread_only():
