@@ -101,9 +101,9 @@ def main() -> int:
     parser.add_argument("--name", default="indomain", help="results file stem under benchmarks/results")
     args = parser.parse_args()
     payload = {"environment": environment(), "users_per_corpus": args.users_per_corpus, "literature": LITERATURE, "corpora": {}}
+    extra = shlex.split(args.pretrain_args)
     for corpus in [c.strip() for c in args.corpora.split(",") if c.strip()]:
         out = args.runs / corpus
-        extra = shlex.split(args.pretrain_args)
         block = {} if args.skip_training else {"training": train(corpus, args.users_per_corpus, out, args.data_dir, extra)}
         model = FoundationRec.from_pretrained(out / "best", device="cpu", num_beams=args.num_beams)
         zs = ZeroShotArguments(target=corpus, data_dir=args.data_dir, max_users=args.max_users, seed=args.seed,

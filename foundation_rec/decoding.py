@@ -383,11 +383,10 @@ def _score_tails(stepper: _IncrementalModel, trie: Trie, nodes: torch.Tensor, so
     (``benchmarks/decoding.py``; limits of 512 and 1024 measured no better at beams 10-30).
     """
     paths, lengths = trie.tails(nodes)
-    valid = paths >= 0
-    positions = int(lengths.sum())
     limit = MAX_TAIL_POSITIONS if nodes.device.type == "cpu" else 2**27 // vocab
-    if not len(nodes) or int(lengths.min()) == 0 or paths.shape[1] < 2 or positions > limit:
+    if not len(nodes) or int(lengths.min()) == 0 or paths.shape[1] < 2 or int(lengths.sum()) > limit:
         return None
+    valid = paths >= 0
     feed = torch.cat([tokens[:, None], paths[:, :-1]], dim=1).clamp(min=0)  # padding: any real token, never read
     logits = stepper.next(source, feed, select=valid)  # [positions, V]
     picked = torch.log_softmax(logits, dim=-1).gather(1, paths[valid][:, None])[:, 0]  # faster than logsumexp on CPU
