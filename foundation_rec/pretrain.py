@@ -28,7 +28,7 @@ import torch
 from transformers import HfArgumentParser
 
 from . import checkpoint
-from .backbones import BackboneConfig, load_backbone, resolve_device
+from .backbones import SCRATCH_PRESETS, BackboneConfig, load_backbone, resolve_device
 from .corpora import load_corpora
 from .errors import FoundationRecError, cli_errors
 from .idgen import IDGenConfig, IDGenerator
@@ -73,6 +73,10 @@ class RunArguments:
     corpora: str = field(default="all", metadata={"help": "corpora to pre-train on: all (the Amazon pool), a name, a comma list or a folder"})
     data_dir: str | None = field(default=None, metadata={"help": "folder holding the corpora (default: see the README's Data section)"})
     preset: str = field(default="auto", metadata={"help": f"auto (t5-cpu on CPU, smollm2-135m with CUDA) or one of {', '.join(RECIPES)}"})
+    rec_preset: str | None = field(
+        default=None,
+        metadata={"help": "the recommender's preset when it differs from the generator's (e.g. causal-cpu with --rec-objective sequence); same vocabulary"},
+    )
     backbone: str | None = field(default=None, metadata={"help": "Hugging Face model name or local path for both models instead of the preset's"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters instead of the full models"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (with --lora)"})
@@ -100,14 +104,20 @@ def parse_args(argv: list[str] | None) -> tuple[RunArguments, TrainConfig, str]:
     preset = run.preset
     if preset == "auto":
         preset = "smollm2-135m" if resolve_device(run.device).type == "cuda" and run.backbone is None else "t5-cpu"
+    if preset in SCRATCH_PRESETS and preset not in RECIPES:
+        raise FoundationRecError(f"preset {preset!r} is for the recommender only; pass --preset t5-cpu --rec-preset {preset}")
     if preset not in RECIPES:
         raise FoundationRecError(f"unknown preset {preset!r}; use auto or one of {', '.join(RECIPES)}")
     parser.set_defaults(**RECIPES[preset])
     run, train = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    if run.rec_preset is not None and (run.rec_preset not in SCRATCH_PRESETS or preset not in SCRATCH_PRESETS or run.backbone):
+        raise FoundationRecError(
+            f"--rec-preset {run.rec_preset!r} needs from-scratch presets for both models (one shared vocabulary); use one of {', '.join(SCRATCH_PRESETS)}"
+        )
     if run.id_extractive not in ("auto", "yes", "no"):
         raise FoundationRecError(f"--id-extractive {run.id_extractive!r} is not auto, yes or no; pick one of those")
     if run.id_extractive == "auto":
-        run.id_extractive = "yes" if preset in ("tiny", "t5-cpu") and run.backbone is None else "no"
+        run.id_extractive = "yes" if preset in SCRATCH_PRESETS and run.backbone is None else "no"
     return run, train, preset
 
 
@@ -142,7 +152,8 @@ def build_models(run: RunArguments, preset: str, device: torch.device, pool: Poo
             "device": str(device),
         }
         texts = pool.texts()
-        rec = load_backbone(BackboneConfig(**base, seed=seed), tokenizer_texts=texts)
+        rec_preset = {"preset": run.rec_preset} if run.rec_preset else {}
+        rec = load_backbone(BackboneConfig(**{**base, **rec_preset}, seed=seed), tokenizer_texts=texts)
         gen = load_backbone(BackboneConfig(**base, seed=seed + 1), tokenizer_texts=texts)
     share_tokenizer(rec, gen)
     return rec, IDGenerator(gen, id_config)

@@ -12,6 +12,13 @@ textual ID (the same list the prefix trie and the training targets use) and item
 separator. So the token span of every history item is known, and the ID-generator phase can
 overwrite exactly those positions with soft embeddings. When a prompt would exceed
 ``max_tokens`` the oldest items are dropped whole.
+
+**Sequence prompts** (``PromptBuilder(..., sequence_end=EOS)``, for the recommender objective
+``sequence`` of a decoder-only model): one template, :data:`SEQUENCE_TEMPLATE`, that ends with the
+history, and every history item's ID *followed* by the end-of-ID token (EOS). A prompt is then
+exactly the start of the sequence ``prefix, ID1, EOS, ID2, EOS, ...`` that continues with the next
+item's ID and EOS, so one causal forward pass over a user's whole sequence trains the prediction of
+every item after the first, and recommending from a prompt decodes at the same place.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ TEMPLATES: tuple[str, ...] = (
     "Items of {user} so far: {history}. Next item:",
 )
 EVAL_TEMPLATE = 0
+SEQUENCE_TEMPLATE = "{user} has interacted with these items in order: {history}"
 ANONYMOUS_USER = "a user"
 SEPARATOR = ", "
 _SLOT = re.compile(r"(\{user\}|\{history\})")
@@ -48,17 +56,41 @@ class Prompt:
 class PromptBuilder:
     """Build prompts from pre-tokenized pieces; ``id_tokens[i]`` is item ``i``'s ID token list (no EOS).
 
-    ``id_tokens`` may be replaced after the IDs are regenerated (assign the attribute).
+    ``id_tokens`` may be replaced after the IDs are regenerated (assign the attribute). With
+    ``sequence_end`` (a token id, the EOS that ends every ID) the builder makes sequence prompts
+    (see the module docstring): the one template :data:`SEQUENCE_TEMPLATE` and that token after
+    every history item instead of :data:`SEPARATOR` between them.
     """
 
-    def __init__(self, tokenizer, id_tokens: Sequence[Sequence[int]], *, max_tokens: int = 256, templates: Sequence[str] = TEMPLATES):
+    def __init__(
+        self,
+        tokenizer,
+        id_tokens: Sequence[Sequence[int]],
+        *,
+        max_tokens: int = 256,
+        templates: Sequence[str] = TEMPLATES,
+        sequence_end: int | None = None,
+    ):
         self.tokenizer = tokenizer
         self.id_tokens = id_tokens
         self.max_tokens = max_tokens
-        self.templates = tuple(templates)
+        self.sequence = sequence_end is not None
+        self.templates = (SEQUENCE_TEMPLATE,) if self.sequence else tuple(templates)
         self._pieces = [[p if p in ("{user}", "{history}") else self._encode(p) for p in _SLOT.split(t) if p] for t in self.templates]
-        self._separator = self._encode(SEPARATOR)
+        self._separator = [int(sequence_end)] if self.sequence else self._encode(SEPARATOR)
         self._users: dict[str, list[int]] = {}
+
+    @classmethod
+    def for_training(cls, tokenizer, train_config: dict, id_tokens: Sequence[Sequence[int]] = ()) -> PromptBuilder:
+        """The builder whose prompts a run trained on, from its training config (a ``TrainConfig`` as a dict,
+        as checkpoints record it): the prompt cap and, for the ``sequence`` objective, sequence prompts."""
+        sequence = train_config.get("rec_objective", "next") == "sequence"
+        return cls(
+            tokenizer,
+            list(id_tokens),
+            max_tokens=int(train_config.get("max_prompt_tokens", 256)),
+            sequence_end=int(tokenizer.eos_token_id) if sequence else None,
+        )
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -80,7 +112,7 @@ class PromptBuilder:
         fixed += sum(len(self._user_tokens(user, i == 0)) for i, p in enumerate(pieces) if p == "{user}")
         items = [int(i) for i in history]
         lengths = [len(self.id_tokens[i]) + len(self._separator) for i in items]
-        budget = self.max_tokens - fixed + len(self._separator)
+        budget = self.max_tokens - fixed + (0 if self.sequence else len(self._separator))
         total = sum(lengths)
         while len(items) > 1 and total > budget:  # drop the oldest items whole
             total -= lengths.pop(0)
@@ -92,10 +124,12 @@ class PromptBuilder:
                 tokens += self._user_tokens(user, i == 0)
             elif piece == "{history}":
                 for j, item in enumerate(items):
-                    if j:
+                    if j and not self.sequence:
                         tokens += self._separator
                     spans.append((len(tokens), len(tokens) + len(self.id_tokens[item])))
                     tokens += self.id_tokens[item]
+                    if self.sequence:
+                        tokens += self._separator
             else:
                 tokens += piece
         return Prompt(tokens, spans, items)

@@ -4,7 +4,11 @@ Training is teacher forcing on the target item's ID tokens followed by EOS:
 
 * **seq2seq** (T5): encoder input ``prompt + EOS``, labels ``target + EOS``;
 * **decoder-only**: one sequence ``prompt + target + EOS``; the labels are ``-100`` over the prompt,
-  so the loss covers only the target ID tokens and EOS.
+  so the loss covers only the target ID tokens and EOS;
+* **decoder-only, all positions** (the ``sequence`` objective, with sequence prompts from
+  :class:`~foundation_rec.prompts.PromptBuilder`): the same sequence, but every history item after
+  the first is a label too (its ID tokens and the EOS after it), so one pass trains the prediction
+  of each item from the items before it, as SASRec trains every position at once.
 
 Batches are right-padded and padding is ``-100`` in the labels. :meth:`GenerativeRecommender.loss_from_embeds`
 runs the same loss from input *embeddings*, which is how the ID-generator phase inserts soft ID
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 
 from .decoding import beam_search
+from .errors import FoundationRecError
 from .prompts import EVAL_TEMPLATE, PromptBuilder
 from .trie import Trie
 
@@ -68,15 +73,25 @@ class GenerativeRecommender:
 
     # ----------------------------------------------------------------------------- training
 
-    def collate(self, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], spans=None) -> Batch:
-        """Right-padded batch for teacher forcing on ``targets`` (ID tokens without EOS)."""
+    def collate(self, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], spans=None, all_positions: bool = False) -> Batch:
+        """Right-padded batch for teacher forcing on ``targets`` (ID tokens without EOS).
+
+        ``all_positions`` (decoder-only, sequence prompts) also labels every history item but the
+        first of each row: positions ``[start, end]`` of its span, i.e. its ID tokens and the EOS after it.
+        """
         eos = [self.eos_token_id]
+        if all_positions and self.seq2seq:
+            raise FoundationRecError("the sequence objective needs a decoder-only recommender; use a causal preset such as causal-cpu")
         if self.seq2seq:
             inputs = [list(p) + eos for p in prompts]
             labels = [list(t) + eos for t in targets]
         else:
             inputs = [list(p) + list(t) + eos for p, t in zip(prompts, targets, strict=True)]
             labels = [[IGNORE] * len(p) + list(t) + eos for p, t in zip(prompts, targets, strict=True)]
+            if all_positions:
+                for row, tokens, label in zip(spans, inputs, labels, strict=True):
+                    for _, (start, end) in row[1:]:
+                        label[start : end + 1] = tokens[start : end + 1]
         input_ids = _pad(inputs, self.pad_token_id)
         attention_mask = _pad([[1] * len(r) for r in inputs], 0)
         tokens = sum(map(len, inputs)) + (sum(map(len, labels)) if self.seq2seq else 0)

@@ -7,8 +7,11 @@ The schedule (:func:`plan`) is a flat list of stages:
 3. ``rounds`` times, in the order ``--alt-style`` gives:
 
    * ``rec`` (``rec_epochs``): teacher forcing of the recommender on the target item's current ID,
-     one example per prefix of every user's training sequence; then ``valid``: a quick metric on a
-     sample of validation users through trie-constrained beam search, and the best model is kept;
+     one example per prefix of every user's training sequence (objective ``next``), or, with the
+     objective ``sequence`` and a decoder-only recommender, one example per window of up to
+     ``max_history`` items whose every item after the first is a target (sequence prompts, see
+     :mod:`foundation_rec.prompts`); then ``valid``: a quick metric on a sample of validation users
+     through trie-constrained beam search, and the best model is kept;
    * ``id`` (``id_epochs``): the recommender is frozen; for each history item in the prompt the
      generator gives per-token distributions over the current ID's tokens, and
      ``probabilities @ recommender input-embedding matrix`` (soft ID embeddings) replace the item's
@@ -45,15 +48,17 @@ import torch
 from tqdm.auto import tqdm
 
 from . import atomic, checkpoint
+from .backbones import SCRATCH_PRESETS
 from .errors import FoundationRecError
 from .idgen import IDGenerator, IDTable, build_table, encode_ids, keyword_id, keyword_loss
 from .metrics import leave_one_out_metrics
 from .pool import Examples, Pool
-from .prompts import TEMPLATES, PromptBuilder, sample_templates, user_textual_ids
+from .prompts import PromptBuilder, sample_templates, user_textual_ids
 from .recommender import Batch, CatalogRecommender, GenerativeRecommender
 from .trie import Trie
 
 ALT_STYLES = ("rec_first", "id_first")
+REC_OBJECTIVES = ("next", "sequence")
 SELECT_METRIC = "N@10"
 _VOCAB_ERROR = (
     "the ID generator and the recommender use different tokenizers; soft ID embeddings need one shared vocabulary: "
@@ -79,6 +84,13 @@ class TrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip (0: off)"})
     lr_warmup_ratio: float = field(default=0.05, metadata={"help": "share of each phase's steps with a linearly rising learning rate"})
+    rec_objective: str = field(
+        default="next",
+        metadata={
+            "help": "recommender loss: next (the target item of every training prefix, the paper's) or sequence "
+            "(every item of each user's training sequence in one causal pass; needs a decoder-only recommender)"
+        },
+    )
     id_examples: str = field(default="all", metadata={"help": "ID-phase examples: all (every training prefix) or last (each user's longest prefix)"})
     user_ids: bool = field(default=False, metadata={"help": "put a user textual ID (words from the user's training items only) into the prompt"})
     max_prompt_tokens: int = field(default=160, metadata={"help": "prompt length cap; the oldest history items are dropped whole"})
@@ -94,6 +106,8 @@ class TrainConfig:
     def check(self) -> None:
         if self.alt_style not in ALT_STYLES:
             raise FoundationRecError(f"unknown --alt-style {self.alt_style!r}; use rec_first or id_first")
+        if self.rec_objective not in REC_OBJECTIVES:
+            raise FoundationRecError(f"unknown --rec-objective {self.rec_objective!r}; use next or sequence")
         if self.id_examples not in ("all", "last"):
             raise FoundationRecError(f"unknown --id-examples {self.id_examples!r}; use all or last")
         for name in ("rounds", "rec_batch_size", "id_batch_size", "warmup_batch_size", "checkpoint_every", "eval_beams"):
@@ -124,7 +138,7 @@ def share_tokenizer(source, target) -> None:
     if target.tokenizer.get_vocab() == source.tokenizer.get_vocab():
         target.tokenizer = source.tokenizer
         return
-    if target.config.preset not in ("tiny", "t5-cpu"):
+    if target.config.preset not in SCRATCH_PRESETS:
         raise FoundationRecError(_VOCAB_ERROR)
     target.tokenizer = source.tokenizer
     target.hf_model.resize_token_embeddings(len(source.tokenizer), mean_resizing=False)
@@ -276,7 +290,9 @@ class Trainer:
         self.test_examples = pool.examples("test", config.test_users or None, config.seed)
         self.table = IDTable()
         self.id_strings: list[str] = []
-        self.prompts = PromptBuilder(recommender.tokenizer, [], max_tokens=config.max_prompt_tokens)
+        if config.rec_objective == "sequence" and recommender.seq2seq:
+            raise FoundationRecError("--rec-objective sequence needs a decoder-only recommender; add --rec-preset causal-cpu (or a causal --backbone)")
+        self.prompts = PromptBuilder.for_training(recommender.tokenizer, asdict(config))
         self.tries: list[Trie] = []
         self.user_text: list[str | None] = []
         # progress through the plan (what a checkpoint records)
@@ -329,16 +345,17 @@ class Trainer:
         """
         rng = np.random.default_rng([self.config.seed, self.stage, self.epoch])
         order = rng.permutation(n)
-        templates = sample_templates(rng, n, len(TEMPLATES))
+        templates = sample_templates(rng, n, len(self.prompts.templates))
         return np.resize(order, -(-n // self.dist.world) * self.dist.world), templates
 
-    def _rec_batch(self, examples: Examples, indices: np.ndarray, templates: np.ndarray) -> Batch:
+    def _rec_batch(self, examples: Examples, indices: np.ndarray, templates: np.ndarray, all_positions: bool = False) -> Batch:
         prompts = [self.prompts.build(examples.history(i), int(t), self._user(examples, i)) for i, t in zip(indices, templates, strict=True)]
         targets = [self.prompts.id_tokens[examples.target(i)] for i in indices]
-        return self.rec.collate([p.tokens for p in prompts], targets, [list(zip(p.items, p.spans, strict=True)) for p in prompts])
+        spans = [list(zip(p.items, p.spans, strict=True)) for p in prompts]
+        return self.rec.collate([p.tokens for p in prompts], targets, spans, all_positions)
 
     def _rec_loss(self, examples: Examples, indices, templates) -> tuple[torch.Tensor, int]:
-        batch = self._rec_batch(examples, indices, templates).to(self.dist.device)
+        batch = self._rec_batch(examples, indices, templates, self.config.rec_objective == "sequence").to(self.dist.device)
         return self.rec.loss(batch), batch.num_tokens
 
     def _id_loss(self, examples: Examples, indices, templates) -> tuple[torch.Tensor, int]:
@@ -374,7 +391,8 @@ class Trainer:
         """(trained module, loss function, its examples, epochs, batch size, learning rate) of a training stage."""
         c = self.config
         if kind == "rec":
-            return self.rec.model, self._rec_loss, self.train_examples, c.rec_epochs, c.rec_batch_size, c.rec_lr
+            examples = self.train_examples.last_per_user(self.pool.max_history) if c.rec_objective == "sequence" else self.train_examples
+            return self.rec.model, self._rec_loss, examples, c.rec_epochs, c.rec_batch_size, c.rec_lr
         if kind == "id":
             examples = self.train_examples.last_per_user() if c.id_examples == "last" else self.train_examples
             return self.gen_model, self._id_loss, examples, c.id_epochs, c.id_batch_size, c.id_lr

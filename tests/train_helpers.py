@@ -1,9 +1,6 @@
-"""Tiny models for the trainer tests: the ``tiny`` backbone preset for the ID generator and the recommender."""
+"""Tiny models for the trainer tests: the ``tiny`` backbone preset for the ID generator, ``tiny`` or ``tiny-causal`` for the recommender."""
 
 from __future__ import annotations
-
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from foundation_rec.backbones import Backbone, BackboneConfig, load_backbone
 from foundation_rec.idgen import IDGenConfig, IDGenerator
@@ -14,17 +11,10 @@ FAST_IDS = IDGenConfig(num_beams=4, num_beam_groups=2, max_id_tokens=4, length_s
 
 
 def tiny_backbone(texts, seed: int, decoder_only: bool = False, saved=None) -> Backbone:
-    """The ``tiny`` T5 preset (or the backbone saved in ``saved``), or a 1-layer Llama with the same trained tokenizer."""
+    """The ``tiny`` T5 preset, the ``tiny-causal`` Llama preset (``decoder_only``) or the backbone saved in ``saved``."""
     if saved is not None:
         return load_backbone(BackboneConfig(name_or_path=str(saved), device="cpu"))
-    backbone = load_backbone(BackboneConfig(preset="tiny", device="cpu", seed=seed), tokenizer_texts=texts)
-    if decoder_only:
-        torch.manual_seed(seed)
-        tok = backbone.tokenizer
-        config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                             num_key_value_heads=1, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        backbone = Backbone(model=LlamaForCausalLM(config), tokenizer=tok, family="causal", config=backbone.config)
-    return backbone
+    return load_backbone(BackboneConfig(preset="tiny-causal" if decoder_only else "tiny", device="cpu", seed=seed), tokenizer_texts=texts)
 
 
 def tiny_models(texts, seed: int = 0, decoder_only: bool = False, saved=None):
