@@ -50,6 +50,12 @@ def provenance(env: dict) -> str:
     )
 
 
+def write_table(name: str, payload: dict, title: str, note: str, header: list[str], rows: list[list]) -> None:
+    """:func:`write_results` with a markdown file made of a title line, a note and one table (cells as text)."""
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
+    write_results(name, payload, "\n".join([title, "", note, "", *table]) + "\n")
+
+
 def write_results(name: str, payload: dict, markdown: str) -> None:
     """Write ``results/<name>.json`` and ``results/<name>.md`` atomically."""
     atomic.write_json(RESULTS / f"{name}.json", payload)

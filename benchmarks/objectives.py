@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, write_results
+from common import environment, write_table
 from train_throughput import keyword_table, timed_trainer
 
 from foundation_rec.backbones import BackboneConfig, load_backbone
@@ -35,6 +35,15 @@ from foundation_rec.recommender import GenerativeRecommender
 from foundation_rec.train import TrainConfig, Trainer
 
 CONFIGS = (("t5-cpu", "next"), ("causal-cpu", "next"), ("causal-cpu", "sequence"))
+COLUMNS = {  # markdown column: cell format
+    "recommender": "{recommender}",
+    "objective": "{objective}",
+    "examples per epoch": "{examples_per_epoch:,}",
+    "targets per step": "{targets_per_step:.1f}",
+    "s per step": "{seconds_per_step:.3f}",
+    "targets/s": "{targets_per_s:.1f}",
+    "ratio vs t5-cpu next": "{ratio:.2f}",
+}
 
 
 def targets_per_step(trainer: Trainer, steps: int) -> float:
@@ -91,20 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["ratio"] = row["targets_per_s"] / rows[0]["targets_per_s"]
     payload = {**environment(), "corpora": args.corpora, "users_per_corpus": args.users_per_corpus, "items": pool.num_items, "results": rows}
-    lines = [
-        f"Recommender objectives, {payload['cpu']} ({payload['torch_threads']} threads), torch {payload['torch']}",
-        "",
-        f"Command: `{payload['command']}`; {args.corpora}, {args.users_per_corpus} users, {pool.num_items:,} items, batches of 16 examples.",
-        "",
-        "| recommender | objective | examples per epoch | targets per step | s per step | targets/s | ratio vs t5-cpu next |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['recommender']} | {r['objective']} | {r['examples_per_epoch']:,} | {r['targets_per_step']:.1f} | "
-            f"{r['seconds_per_step']:.3f} | {r['targets_per_s']:.1f} | {r['ratio']:.2f} |"
-        )
-    write_results("objectives", payload, "\n".join(lines) + "\n")
+    title = f"Recommender objectives, {payload['cpu']} ({payload['torch_threads']} threads), torch {payload['torch']}"
+    note = f"Command: `{payload['command']}`; {args.corpora}, {args.users_per_corpus} users, {pool.num_items:,} items, batches of 16 examples."
+    write_table("objectives", payload, title, note, list(COLUMNS), [[cell.format(**r) for cell in COLUMNS.values()] for r in rows])
     return 0
 
 

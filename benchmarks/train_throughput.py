@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, write_results
+from common import environment, write_table
 
 from foundation_rec.idgen import IDTable, keyword_id
 from foundation_rec.pretrain import RunArguments, build_models, build_pool
@@ -162,20 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         "target_ratio": TARGET,
         "results": rows,
     }
-    lines = [
-        f"Training throughput, preset `{args.preset}`, {payload['cpu']} ({payload['torch_threads']} threads), torch {payload['torch']}",
-        "",
-        f"Command: `{payload['command']}`; {pool.num_items:,} items, mean prompt {payload['mean_prompt_tokens']:.0f} tokens.",
-        "",
-        "| phase | batch | trainer samples/s | reference samples/s | ratio (target >= 0.85) | trainer tokens/s | peak memory MiB |",
-        "|---|---|---|---|---|---|---|",
+    title = f"Training throughput, preset `{args.preset}`, {payload['cpu']} ({payload['torch_threads']} threads), torch {payload['torch']}"
+    note = f"Command: `{payload['command']}`; {pool.num_items:,} items, mean prompt {payload['mean_prompt_tokens']:.0f} tokens."
+    header = ["phase", "batch", "trainer samples/s", "reference samples/s", "ratio (target >= 0.85)", "trainer tokens/s", "peak memory MiB"]
+    cells = [
+        [r["phase"], r["batch_size"], f"{r['trainer_samples_per_s']:.2f}", f"{r['reference_samples_per_s']:.2f}", f"{r['ratio']:.2f}"]
+        + [f"{r['trainer_tokens_per_s']:.0f}", f"{r['peak_memory_mib']:.0f}"]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['phase']} | {r['batch_size']} | {r['trainer_samples_per_s']:.2f} | {r['reference_samples_per_s']:.2f} | "
-            f"{r['ratio']:.2f} | {r['trainer_tokens_per_s']:.0f} | {r['peak_memory_mib']:.0f} |"
-        )
-    write_results("train_throughput", payload, "\n".join(lines) + "\n")
+    write_table("train_throughput", payload, title, note, header, cells)
     return 0
 
 
