@@ -87,7 +87,7 @@ class PromptBuilder:
         sequence = train_config.get("rec_objective", "next") == "sequence"
         return cls(
             tokenizer,
-            list(id_tokens),
+            id_tokens,
             max_tokens=int(train_config.get("max_prompt_tokens", 256)),
             sequence_end=int(tokenizer.eos_token_id) if sequence else None,
         )
