@@ -3,12 +3,14 @@
     python -m foundation_rec.pretrain --corpora all
     python -m foundation_rec.pretrain --corpora all --preset smollm2-135m --lora --device cuda
     python -m foundation_rec.pretrain --resume runs/pretrain/checkpoint
+    python -m foundation_rec.pretrain --corpora amazon2014-beauty --init-from runs/pretrain/best --output-dir runs/beauty
     accelerate launch -m foundation_rec.pretrain --corpora all     # several processes (DDP-style)
 
-``--preset auto`` (default) picks by hardware: ``t5-cpu`` without a GPU (a from-scratch 4+4-layer
-T5, d=256, on a per-corpus sample of users, end to end in about half an hour on 2 cores) and
-``smollm2-135m`` on the full pool with CUDA. Each preset sets training defaults (:data:`RECIPES`);
-any flag given on the command line wins. Outputs in ``--output-dir``: ``checkpoint/`` (latest,
+``--preset auto`` (default) picks by hardware: ``t5-cpu`` without a GPU and ``smollm2-135m`` on the
+full pool with CUDA. The ``t5-cpu`` recipe pairs a from-scratch 4+4-layer T5 ID generator (d=256)
+with a from-scratch 4-layer Llama recommender (``causal-cpu``) trained with the sequence objective,
+on a per-corpus sample of users; end to end in 27 minutes on 2 cores (measured). Each preset sets
+training defaults (:data:`RECIPES`); any flag given on the command line wins. Outputs in ``--output-dir``: ``checkpoint/`` (latest,
 resumable), ``best/`` (best validation score), ``metrics.jsonl`` and ``results.json``; see
 :mod:`foundation_rec.checkpoint` for the layout.
 """
@@ -36,13 +38,17 @@ from .pool import Pool, sample_corpus
 from .recommender import GenerativeRecommender
 from .train import TrainConfig, Trainer, share_tokenizer
 
-# Training defaults per preset (flags override them). CPU: t5-cpu on 100 users per corpus (1,000 users,
-# about 8,000 items and 6,500 training prefixes over the 10 Amazon corpora), one round; GPU: the full pool.
+# Training defaults per preset (flags override them). CPU: the t5-cpu generator with a causal-cpu recommender
+# (sequence objective) on 300 users per corpus (3,000 users and their items over the 10 Amazon corpora),
+# one round; GPU: the full pool. With --backbone the recipe's recommender preset and objective are dropped.
+RECOMMENDER_KEYS = ("rec_preset", "rec_objective")
 RECIPES: dict[str, dict] = {
     "tiny": {"users_per_corpus": 20, "valid_users": 10, "rec_batch_size": 8, "id_batch_size": 4, "max_prompt_tokens": 96},
     "t5-cpu": {
-        "users_per_corpus": 100,
-        "rec_epochs": 1,
+        "rec_preset": "causal-cpu",
+        "rec_objective": "sequence",
+        "users_per_corpus": 300,
+        "rec_epochs": 4,
         "id_examples": "last",
         "valid_users": 20,
         "test_users": 50,
@@ -86,6 +92,11 @@ class RunArguments:
     resume: str | None = field(
         default=None, metadata={"help": "continue the run in OUTPUT_DIR from OUTPUT_DIR/checkpoint (pass the other arguments unchanged)"}
     )
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "start from the recommender and ID generator of this checkpoint (e.g. runs/pretrain/best) with a new schedule: "
+                  "train longer, or fine-tune on other corpora; --preset then only picks the recipe"},
+    )
     users_per_corpus: int = field(default=0, metadata={"help": "train on a seeded sample of this many users per corpus and their items (0: all)"})
     id_beams: int = field(default=6, metadata={"help": "candidates per item when generating IDs (diverse beam search)"})
     id_max_tokens: int = field(default=10, metadata={"help": "longest generated ID, in tokens"})
@@ -108,7 +119,10 @@ def parse_args(argv: list[str] | None) -> tuple[RunArguments, TrainConfig, str]:
         raise FoundationRecError(f"preset {preset!r} is for the recommender only; pass --preset t5-cpu --rec-preset {preset}")
     if preset not in RECIPES:
         raise FoundationRecError(f"unknown preset {preset!r}; use auto or one of {', '.join(RECIPES)}")
-    parser.set_defaults(**RECIPES[preset])
+    recipe = RECIPES[preset]
+    if run.backbone is not None:
+        recipe = {k: v for k, v in recipe.items() if k not in RECOMMENDER_KEYS}
+    parser.set_defaults(**recipe)
     run, train = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
     if run.rec_preset is not None and (run.rec_preset not in SCRATCH_PRESETS or preset not in SCRATCH_PRESETS or run.backbone):
         raise FoundationRecError(
@@ -137,12 +151,12 @@ def build_pool(run: RunArguments, seed: int) -> Pool:
     return Pool([sample_corpus(c, run.users_per_corpus or None, seed) for c in corpora])
 
 
-def build_models(run: RunArguments, preset: str, device: torch.device, pool: Pool, seed: int, resume: Path | None):
-    """``(recommender backbone, ID generator)``: new ones from the preset / backbone, or the ones saved in ``resume``."""
+def build_models(run: RunArguments, preset: str, device: torch.device, pool: Pool, seed: int, saved: Path | None):
+    """``(recommender backbone, ID generator)``: new ones from the preset / backbone, or the ones saved in checkpoint ``saved``."""
     id_config = IDGenConfig.from_run(dataclasses.asdict(run))
-    if resume is not None:
-        rec = load_backbone(BackboneConfig(name_or_path=str(resume / "recommender"), device=str(device)))
-        gen = load_backbone(BackboneConfig(name_or_path=str(resume / "generator"), device=str(device)))
+    if saved is not None:
+        rec = load_backbone(BackboneConfig(name_or_path=str(saved / "recommender"), device=str(device)))
+        gen = load_backbone(BackboneConfig(name_or_path=str(saved / "generator"), device=str(device)))
     else:
         base = {
             "preset": None if run.backbone else preset,
@@ -167,12 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     train.check()
     device = _process_group(resolve_device(run.device))
     resume = None
+    if run.resume and run.init_from:
+        raise FoundationRecError("--resume continues a run and --init-from starts a new one from a checkpoint's models; pass only one")
     if run.resume:
         resume = Path(run.resume)
         checkpoint.read_config(resume)
         run.output_dir = str(resume.parent)  # the run goes on where it was
+    if run.init_from:
+        checkpoint.read_config(run.init_from)
     pool = build_pool(run, train.seed)
-    rec_backbone, generator = build_models(run, preset, device, pool, train.seed, resume)
+    saved = resume or (Path(run.init_from) if run.init_from else None)
+    rec_backbone, generator = build_models(run, preset, device, pool, train.seed, saved)
     recommender = GenerativeRecommender(rec_backbone.model, rec_backbone.tokenizer)
     run_config = {"run": {**dataclasses.asdict(run), "resume": None}, "preset": preset, "train": dataclasses.asdict(train), "stats": _stats(pool)}
 

@@ -291,7 +291,7 @@ class Trainer:
         self.table = IDTable()
         self.id_strings: list[str] = []
         if config.rec_objective == "sequence" and recommender.seq2seq:
-            raise FoundationRecError("--rec-objective sequence needs a decoder-only recommender; add --rec-preset causal-cpu (or a causal --backbone)")
+            raise FoundationRecError("--rec-objective sequence needs a decoder-only recommender; add --rec-preset causal-cpu (or a causal --backbone), or pass --rec-objective next")
         self.prompts = PromptBuilder.for_training(recommender.tokenizer, asdict(config))
         self.tries: list[Trie] = []
         self.user_text: list[str | None] = []

@@ -16,7 +16,7 @@ import pytest
 from foundation_rec import checkpoint
 from foundation_rec.backbones import BackboneConfig, load_backbone
 from foundation_rec.idgen import IDGenerator, IDTable
-from foundation_rec.pretrain import main
+from foundation_rec.pretrain import main, parse_args
 
 CORPORA = "amazon2014-beauty,amazon2018-office"
 FAST = ["--id-beams", "2", "--id-max-tokens", "3", "--id-input-tokens", "32", "--progress", "false"]
@@ -53,6 +53,8 @@ def test_main_runs_end_to_end_and_leaves_a_loadable_checkpoint(fixture_data, tmp
         (["--preset", "huge"], "unknown preset"),
         (["--resume", "."], "not a foundation_rec checkpoint"),
         (["--alt-style", "both"], "alt-style"),
+        (["--init-from", "."], "not a foundation_rec checkpoint"),
+        (["--init-from", ".", "--resume", "."], "pass only one"),
     ],
 )
 def test_user_errors_are_one_line(fixture_data, tmp_path, capsys, extra, message):
@@ -61,6 +63,28 @@ def test_user_errors_are_one_line(fixture_data, tmp_path, capsys, extra, message
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoints_models(fixture_data, tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(args(fixture_data, first)) == 0
+    # no training in the second run: its models and IDs must be exactly those of the first run's best checkpoint
+    assert main(args(fixture_data, second, "--init-from", str(first / "best"), "--warmup-epochs", "0", "--rec-epochs", "0", "--id-epochs", "0")) == 0
+    capsys.readouterr()
+    for part in ("recommender", "generator"):
+        a, b = (load_backbone(BackboneConfig(name_or_path=str(d / part), device="cpu")).hf_model.state_dict() for d in (first / "best", second / "best"))
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert IDTable.load(second / "best" / "ids").ids == IDTable.load(first / "best" / "ids").ids
+    assert checkpoint.read_config(second / "best")["run"]["init_from"] == str(first / "best")
+
+
+def test_cpu_recipe_trains_a_causal_recommender_with_the_sequence_objective():
+    run, train, preset = parse_args(["--device", "cpu"])
+    assert (preset, run.rec_preset, train.rec_objective, run.users_per_corpus) == ("t5-cpu", "causal-cpu", "sequence", 300)
+    run, train, _ = parse_args(["--device", "cpu", "--rec-preset", "t5-cpu", "--rec-objective", "next"])
+    assert (run.rec_preset, train.rec_objective) == ("t5-cpu", "next")  # flags win over the recipe
+    run, train, preset = parse_args(["--device", "cpu", "--backbone", "some/model"])
+    assert (preset, run.rec_preset, train.rec_objective) == ("t5-cpu", None, "next")  # a backbone drops the recipe's recommender
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only message")
