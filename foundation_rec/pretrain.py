@@ -10,9 +10,9 @@
 full pool with CUDA. The ``t5-cpu`` recipe pairs a from-scratch 4+4-layer T5 ID generator (d=256)
 with a from-scratch 4-layer Llama recommender (``causal-cpu``) trained with the sequence objective,
 on a per-corpus sample of users; end to end in 27 minutes on 2 cores (measured). Each preset sets
-training defaults (:data:`RECIPES`); any flag given on the command line wins. Outputs in ``--output-dir``: ``checkpoint/`` (latest,
-resumable), ``best/`` (best validation score), ``metrics.jsonl`` and ``results.json``; see
-:mod:`foundation_rec.checkpoint` for the layout.
+training defaults (:data:`RECIPES`); any flag given on the command line wins. Outputs in
+``--output-dir``: ``checkpoint/`` (latest, resumable), ``best/`` (best validation score),
+``metrics.jsonl`` and ``results.json``; see :mod:`foundation_rec.checkpoint` for the layout.
 """
 
 from __future__ import annotations
@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint.read_config(resume)
         run.output_dir = str(resume.parent)  # the run goes on where it was
     if run.init_from:
+        if run.backbone or run.lora or run.load_in_4bit:
+            raise FoundationRecError("--init-from takes the models (and any LoRA adapters) from the checkpoint; drop --backbone, --lora and --load-in-4bit")
         checkpoint.read_config(run.init_from)
     pool = build_pool(run, train.seed)
     saved = resume or (Path(run.init_from) if run.init_from else None)

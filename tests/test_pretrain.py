@@ -55,6 +55,7 @@ def test_main_runs_end_to_end_and_leaves_a_loadable_checkpoint(fixture_data, tmp
         (["--alt-style", "both"], "alt-style"),
         (["--init-from", "."], "not a foundation_rec checkpoint"),
         (["--init-from", ".", "--resume", "."], "pass only one"),
+        (["--init-from", ".", "--lora"], "drop --backbone, --lora"),
     ],
 )
 def test_user_errors_are_one_line(fixture_data, tmp_path, capsys, extra, message):
