@@ -60,6 +60,7 @@ from .trie import Trie
 ALT_STYLES = ("rec_first", "id_first")
 REC_OBJECTIVES = ("next", "sequence")
 SELECT_METRIC = "N@10"
+MAX_SKIPPED = 10  # non-finite steps a phase may skip before the run stops (and over 5% of its steps)
 _VOCAB_ERROR = (
     "the ID generator and the recommender use different tokenizers; soft ID embeddings need one shared vocabulary: "
     "build both from the same --backbone/--preset"
@@ -102,8 +103,11 @@ class TrainConfig:
     eval_beams: int = field(default=10, metadata={"help": "beams of the trie-constrained beam search in evaluation"})
     eval_batch_size: int = field(default=16, metadata={"help": "prompts per beam search in evaluation"})
     seed: int = field(default=42, metadata={"help": "seed of data order, templates, samples and dropout"})
+    precision: str = field(default="auto", metadata={"help": "training arithmetic: auto (bf16 autocast on CUDA, fp32 on the CPU), bf16 (CUDA only) or fp32; the from-scratch recipes set fp32"})
 
     def check(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise FoundationRecError(f"unknown --precision {self.precision!r}; use auto, bf16 or fp32")
         if self.alt_style not in ALT_STYLES:
             raise FoundationRecError(f"unknown --alt-style {self.alt_style!r}; use rec_first or id_first")
         if self.rec_objective not in REC_OBJECTIVES:
@@ -275,6 +279,8 @@ class Trainer:
         self.pool = pool
         self.rec = recommender
         self.dist = Distributed(recommender.device)
+        if config.precision == "bf16" and self.dist.device.type != "cuda":
+            raise FoundationRecError("--precision bf16 needs a CUDA device; pass --precision fp32 (or auto) on the CPU")
         self.gen = ShardedIDGenerator(generator.backbone, generator.config, self.dist)
         self.gen_model = generator.backbone.model
         self.output_dir = Path(output_dir)
@@ -297,6 +303,8 @@ class Trainer:
         self.user_text: list[str | None] = []
         # progress through the plan (what a checkpoint records)
         self.step = 0
+        self.skipped: dict[str, int] = {}  # steps with a non-finite loss or gradient per phase kind (this process's run)
+        self.tried: dict[str, int] = {}  # all steps per phase kind (this process's run)
         self.stage = 0
         self.epoch = 0
         self.batch = 0
@@ -431,7 +439,8 @@ class Trainer:
     def _epoch(self, kind, round_, loss_fn, examples, params, batch_size, lr, per_epoch, total) -> None:
         order, templates = self._epoch_order(len(examples))
         world, rank = self.dist.world, self.dist.rank
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.dist.device.type == "cuda" else nullcontext()
+        bf16 = self.dist.device.type == "cuda" and self.config.precision != "fp32"
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
         bar = tqdm(
             total=per_epoch,
             initial=self.batch,
@@ -440,7 +449,7 @@ class Trainer:
             disable=not (self.progress and self.dist.main),
             dynamic_ncols=True,
         )
-        window = {"loss": 0.0, "n": 0, "samples": 0, "tokens": 0, "start": time.perf_counter()}
+        window = {"loss": 0.0, "n": 0, "skipped": 0, "samples": 0, "tokens": 0, "start": time.perf_counter()}
         with bar:
             while self.batch < per_epoch and not self._out_of_steps():
                 lo = self.batch * batch_size * world
@@ -451,22 +460,38 @@ class Trainer:
                     loss, tokens = loss_fn(examples, chunk, templates[chunk])
                 loss.backward()
                 self.dist.mean_grads(params)
-                if self.config.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-                self.optimizer.step()
+                # the norm is computed either way (an infinite bound clips nothing) to catch non-finite gradients
+                norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip or float("inf"))
+                self.tried[kind] = self.tried.get(kind, 0) + 1
+                value = float(loss.detach())
+                if math.isfinite(value) and bool(torch.isfinite(norm)):
+                    self.optimizer.step()
+                    window["loss"] += value
+                    window["n"] += 1
+                else:
+                    self._skip_nonfinite(kind, window)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step, self.batch = self.step + 1, self.batch + 1
-                window["loss"] += float(loss.detach())
-                window["n"] += 1
                 window["samples"] += len(chunk) * world
                 window["tokens"] += tokens * world
                 bar.update(1)
-                if window["n"] == self.config.log_every or self.batch == per_epoch:
+                if window["n"] + window["skipped"] >= self.config.log_every or self.batch == per_epoch:
                     self._log_window(kind, round_, window, bar)
                 if self.batch % self.config.checkpoint_every == 0 and self.batch < per_epoch:
                     self.save_checkpoint()
-        if window["n"]:
+        if window["n"] or window["skipped"]:
             self._log_window(kind, round_, window, bar)
+
+    def _skip_nonfinite(self, kind: str, window: dict) -> None:
+        """Drop a step whose loss or gradient is not finite; stop the run once such steps are no longer rare."""
+        window["skipped"] += 1
+        self.skipped[kind] = self.skipped.get(kind, 0) + 1
+        if self.skipped[kind] > MAX_SKIPPED and self.skipped[kind] > 0.05 * self.tried[kind]:
+            flag = {"warmup": "--warmup-lr", "rec": "--rec-lr", "id": "--id-lr"}.get(kind, "the learning rate")
+            raise FoundationRecError(
+                f"{self.skipped[kind]} of the {kind} phase's steps had a non-finite loss or gradient (skipped); "
+                f"lower {flag} or pass --precision fp32"
+            )
 
     def _log_window(self, kind, round_, window, bar) -> None:
         seconds = max(time.perf_counter() - window["start"], 1e-9)
@@ -475,14 +500,16 @@ class Trainer:
             "phase": kind,
             "round": round_,
             "epoch": self.epoch,
-            "loss": window["loss"] / window["n"],
+            "loss": window["loss"] / window["n"] if window["n"] else None,
+            "skipped_nonfinite": window["skipped"],
             "lr": self.optimizer.param_groups[0]["lr"],
             "samples_per_s": window["samples"] / seconds,
             "tokens_per_s": window["tokens"] / seconds,
         }
-        bar.set_postfix(loss=f"{record['loss']:.3f}", sps=f"{record['samples_per_s']:.1f}", step=self.step)
+        loss = "skipped" if record["loss"] is None else f"{record['loss']:.3f}"
+        bar.set_postfix(loss=loss, sps=f"{record['samples_per_s']:.1f}", step=self.step)
         self.log.write(record)
-        window.update(loss=0.0, n=0, samples=0, tokens=0, start=time.perf_counter())
+        window.update(loss=0.0, n=0, skipped=0, samples=0, tokens=0, start=time.perf_counter())
 
     def _out_of_steps(self) -> bool:
         return bool(self.config.max_steps) and self.step >= self.config.max_steps

@@ -208,3 +208,41 @@ def test_different_tokenizers_are_refused(pool, tmp_path):
     _, gen, _ = tiny_models(["completely different words"])
     with pytest.raises(FoundationRecError, match="shared vocabulary"):
         Trainer(TrainConfig(), pool, rec, gen, tmp_path, run_config={}, save_models=lambda folder: None)
+
+
+def poison(trainer, calls: set[int] | None) -> None:
+    """Make the recommender loss NaN on the given call numbers (None: on every call)."""
+    real, count = trainer._rec_loss, [0]
+
+    def loss_fn(examples, indices, templates):
+        loss, tokens = real(examples, indices, templates)
+        count[0] += 1
+        return (loss * float("nan") if calls is None or count[0] in calls else loss), tokens
+
+    trainer._rec_loss = loss_fn
+
+
+def test_a_non_finite_step_is_skipped_and_counted(pool, tmp_path):
+    trainer = make_trainer(pool, tmp_path, warmup_epochs=0, id_epochs=0, rec_epochs=1, log_every=1)
+    poison(trainer, {2})
+    trainer.run()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rec = [r for r in records if r["phase"] == "rec"]
+    assert sum(r["skipped_nonfinite"] for r in rec) == 1 and trainer.skipped == {"rec": 1}
+    assert [r["loss"] is None for r in rec].count(True) == 1  # the skipped step's window has no loss
+    assert all(torch.isfinite(p).all() for p in trainer.rec.model.parameters())  # the NaN gradient never reached the weights
+
+
+def test_frequent_non_finite_steps_stop_the_run(pool, tmp_path):
+    trainer = make_trainer(pool, tmp_path, warmup_epochs=0, id_epochs=0, rec_epochs=5, rec_batch_size=1)  # 3 examples: 15 steps
+    poison(trainer, None)
+    with pytest.raises(FoundationRecError, match="non-finite loss or gradient.*--rec-lr or pass --precision fp32"):
+        trainer.run()
+    assert trainer.skipped["rec"] == 11
+
+
+def test_bf16_needs_cuda(pool, tmp_path):
+    with pytest.raises(FoundationRecError, match="--precision bf16 needs a CUDA device"):
+        make_trainer(pool, tmp_path, precision="bf16")
+    with pytest.raises(FoundationRecError, match="unknown --precision"):
+        TrainConfig(precision="fp8").check()
