@@ -123,7 +123,8 @@ class IDGenConfig:
         """The settings a pre-training run's arguments (``RunArguments`` as a dict, as saved in a checkpoint) ask for."""
         beams = int(run.get("id_beams", cls.num_beams))
         return cls(num_beams=beams, num_beam_groups=2 if beams % 2 == 0 else 1, max_id_tokens=int(run.get("id_max_tokens", cls.max_id_tokens)),
-                   max_input_tokens=int(run.get("id_input_tokens", cls.max_input_tokens)), extractive=run.get("id_extractive") == "yes")
+                   max_input_tokens=int(run.get("id_input_tokens", cls.max_input_tokens)), extractive=run.get("id_extractive") == "yes",
+                   batch_size=int(run.get("id_gen_batch_size", cls.batch_size)))
 
     def schedule(self) -> list[tuple[float, int, int]]:
         """The ``(lambda, min_new_tokens, max_new_tokens)`` of each round of Algorithm 1."""

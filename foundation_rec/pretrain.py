@@ -43,7 +43,7 @@ from .train import TrainConfig, Trainer, share_tokenizer
 # one round; GPU: the full pool. With --backbone the recipe's recommender preset and objective are dropped.
 RECOMMENDER_KEYS = ("rec_preset", "rec_objective")
 RECIPES: dict[str, dict] = {
-    "tiny": {"users_per_corpus": 20, "valid_users": 10, "rec_batch_size": 8, "id_batch_size": 4, "max_prompt_tokens": 96},
+    "tiny": {"users_per_corpus": 20, "valid_users": 10, "rec_batch_size": 8, "id_batch_size": 4, "max_prompt_tokens": 96, "precision": "fp32"},
     "t5-cpu": {
         "rec_preset": "causal-cpu",
         "rec_objective": "sequence",
@@ -56,6 +56,7 @@ RECIPES: dict[str, dict] = {
         "id_max_tokens": 6,
         "id_input_tokens": 64,
         "warmup_lr": 2e-3,
+        "precision": "fp32",  # bf16 autocast turned the from-scratch T5's warm-up loss into NaN on an H100
     },
     "t5-small": {"users_per_corpus": 0, "rounds": 3, "rec_epochs": 3, "rec_batch_size": 64, "id_batch_size": 16, "valid_users": 200},
     "smollm2-135m": {
@@ -101,6 +102,7 @@ class RunArguments:
     id_beams: int = field(default=6, metadata={"help": "candidates per item when generating IDs (diverse beam search)"})
     id_max_tokens: int = field(default=10, metadata={"help": "longest generated ID, in tokens"})
     id_input_tokens: int = field(default=128, metadata={"help": "item text tokens the ID generator reads"})
+    id_gen_batch_size: int = field(default=32, metadata={"help": "items per forward pass when generating IDs (a GPU takes 256 or more)"})
     id_extractive: str = field(
         default="auto", metadata={"help": "IDs only from the item's own text tokens: yes, no, or auto (yes for the from-scratch presets tiny and t5-cpu)"}
     )
@@ -130,6 +132,9 @@ def parse_args(argv: list[str] | None) -> tuple[RunArguments, TrainConfig, str]:
         )
     if run.id_extractive not in ("auto", "yes", "no"):
         raise FoundationRecError(f"--id-extractive {run.id_extractive!r} is not auto, yes or no; pick one of those")
+    for name in ("id_beams", "id_max_tokens", "id_input_tokens", "id_gen_batch_size"):
+        if getattr(run, name) < 1:
+            raise FoundationRecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(run, name)}")
     if run.id_extractive == "auto":
         run.id_extractive = "yes" if preset in SCRATCH_PRESETS and run.backbone is None else "no"
     return run, train, preset

@@ -262,3 +262,10 @@ def test_extractive_ids_use_only_the_items_own_words(cold):
     allowed = ~generator.text_token_mask(TEXTS[:3], targets)
     assert probs.sum(-1)[probs.sum(-1) > 0].allclose(torch.ones(1))
     assert (probs * ~allowed[:, None, :]).abs().max() == 0
+
+
+def test_run_arguments_set_the_generation_settings():
+    config = IDGenConfig.from_run({"id_beams": 4, "id_max_tokens": 6, "id_input_tokens": 64, "id_extractive": "yes", "id_gen_batch_size": 256})
+    assert (config.num_beams, config.num_beam_groups, config.max_id_tokens, config.max_input_tokens) == (4, 2, 6, 64)
+    assert config.extractive and config.batch_size == 256
+    assert IDGenConfig.from_run({}).batch_size == IDGenConfig.batch_size  # checkpoints written before the flag existed

@@ -56,6 +56,7 @@ def test_main_runs_end_to_end_and_leaves_a_loadable_checkpoint(fixture_data, tmp
         (["--init-from", "."], "not a foundation_rec checkpoint"),
         (["--init-from", ".", "--resume", "."], "pass only one"),
         (["--init-from", ".", "--lora"], "drop --backbone, --lora"),
+        (["--id-gen-batch-size", "0"], "--id-gen-batch-size must be at least 1"),
     ],
 )
 def test_user_errors_are_one_line(fixture_data, tmp_path, capsys, extra, message):
