@@ -14,8 +14,10 @@ budget per corpus (``SASREC_BUDGET``, scaled by ``--sasrec-scale``) that keeps t
 cached on disk; the time they took when first computed is reported from the cache.
 
     nice -n 10 python benchmarks/baselines.py [--max-users 2000] [--sasrec-scale 1.0] [--threads 1]
+    nice -n 10 python benchmarks/baselines.py --max-users 0 --corpora movielens-100k,... --name baselines_allusers
 
-Writes ``results/baselines.{json,md}`` and ``results/baselines_<corpus>.png`` after every corpus.
+Writes ``results/<--name>.{json,md}`` and ``results/<--name>_<corpus>.png`` after every corpus
+(``--name`` defaults to ``baselines``; ``--max-users 0`` evaluates every user of the targets too).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ NOT_CONVERGED = (
 LITERATURE = "SASRec with full cross-entropy on amazon2014-beauty, full-ranking leave-one-out: R@10 0.082, N@10 0.041 (reference given in issue 5)."
 
 
-def plot(corpus: str, results: list[dict]) -> str:
+def plot(corpus: str, results: list[dict], stem: str) -> str:
     """Grouped bars of R@10 and N@10 per method (history kept); returns the PNG's file name."""
     import matplotlib
 
@@ -65,7 +67,7 @@ def plot(corpus: str, results: list[dict]) -> str:
     ax.set_title(f"{corpus}: full ranking over {rows[0]['catalog_size']:,} items, {users}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    name = f"baselines_{corpus}.png"
+    name = f"{stem}_{corpus}.png"
     fig.savefig(RESULTS / name, dpi=110)
     plt.close(fig)
     return name
@@ -105,8 +107,9 @@ def report(payload: dict) -> str:
         "",
         (
             "Leave-one-out test split, full ranking over the whole catalog (no negative sampling), history capped at 20 items. "
-            f"Targets: a fixed-seed sample of {payload['max_users']:,} test users (seed {payload['seed']}), the same users for every method; "
-            "in-domain Amazon: all users. `users` says `sampled` or `all`."
+            + (f"Targets: a fixed-seed sample of {payload['max_users']:,} test users (seed {payload['seed']}), the same users for every method; "
+             if payload["max_users"] else "Targets: every test user; ")
+            + "in-domain Amazon: all users. `users` says `sampled` or `all`."
         ),
         "",
         "## History items kept in the ranking (primary protocol)",
@@ -133,7 +136,8 @@ def report(payload: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-users", type=int, default=2000, help="sampled test users per target corpus (in-domain: all)")
+    parser.add_argument("--max-users", type=int, default=2000, help="sampled test users per target corpus (0: all; in-domain: all)")
+    parser.add_argument("--name", default="baselines", help="write results/<NAME>.{json,md} and results/<NAME>_<corpus>.png")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--corpora", default=",".join(TARGETS + IN_DOMAIN))
@@ -152,15 +156,15 @@ def main() -> None:
         payload["results"] += evaluate_methods(
             corpus,
             args.methods.split(","),
-            max_users=None if name in IN_DOMAIN else args.max_users,
+            max_users=None if name in IN_DOMAIN else args.max_users or None,
             seed=args.seed,
             exclude_history=(False, True),
             max_epochs=args.max_epochs,
             time_budget=budget,
         )
-        payload["charts"][name] = plot(name, payload["results"])
+        payload["charts"][name] = plot(name, payload["results"], args.name)
         payload.update(environment=environment(), wall_seconds=time.perf_counter() - wall, cpu_seconds=time.process_time() - cpu)
-        write_results("baselines", payload, report(payload))
+        write_results(args.name, payload, report(payload))
         print(markdown_table([r for r in payload["results"] if r["corpus"] == name and not r["exclude_history"]]), flush=True)
 
 

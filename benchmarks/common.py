@@ -65,11 +65,11 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
 TARGETS = ["movielens-100k", "steam", "movielens-1m", "yelp", "goodreads"]
 
 
-def checkpoint_run(doc: str, users_flag: str, users_default: int):
-    """Parse the flags shared by the scripts that evaluate a checkpoint on the targets; load it on CPU.
+def checkpoint_run(doc: str, users_flag: str, users_default: int, extra=None):
+    """Parse the flags shared by the scripts that evaluate a checkpoint on the targets; load it on ``--device``.
 
     Returns ``(args, model)``: ``--checkpoint``, ``--targets``, ``users_flag``, ``--seed``, ``--num-beams``,
-    ``--threads`` and ``--data-dir``, and the :class:`~foundation_rec.api.FoundationRec` they name.
+    ``--threads``, ``--device`` and ``--data-dir``, and the :class:`~foundation_rec.api.FoundationRec` they name. ``extra(parser)`` adds a script's own flags.
     """
     import argparse
 
@@ -84,7 +84,10 @@ def checkpoint_run(doc: str, users_flag: str, users_default: int):
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample")
     parser.add_argument("--num-beams", type=int, default=20, help="beams of the constrained beam search")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--data-dir", default=None, help="data directory (default: the package's search order)")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    return args, FoundationRec.from_pretrained(args.checkpoint, device="cpu", num_beams=args.num_beams)
+    return args, FoundationRec.from_pretrained(args.checkpoint, device=args.device, num_beams=args.num_beams)

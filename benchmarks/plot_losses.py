@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     records = [json.loads(line) for line in args.log.read_text(encoding="utf-8").splitlines() if line.strip()]
     fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(11, 4))
     for phase in ("warmup", "rec", "id"):
-        points = [(r["step"], r["loss"]) for r in records if r.get("phase") == phase and "loss" in r]
+        points = [(r["step"], r["loss"]) for r in records if r.get("phase") == phase and r.get("loss") is not None]
         if points:
             ax_loss.plot(*zip(*points), ".-", markersize=3, label=phase)
     ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="loss per phase")
