@@ -45,7 +45,7 @@ def environment() -> dict:
 def provenance(env: dict) -> str:
     """The sentence every result file opens with: the command, machine, date and versions of :func:`environment`."""
     return (
-        f"`{env['command']}` on {env['cpu']} ({env['cpu_count']} cores, torch threads {env['torch_threads']}), {env['date']}; "
+        f"`{env['command']}` on {env['gpu'] + ' with ' if env.get('gpu') else ''}{env['cpu']} ({env['cpu_count']} cores, torch threads {env['torch_threads']}), {env['date']}; "
         f"python {env['python']}, torch {env['torch']}, transformers {env['transformers']}."
     )
 

@@ -73,6 +73,8 @@ def report(payload: dict) -> str:
     lines = [
         "# Zero-shot on unseen platforms, next to the baselines",
         "",
+        *(f"Earlier run kept by `--append`: {provenance(e)}" for e in payload.get("earlier_runs", [])),
+        *([""] if payload.get("earlier_runs") else []),
         (f"{provenance(env)} Checkpoint `{payload['checkpoint']}` "
          f"(pre-trained on {', '.join(payload['pretrained_corpora'])}). Wall time {(payload['wall_seconds'] + payload.get('wall_seconds_before', 0)) / 60:.1f} min"
          f"{' over several runs (--append)' if payload.get('wall_seconds_before') else ''}."),
@@ -119,6 +121,7 @@ def main() -> None:
             raise SystemExit(f"--append: results/{args.name}.json holds another checkpoint, --max-users, --seed or --num-beams; drop --append")
         kept = [r for r in old["results"] if r["method"] == METHOD and r["corpus"] not in targets]
         payload["wall_seconds_before"] = old.get("wall_seconds", 0) + old.get("wall_seconds_before", 0)
+        payload["earlier_runs"] = [*old.get("earlier_runs", []), old["environment"]]
     for ours in kept:
         baselines, payload["baselines_measured"] = baseline_rows(args.baselines, ours["corpus"], ours["users_evaluated"], args.seed)
         payload["results"] += ordered([*baselines, ours])
