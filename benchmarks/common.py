@@ -69,7 +69,8 @@ def checkpoint_run(doc: str, users_flag: str, users_default: int, extra=None):
     """Parse the flags shared by the scripts that evaluate a checkpoint on the targets; load it on ``--device``.
 
     Returns ``(args, model)``: ``--checkpoint``, ``--targets``, ``users_flag``, ``--seed``, ``--num-beams``,
-    ``--threads``, ``--device`` and ``--data-dir``, and the :class:`~foundation_rec.api.FoundationRec` they name. ``extra(parser)`` adds a script's own flags.
+    ``--threads``, ``--device`` and ``--data-dir``, and the :class:`~foundation_rec.api.FoundationRec` they
+    name. ``extra(parser)`` adds a script's own flags.
     """
     import argparse
 

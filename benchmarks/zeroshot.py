@@ -129,10 +129,11 @@ def main() -> None:
         zs = ZeroShotArguments(target=target, checkpoint=args.checkpoint, data_dir=args.data_dir, max_users=args.max_users or None,
                                seed=args.seed, num_beams=args.num_beams, batch_size=args.batch_size, device=args.device)
         ours = run_target(model, target, zs)[0]
-        ours["measured_on"] = environment().get("gpu") or environment()["cpu"]
+        env = environment()
+        ours["measured_on"] = env.get("gpu") or env["cpu"]
         baselines, payload["baselines_measured"] = baseline_rows(args.baselines, target, ours["users_evaluated"], args.seed)
         payload["results"] += ordered([*baselines, ours])
-        payload.update(environment=environment(), wall_seconds=time.perf_counter() - start, chart=plot(payload["results"], args.name))
+        payload.update(environment=env, wall_seconds=time.perf_counter() - start, chart=plot(payload["results"], args.name))
         write_results(args.name, payload, report(payload))
         print(markdown_table([r for r in payload["results"] if r["corpus"] == target]), flush=True)
     if not targets:
