@@ -463,8 +463,8 @@ class Trainer:
                 # the norm is computed either way (an infinite bound clips nothing) to catch non-finite gradients
                 norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip or float("inf"))
                 self.tried[kind] = self.tried.get(kind, 0) + 1
-                value = float(loss.detach())
-                if math.isfinite(value) and bool(torch.isfinite(norm)):
+                value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()  # one device sync for both
+                if math.isfinite(value) and math.isfinite(norm_value):
                     self.optimizer.step()
                     window["loss"] += value
                     window["n"] += 1
