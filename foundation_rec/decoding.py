@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +65,7 @@ class _IncrementalModel:
     previous call it continues, so finished, dead and hopeless beams cost no compute.
     """
 
-    def __init__(self, model, input_ids, attention_mask, decoder_start_token_id):
+    def __init__(self, model, input_ids, attention_mask, decoder_start_token_id, inputs_embeds=None):
         self.model = model
         self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         params = inspect.signature(model.forward).parameters
@@ -74,11 +75,12 @@ class _IncrementalModel:
         self.origin = torch.arange(len(input_ids), device=input_ids.device)  # prompt of each row
         self.steps = 0  # generated tokens fed so far
         if self.seq2seq:
-            self.prompt_states = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+            prompt = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+            self.prompt_states = model.get_encoder()(**prompt, attention_mask=attention_mask, return_dict=True)
             self.encoder = (self.prompt_states, attention_mask)  # for the current rows
             self.first_input = torch.full((len(input_ids), 1), decoder_start_token_id, device=input_ids.device)
         else:
-            self.first_input = input_ids
+            self.first_input = input_ids if inputs_embeds is None else inputs_embeds
             self.next_position = attention_mask.sum(-1)
 
     def _forward(self, tokens, keep: int = 1, select: torch.Tensor | None = None, **kwargs):
@@ -96,7 +98,8 @@ class _IncrementalModel:
                 out = self.model(encoder_outputs=states, attention_mask=mask, decoder_input_ids=tokens, use_cache=True, **kwargs)
             else:
                 last = {self.keep_arg: keep} if self.keep_arg else {}
-                out = self.model(input_ids=tokens, use_cache=True, **last, **kwargs)
+                given = {"inputs_embeds": tokens} if tokens.is_floating_point() else {"input_ids": tokens}  # embeddings: a prompt with content vectors
+                out = self.model(**given, use_cache=True, **last, **kwargs)
         finally:
             if hook is not None:
                 hook.remove()
@@ -199,6 +202,7 @@ def beam_search(
     length_penalty: float = 1.0,
     no_repeat_tokens: bool = False,
     word_pieces: tuple[torch.Tensor, torch.Tensor] | None = None,
+    inputs_embeds: torch.Tensor | None = None,
 ) -> BeamSearchOutput:
     """Beam search over ``model`` for each prompt row of ``input_ids`` (left-padded for decoder-only).
 
@@ -209,8 +213,9 @@ def beam_search(
     not start the output, and may follow token ``p`` only where it follows ``p`` in prompt ``b``'s
     ``text_tokens`` (padded with -1); after a token that the text always continues with a piece,
     only such a piece may come (no EOS, no new word), and the length limit never cuts a word. See
-    the module docstring for the selection rules and scores. Returns ``num_beams`` results per
-    prompt, best first.
+    the module docstring for the selection rules and scores. ``inputs_embeds`` ([B, T, D], the
+    embeddings of ``input_ids``, e.g. with content vectors added) replaces the prompt's token
+    embeddings. Returns ``num_beams`` results per prompt, best first.
     """
     start = _check_args(
         model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, decoder_start_token_id
@@ -236,7 +241,7 @@ def beam_search(
     improvable = torch.ones(batch, groups, dtype=torch.bool, device=device)
     bad_token_mask = None if bad_token_mask is None else bad_token_mask.to(device)
 
-    stepper = _IncrementalModel(model, input_ids, attention_mask, start)
+    stepper = _IncrementalModel(model, input_ids, attention_mask, start, inputs_embeds)
     logits = stepper.first()
     vocab = logits.shape[-1]
     if trie is not None and trie.vocab_size > vocab:
@@ -499,3 +504,41 @@ def reference_beam_search(
         items.append(node.get(-1, -1))
     items = torch.tensor(items, device=sequences.device).view(sequences.shape[:2])
     return BeamSearchOutput(sequences=sequences, scores=out.sequences_scores.view(items.shape), items=items)
+
+
+@torch.no_grad()
+def score_candidates(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    candidates: Sequence[Sequence[Sequence[int]]],
+    *,
+    eos_token_id: int,
+    pad_token_id: int,
+    decoder_start_token_id: int | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """Exact scores of given outputs: for prompt ``b``, the length-normalised log-probability of each
+    token list in ``candidates[b]`` followed by EOS, the score :func:`beam_search` gives a finished
+    sequence (length penalty 1.0). The prompt runs once; its KV cache serves every candidate."""
+    stepper = _IncrementalModel(model, input_ids, attention_mask, decoder_start_token_id, inputs_embeds)
+    first = torch.log_softmax(stepper.first(), dim=-1)  # [B, V]
+    rows = [(b, list(c) + [eos_token_id]) for b, cands in enumerate(candidates) for c in cands]
+    if not rows:
+        return [torch.zeros(0) for _ in candidates]
+    source = torch.tensor([b for b, _ in rows], device=input_ids.device)
+    width = max(len(seq) for _, seq in rows)
+    targets = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=input_ids.device)
+    for r, (_, seq) in enumerate(rows):
+        targets[r, : len(seq)] = torch.as_tensor(seq)
+    lengths = torch.tensor([len(seq) for _, seq in rows], device=input_ids.device)
+    known = torch.arange(width, device=input_ids.device)[None] < lengths[:, None]  # [N, width]
+    total = first[source].gather(1, targets[:, :1])[:, 0]
+    if width > 1:
+        feed = targets[:, :-1]  # position j predicts token j + 1
+        select = known[:, 1:]
+        logits = stepper.next(source, feed, select)  # [selected, V]
+        picked = torch.log_softmax(logits, dim=-1).gather(1, targets[:, 1:][select][:, None])[:, 0]
+        total = total + torch.zeros_like(total).index_add_(0, select.nonzero()[:, 0], picked)
+    scores = total / lengths
+    return list(scores.cpu().split([len(c) for c in candidates]))

@@ -117,34 +117,59 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Evaluate ``recommender`` on ``corpus`` and return the result dict (metrics, users, catalog, timing)."""
+    return evaluate_settings(corpus, recommender, method, (exclude_history,), split=split, max_users=max_users, seed=seed,
+                             max_history=max_history, ks=ks, batch_size=batch_size, progress=progress)[0]
+
+
+def evaluate_settings(
+    corpus,
+    recommender: Recommender,
+    method: str,
+    exclude_history: tuple[bool, ...] = (False, True),
+    *,
+    split: str = "test",
+    max_users: int | None = None,
+    seed: int = 0,
+    max_history: int = MAX_HISTORY,
+    ks: tuple[int, ...] = KS,
+    batch_size: int = 512,
+    progress: bool = True,
+) -> list[dict]:
+    """One result per ``exclude_history`` setting from **one** ranking pass: the recommender ranks
+    ``max(ks)`` items (plus ``max_history`` when any setting excludes history); history kept scores
+    the first ``max(ks)``, history excluded drops the history items first."""
     start = time.perf_counter()
     ex = examples(corpus, split, max_users, seed, max_history)
     n_items = len(corpus.items)
-    k = max(ks) + (max_history if exclude_history else 0)
+    k = max(ks) + (max_history if any(exclude_history) else 0)
     parts = []
     with tqdm(total=len(ex), unit="user", desc=f"eval {method} on {corpus.name} ({split})", disable=not progress, leave=False) as bar:
         for lo in range(0, len(ex), batch_size):
             batch = ex.histories[lo : lo + batch_size]
-            rec = _check(recommender.recommend(batch, k), len(batch), k, n_items, method)
-            parts.append(_drop_history(rec, batch) if exclude_history else rec)
+            parts.append(_check(recommender.recommend(batch, k), len(batch), k, n_items, method))
             bar.update(len(batch))
-    recommended = np.concatenate(parts)[:, : max(ks)]
-    return {
-        "corpus": corpus.name,
-        "platform": corpus.platform,
-        "method": method,
-        "split": split,
-        "metrics": leave_one_out_metrics(recommended, ex.targets, ks),
-        "users_evaluated": len(ex),
-        "users_total": ex.users_total,
-        "users_excluded": ex.users_excluded,
-        "sampled": ex.sampled,
-        "sample_seed": seed if ex.sampled else None,
-        "catalog_size": n_items,
-        "max_history": max_history,
-        "exclude_history": exclude_history,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    ranked = np.concatenate(parts)
+    seconds = round(time.perf_counter() - start, 2)
+    results = []
+    for exclude in exclude_history:
+        recommended = (_drop_history(ranked, ex.histories) if exclude else ranked)[:, : max(ks)]
+        results.append({
+            "corpus": corpus.name,
+            "platform": corpus.platform,
+            "method": method,
+            "split": split,
+            "metrics": leave_one_out_metrics(recommended, ex.targets, ks),
+            "users_evaluated": len(ex),
+            "users_total": ex.users_total,
+            "users_excluded": ex.users_excluded,
+            "sampled": ex.sampled,
+            "sample_seed": seed if ex.sampled else None,
+            "catalog_size": n_items,
+            "max_history": max_history,
+            "exclude_history": exclude,
+            "seconds": seconds,
+        })
+    return results
 
 
 def markdown_table(results: list[dict]) -> str:

@@ -30,7 +30,8 @@ import torch
 from transformers import HfArgumentParser
 
 from . import checkpoint
-from .backbones import SCRATCH_PRESETS, BackboneConfig, load_backbone, resolve_device
+from .backbones import PRETRAINED_SPACE_PRESETS, SCRATCH_PRESETS, BackboneConfig, load_backbone, resolve_device
+from .content import MINILM_DIM, ContentProjection, load_projection
 from .corpora import load_corpora
 from .errors import FoundationRecError, cli_errors
 from .idgen import IDGenConfig, IDGenerator
@@ -58,6 +59,25 @@ RECIPES: dict[str, dict] = {
         "warmup_lr": 2e-3,
         "precision": "fp32",  # bf16 autocast turned the from-scratch T5's warm-up loss into NaN on an H100
     },
+    "minilm-t5": {
+        "rec_preset": "minilm-causal",
+        "rec_objective": "sequence",
+        "content_vectors": True,
+        "users_per_corpus": 200,
+        "rec_epochs": 3,
+        "warmup_items": 3000,
+        "id_gen_batch_size": 256,
+        "id_examples": "last",
+        "valid_users": 20,
+        "test_users": 50,
+        "id_beams": 4,
+        "id_max_tokens": 6,
+        "id_input_tokens": 64,
+        "warmup_lr": 2e-3,
+        "precision": "fp32",
+    },
+    "tiny-minilm": {"rec_preset": "tiny-minilm-causal", "rec_objective": "sequence", "content_vectors": True, "users_per_corpus": 20,
+                    "valid_users": 10, "rec_batch_size": 8, "id_batch_size": 4, "max_prompt_tokens": 96, "precision": "fp32"},
     "t5-small": {"users_per_corpus": 0, "rounds": 3, "rec_epochs": 3, "rec_batch_size": 64, "id_batch_size": 16, "valid_users": 200},
     "smollm2-135m": {
         "users_per_corpus": 0,
@@ -106,6 +126,10 @@ class RunArguments:
     id_extractive: str = field(
         default="auto", metadata={"help": "IDs only from the item's own text tokens: yes, no, or auto (yes for the from-scratch presets tiny and t5-cpu)"}
     )
+    content_vectors: bool = field(
+        default=False,
+        metadata={"help": "content-aware history: add each history item's frozen all-MiniLM-L6-v2 text vector, projected, to its ID in the prompt"},
+    )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
@@ -118,7 +142,8 @@ def parse_args(argv: list[str] | None) -> tuple[RunArguments, TrainConfig, str]:
     if preset == "auto":
         preset = "smollm2-135m" if resolve_device(run.device).type == "cuda" and run.backbone is None else "t5-cpu"
     if preset in SCRATCH_PRESETS and preset not in RECIPES:
-        raise FoundationRecError(f"preset {preset!r} is for the recommender only; pass --preset t5-cpu --rec-preset {preset}")
+        generator = "minilm-t5" if preset in PRETRAINED_SPACE_PRESETS else "t5-cpu"
+        raise FoundationRecError(f"preset {preset!r} is for the recommender only; pass --preset {generator} --rec-preset {preset}")
     if preset not in RECIPES:
         raise FoundationRecError(f"unknown preset {preset!r}; use auto or one of {', '.join(RECIPES)}")
     recipe = RECIPES[preset]
@@ -132,7 +157,9 @@ def parse_args(argv: list[str] | None) -> tuple[RunArguments, TrainConfig, str]:
         )
     if run.id_extractive not in ("auto", "yes", "no"):
         raise FoundationRecError(f"--id-extractive {run.id_extractive!r} is not auto, yes or no; pick one of those")
-    for name in ("id_beams", "id_max_tokens", "id_input_tokens", "id_gen_batch_size"):
+    if run.users_per_corpus < 0:
+        raise FoundationRecError(f"--users-per-corpus must be >= 0 (0: all users), got {run.users_per_corpus}")
+    for name in ("id_beams", "id_max_tokens", "id_input_tokens", "id_gen_batch_size", "lora_r"):
         if getattr(run, name) < 1:
             raise FoundationRecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(run, name)}")
     if run.id_extractive == "auto":
@@ -157,7 +184,8 @@ def build_pool(run: RunArguments, seed: int) -> Pool:
 
 
 def build_models(run: RunArguments, preset: str, device: torch.device, pool: Pool, seed: int, saved: Path | None):
-    """``(recommender backbone, ID generator)``: new ones from the preset / backbone, or the ones saved in checkpoint ``saved``."""
+    """``(recommender backbone, ID generator, content projection or None)``: new ones from the preset /
+    backbone, or the ones saved in checkpoint ``saved``."""
     id_config = IDGenConfig.from_run(dataclasses.asdict(run))
     if saved is not None:
         rec = load_backbone(BackboneConfig(name_or_path=str(saved / "recommender"), device=str(device)))
@@ -175,7 +203,11 @@ def build_models(run: RunArguments, preset: str, device: torch.device, pool: Poo
         rec = load_backbone(BackboneConfig(**{**base, **rec_preset}, seed=seed), tokenizer_texts=texts)
         gen = load_backbone(BackboneConfig(**base, seed=seed + 1), tokenizer_texts=texts)
     share_tokenizer(rec, gen)
-    return rec, IDGenerator(gen, id_config)
+    if saved is not None:
+        content = load_projection(saved / "recommender", device)
+    else:
+        content = ContentProjection(MINILM_DIM, int(rec.hf_model.get_input_embeddings().weight.shape[1])).to(device) if run.content_vectors else None
+    return rec, IDGenerator(gen, id_config), content
 
 
 @cli_errors
@@ -183,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run (or resume) pre-training; print the validation history and the test result of the best model."""
     start = time.perf_counter()
     run, train, preset = parse_args(argv)
-    train.check()
+    train.check()  # every numeric flag is range-checked here, before any work
     device = _process_group(resolve_device(run.device))
     resume = None
     if run.resume and run.init_from:
@@ -198,12 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint.read_config(run.init_from)
     pool = build_pool(run, train.seed)
     saved = resume or (Path(run.init_from) if run.init_from else None)
-    rec_backbone, generator = build_models(run, preset, device, pool, train.seed, saved)
-    recommender = GenerativeRecommender(rec_backbone.model, rec_backbone.tokenizer)
+    rec_backbone, generator, content = build_models(run, preset, device, pool, train.seed, saved)
+    recommender = GenerativeRecommender(rec_backbone.model, rec_backbone.tokenizer, content)
     run_config = {"run": {**dataclasses.asdict(run), "resume": None}, "preset": preset, "train": dataclasses.asdict(train), "stats": _stats(pool)}
 
     def save_models(folder: Path) -> None:
-        rec_backbone.save(folder / "recommender")
+        rec_backbone.save(folder / "recommender", modules=[content] if content is not None else [])
         generator.save(folder / "generator")
 
     trainer = Trainer(train, pool, recommender, generator, run.output_dir, run_config=run_config, save_models=save_models, progress=run.progress)

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .decoding import beam_search
+from .content import ContentProjection, content_index
+from .decoding import beam_search, score_candidates
 from .errors import FoundationRecError
-from .prompts import EVAL_TEMPLATE, PromptBuilder
+from .prompts import EVAL_TEMPLATE, Prompt, PromptBuilder
 from .trie import Trie
 
 IGNORE = -100
@@ -41,9 +42,11 @@ class Batch:
     labels: torch.Tensor
     spans: list
     num_tokens: int  # non-padding tokens the model reads: encoder inputs + labels (seq2seq), the joint sequence (decoder-only)
+    content: torch.Tensor | None = None  # [N, 3] (row, position, item) of every history item's content vector
 
     def to(self, device) -> Batch:
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.spans, self.num_tokens)
+        content = None if self.content is None else self.content.to(device)
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), self.spans, self.num_tokens, content)
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
@@ -58,9 +61,11 @@ def _pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch
 class GenerativeRecommender:
     """Wrap a Hugging Face model (T5-style or decoder-only, optionally PEFT-wrapped) and its tokenizer."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, content: ContentProjection | None = None):
         self.model = model
         self.tokenizer = tokenizer
+        self.content = content  # content-aware history (see foundation_rec.content), or None
+        self.item_vectors: torch.Tensor | None = None  # [items, 384] content vectors, indexed as the prompt items are
         config = model.config
         self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
         self.eos_token_id = int(tokenizer.eos_token_id)
@@ -95,10 +100,31 @@ class GenerativeRecommender:
         input_ids = _pad(inputs, self.pad_token_id)
         attention_mask = _pad([[1] * len(r) for r in inputs], 0)
         tokens = sum(map(len, inputs)) + (sum(map(len, labels)) if self.seq2seq else 0)
-        return Batch(input_ids, attention_mask, _pad(labels, IGNORE), spans or [[] for _ in prompts], tokens)
+        spans = spans or [[] for _ in prompts]
+        content = content_index(spans) if self.content is not None else None
+        return Batch(input_ids, attention_mask, _pad(labels, IGNORE), spans, tokens, content)
+
+    @property
+    def modules(self) -> torch.nn.Module:
+        """Everything the recommender phase trains: the language model and, with content vectors, their projection."""
+        return self.model if self.content is None else torch.nn.ModuleList([self.model, self.content])
+
+    def embed(self, input_ids: torch.Tensor, content: torch.Tensor | None, embeds: torch.Tensor | None = None, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings ([B, T, D]; ``embeds`` when given) plus each history item's projected content vector
+        (rows of ``vectors``, default :attr:`item_vectors`, indexed by the prompt's item numbers)."""
+        embeds = self.input_embeddings(input_ids) if embeds is None else embeds
+        if self.content is None or content is None or not len(content):
+            return embeds
+        vectors = self.item_vectors if vectors is None else vectors
+        if vectors is None:
+            raise FoundationRecError("this recommender reads item content vectors but none were set; index a catalog first")
+        vectors = vectors[content[:, 2].cpu()].to(embeds.device, embeds.dtype)
+        return embeds.index_put((content[:, 0], content[:, 1]), self.content(vectors).to(embeds.dtype), accumulate=True)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Mean cross-entropy over the label tokens of ``batch`` (teacher forcing)."""
+        if self.content is not None:
+            return self.loss_from_embeds(self.input_embeddings(batch.input_ids), batch)
         return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
 
     def input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -106,8 +132,10 @@ class GenerativeRecommender:
         return self.model.get_input_embeddings()(input_ids)
 
     def loss_from_embeds(self, inputs_embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """:meth:`loss` with the (encoder or joint) input given as embeddings, e.g. with soft IDs inserted."""
-        return self.model(inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask, labels=batch.labels).loss
+        """:meth:`loss` with the (encoder or joint) input given as embeddings, e.g. with soft IDs inserted
+        (content vectors are added here)."""
+        embeds = self.embed(batch.input_ids, batch.content, inputs_embeds)
+        return self.model(inputs_embeds=embeds, attention_mask=batch.attention_mask, labels=batch.labels).loss
 
     # ----------------------------------------------------------------------------- recommendation
 
@@ -117,10 +145,21 @@ class GenerativeRecommender:
         left = not self.seq2seq
         return _pad(rows, self.pad_token_id, left), _pad([[1] * len(r) for r in rows], 0, left)
 
+    def prompt_embeds(self, prompts: Sequence[Prompt], input_ids: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Generation input embeddings with content vectors (``None`` without content: token ids suffice)."""
+        if self.content is None:
+            return None
+        width = input_ids.shape[1]
+        shifts = [0 if self.seq2seq else width - len(p.tokens) for p in prompts]
+        content = content_index([list(zip(p.items, p.spans, strict=True)) for p in prompts], shifts).to(input_ids.device)
+        return self.embed(input_ids, content, vectors=vectors)
+
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], trie: Trie, k: int, num_beams: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def generate(
+        self, prompts: Sequence[Prompt], trie: Trie, k: int, num_beams: int | None = None, vectors: torch.Tensor | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` trie items (flat trie indices, ``-1`` padded) and their scores for each prompt."""
-        input_ids, attention_mask = (t.to(self.device) for t in self.left_padded(prompts))
+        input_ids, attention_mask = (t.to(self.device) for t in self.left_padded([p.tokens for p in prompts]))
         was_training = self.model.training
         self.model.train(False)
         try:
@@ -134,6 +173,7 @@ class GenerativeRecommender:
                 pad_token_id=self.pad_token_id,
                 trie=trie,
                 decoder_start_token_id=self.decoder_start_token_id,
+                inputs_embeds=self.prompt_embeds(prompts, input_ids, vectors),
             )
         finally:
             self.model.train(was_training)
@@ -145,6 +185,23 @@ class GenerativeRecommender:
         return items, scores
 
 
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Sequence[Sequence[int]]], vectors: torch.Tensor | None = None) -> list[np.ndarray]:
+        """Exact scores of candidate IDs (token lists without EOS) per prompt: the length-normalised
+        log-probability of each ID + EOS, the same score :meth:`generate` gives the items it finds."""
+        input_ids, attention_mask = (t.to(self.device) for t in self.left_padded([p.tokens for p in prompts]))
+        was_training = self.model.training
+        self.model.train(False)
+        try:
+            scores = score_candidates(
+                self.model, input_ids, attention_mask, candidates, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
+                decoder_start_token_id=self.decoder_start_token_id, inputs_embeds=self.prompt_embeds(prompts, input_ids, vectors),
+            )
+        finally:
+            self.model.train(was_training)
+        return [s.float().numpy() for s in scores]
+
+
 class CatalogRecommender:
     """One corpus's view of a :class:`GenerativeRecommender`, in the evaluation harness's protocol.
 
@@ -152,8 +209,12 @@ class CatalogRecommender:
     index the prompt builder's ID table uses; ``trie`` holds the corpus's catalog IDs.
     """
 
-    def __init__(self, recommender: GenerativeRecommender, prompts: PromptBuilder, trie: Trie, offset: int, *, num_beams: int = 20, batch_size: int = 16):
+    def __init__(
+        self, recommender: GenerativeRecommender, prompts: PromptBuilder, trie: Trie, offset: int, *, num_beams: int = 20, batch_size: int = 16,
+        vectors: torch.Tensor | None = None,
+    ):
         self.recommender = recommender
+        self.vectors = vectors  # content vectors of the prompt items (None: the recommender's own)
         self.prompts = prompts
         self.trie = trie
         self.offset = offset
@@ -168,11 +229,38 @@ class CatalogRecommender:
         item_row = self.trie.item_row.cpu().numpy()
         for lo in range(0, len(histories), self.batch_size):
             prompts = [
-                self.prompts.build(np.asarray(h, dtype=np.int64) + self.offset, EVAL_TEMPLATE, u).tokens
+                self.prompts.build(np.asarray(h, dtype=np.int64) + self.offset, EVAL_TEMPLATE, u)
                 for h, u in zip(histories[lo : lo + self.batch_size], users[lo : lo + self.batch_size], strict=True)
             ]
-            items, item_scores = self.recommender.generate(prompts, self.trie, k, self.num_beams)
+            items, item_scores = self.recommender.generate(prompts, self.trie, k, self.num_beams, self.vectors)
             rows.append(np.where(items >= 0, item_row[np.maximum(items, 0)], -1))
             scores.append(item_scores)
         self.last_scores = np.concatenate(scores) if scores else np.zeros((0, k))
         return np.concatenate(rows) if rows else np.zeros((0, k), dtype=np.int64)
+
+
+class RerankRecommender:
+    """``idgenrec-rerank``: the recommender's exact scores (:meth:`GenerativeRecommender.score`) over a
+    candidate set, its own constrained beams plus the top ``pool`` items of another method (text-kNN),
+    best first. A separate method from pure generation: it shows whether the model ranks better
+    than text similarity where both see the same candidates."""
+
+    def __init__(self, generative: CatalogRecommender, candidates, pool: int = 100):
+        self.generative = generative
+        self.candidates = candidates
+        self.pool = pool
+
+    def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
+        gen = self.generative
+        own = gen.recommend(histories, max(k, gen.num_beams))
+        other = self.candidates.recommend(histories, self.pool)
+        out = np.full((len(histories), k), -1, dtype=np.int64)
+        for lo in range(0, len(histories), gen.batch_size):
+            hi = min(lo + gen.batch_size, len(histories))
+            prompts = [gen.prompts.build(np.asarray(h, dtype=np.int64) + gen.offset) for h in histories[lo:hi]]
+            rows = [list(dict.fromkeys(int(r) for r in np.concatenate([own[b], other[b]]) if r >= 0)) for b in range(lo, hi)]
+            tokens = [[gen.prompts.id_tokens[r + gen.offset] for r in row] for row in rows]
+            for b, (row, scores) in enumerate(zip(rows, gen.recommender.score(prompts, tokens, gen.vectors), strict=True)):
+                best = np.asarray(row, dtype=np.int64)[np.argsort(-scores, kind="stable")[:k]]
+                out[lo + b, : len(best)] = best
+        return out

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from .baselines.text_knn import cached_embeddings, embed_texts
 from .errors import FoundationRecError
 from .idgen import normalize_id
+from .text_embeddings import cached_embeddings, embed_texts
 
 MIN_SIMILARITY = 0.6
 MAX_LINE_CHARS = 300

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from . import atomic, checkpoint
 from .backbones import SCRATCH_PRESETS
+from .content import item_vectors, load_projection
 from .errors import FoundationRecError
 from .idgen import IDGenerator, IDTable, build_table, encode_ids, keyword_id, keyword_loss
 from .metrics import leave_one_out_metrics
@@ -82,6 +83,7 @@ class TrainConfig:
     rec_batch_size: int = field(default=16, metadata={"help": "recommender batch size per process"})
     id_batch_size: int = field(default=8, metadata={"help": "ID-phase batch size per process (each example runs the generator on its history items)"})
     warmup_batch_size: int = field(default=32, metadata={"help": "warm-up batch size per process (items)"})
+    warmup_items: int = field(default=0, metadata={"help": "warm up on a seeded sample of this many pool items (0: every item)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip (0: off)"})
     lr_warmup_ratio: float = field(default=0.05, metadata={"help": "share of each phase's steps with a linearly rising learning rate"})
@@ -114,12 +116,19 @@ class TrainConfig:
             raise FoundationRecError(f"unknown --rec-objective {self.rec_objective!r}; use next or sequence")
         if self.id_examples not in ("all", "last"):
             raise FoundationRecError(f"unknown --id-examples {self.id_examples!r}; use all or last")
-        for name in ("rounds", "rec_batch_size", "id_batch_size", "warmup_batch_size", "checkpoint_every", "eval_beams"):
+        for name in ("rounds", "rec_batch_size", "id_batch_size", "warmup_batch_size", "checkpoint_every", "eval_beams", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
-                raise FoundationRecError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("rec_epochs", "id_epochs", "warmup_epochs", "max_steps", "valid_users", "test_users"):
+                raise FoundationRecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("rec_lr", "id_lr", "warmup_lr"):
+            if not 0 < getattr(self, name) <= 1:
+                raise FoundationRecError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}; e.g. 1e-3")
+        if self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.lr_warmup_ratio < 1:
+            raise FoundationRecError("--weight-decay and --grad-clip must be >= 0 and --lr-warmup-ratio in [0, 1)")
+        if self.max_prompt_tokens < 16:
+            raise FoundationRecError(f"--max-prompt-tokens must be at least 16, got {self.max_prompt_tokens}")
+        for name in ("rec_epochs", "id_epochs", "warmup_epochs", "warmup_items", "max_steps", "valid_users", "test_users"):
             if getattr(self, name) < 0:
-                raise FoundationRecError(f"--{name.replace('_', '-')} must be >= 0")
+                raise FoundationRecError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
 
 def plan(config: TrainConfig) -> list[tuple[str, int]]:
@@ -250,6 +259,17 @@ class MetricsLog:
                     self.tb.add_scalar(f"{record.get('phase', 'run')}/{key}", value, record["step"])
 
 
+@dataclass
+class KeywordTargets:
+    """The warm-up's examples: pool item indices and the token lists of their keyword IDs."""
+
+    items: np.ndarray
+    tokens: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 class Trainer:
     """Runs :func:`plan` over a :class:`~foundation_rec.pool.Pool` with a recommender and an ID generator.
 
@@ -291,6 +311,8 @@ class Trainer:
         self.log = MetricsLog(self.output_dir / "metrics.jsonl", self.dist.main)
         self._check_vocabulary()
         self.texts = pool.texts()
+        if recommender.content is not None:  # content-aware history: frozen MiniLM vectors of every pool item (cached)
+            recommender.item_vectors = item_vectors(self.texts, "pre-training pool", progress and self.dist.main)
         self.train_examples = pool.examples("train")
         self.valid_examples = pool.examples("valid", config.valid_users or None, config.seed)
         self.test_examples = pool.examples("test", config.test_users or None, config.seed)
@@ -389,9 +411,16 @@ class Trainer:
         embeds = embeds.index_put(index, soft[torch.tensor(sources, device=device), torch.tensor(offsets, device=device)])
         return self.rec.loss_from_embeds(embeds, batch), batch.num_tokens
 
-    def _warmup_loss(self, keyword_tokens: list[list[int]], indices, _templates) -> tuple[torch.Tensor, int]:
+    def _warmup_loss(self, targets: KeywordTargets, indices, _templates) -> tuple[torch.Tensor, int]:
         """Teacher-forcing cross-entropy of the generator on the items' keyword IDs (EOS included)."""
-        return keyword_loss(self.gen, [self.texts[i] for i in indices], [keyword_tokens[i] for i in indices])
+        return keyword_loss(self.gen, [self.texts[targets.items[i]] for i in indices], [targets.tokens[i] for i in indices])
+
+    def _keyword_targets(self) -> KeywordTargets:
+        """The warm-up's items (all, or a seeded sample of ``warmup_items``) and their keyword ID tokens."""
+        items = np.arange(len(self.texts))
+        if 0 < self.config.warmup_items < len(items):
+            items = np.sort(np.random.default_rng([self.config.seed, 7]).choice(len(items), self.config.warmup_items, replace=False))
+        return KeywordTargets(items, encode_ids(self.rec.tokenizer, [keyword_id(self.texts[i]) or "item" for i in items]))
 
     # ----------------------------------------------------------------------------- phases
 
@@ -400,16 +429,15 @@ class Trainer:
         c = self.config
         if kind == "rec":
             examples = self.train_examples.last_per_user(self.pool.max_history) if c.rec_objective == "sequence" else self.train_examples
-            return self.rec.model, self._rec_loss, examples, c.rec_epochs, c.rec_batch_size, c.rec_lr
+            return self.rec.modules, self._rec_loss, examples, c.rec_epochs, c.rec_batch_size, c.rec_lr
         if kind == "id":
             examples = self.train_examples.last_per_user() if c.id_examples == "last" else self.train_examples
             return self.gen_model, self._id_loss, examples, c.id_epochs, c.id_batch_size, c.id_lr
-        keyword_tokens = encode_ids(self.rec.tokenizer, [keyword_id(t) or "item" for t in self.texts])
-        return self.gen_model, self._warmup_loss, keyword_tokens, c.warmup_epochs, c.warmup_batch_size, c.warmup_lr
+        return self.gen_model, self._warmup_loss, self._keyword_targets(), c.warmup_epochs, c.warmup_batch_size, c.warmup_lr
 
     def _train(self, kind: str, round_: int) -> None:
         module, loss_fn, examples, epochs, batch_size, lr = self._phase(kind)
-        frozen = self.gen_model if kind == "rec" else self.rec.model
+        frozen = self.gen_model if kind == "rec" else self.rec.modules
         params = [p for p in module.parameters() if p.requires_grad]
         frozen_flags = [(p, p.requires_grad) for p in frozen.parameters()]
         for p, _ in frozen_flags:
@@ -578,6 +606,8 @@ class Trainer:
         """Load both models' weights and the ID table of a checkpoint (``checkpoint/`` or ``best/``)."""
         checkpoint.read_config(folder)
         checkpoint.load_weights(self.rec.model, folder / "recommender")
+        if self.rec.content is not None:
+            self.rec.content.load_state_dict(load_projection(folder / "recommender").state_dict())
         checkpoint.load_weights(self.gen_model, folder / "generator")
         table = IDTable.load(folder / "ids")
         if table.ids:

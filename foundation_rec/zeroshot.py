@@ -29,6 +29,8 @@ from .errors import FoundationRecError, cli_errors
 from .evaluate import evaluate, markdown_table, write_report
 
 METHOD = "idgenrec-zeroshot"
+RERANK = "idgenrec-rerank"
+METHOD_CHOICES = {"generate": (METHOD,), "rerank": (RERANK,), "both": (METHOD, RERANK)}
 
 
 @dataclass
@@ -42,6 +44,12 @@ class ZeroShotArguments:
     seed: int = field(default=0, metadata={"help": "seed of the user sample"})
     num_beams: int = field(default=20, metadata={"help": "beams of the constrained beam search (at least 10)"})
     batch_size: int = field(default=16, metadata={"help": "users per beam-search batch"})
+    method: str = field(
+        default="both",
+        metadata={"help": "generate (idgenrec-zeroshot: trie-constrained generation), rerank (idgenrec-rerank: the model's exact "
+                  "scores over its beams plus the text-kNN top --rerank-pool), or both (each its own row)"},
+    )
+    rerank_pool: int = field(default=100, metadata={"help": "text-kNN candidates that idgenrec-rerank adds to the model's beams"})
     baselines: str = field(default="", metadata={"help": f"comma list of baselines to run on the same users: {', '.join(METHODS)}, or 'all'"})
     allow_seen_platform: bool = field(default=False, metadata={"help": "evaluate even if the target's platform was pre-trained on (labelled so)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
@@ -61,17 +69,23 @@ def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list
     start = time.perf_counter()
     catalog = model.index_catalog(corpus, progress=args.progress)
     index_seconds = round(time.perf_counter() - start, 1)
-    rec = model.catalog_recommender(num_beams=args.num_beams, batch_size=args.batch_size)
-    result = evaluate(corpus, rec, METHOD, max_users=args.max_users, seed=args.seed, batch_size=args.batch_size, progress=args.progress)
-    result.update(
-        checkpoint=str(model.path),
-        pretrained_corpora=model.pretrained_corpora,
-        setting="seen platform" if seen else "zero-shot",
-        index_seconds=index_seconds,
-        unique_ids=len(set(catalog.ids)) == len(catalog.ids),
-        num_beams=args.num_beams,
-    )
-    results = [result]
+    results = []
+    for method in METHOD_CHOICES[args.method]:
+        if method == METHOD:
+            rec = model.catalog_recommender(num_beams=args.num_beams, batch_size=args.batch_size)
+        else:
+            rec = model.rerank_recommender(num_beams=args.num_beams, batch_size=args.batch_size, pool=args.rerank_pool)
+        result = evaluate(corpus, rec, method, max_users=args.max_users, seed=args.seed, batch_size=args.batch_size, progress=args.progress)
+        result.update(
+            checkpoint=str(model.path),
+            pretrained_corpora=model.pretrained_corpora,
+            setting="seen platform" if seen else "zero-shot",
+            index_seconds=index_seconds,
+            unique_ids=len(set(catalog.ids)) == len(catalog.ids),
+            num_beams=args.num_beams,
+            **({"rerank_pool": args.rerank_pool} if method == RERANK else {}),
+        )
+        results.append(result)
     if args.baselines:
         methods = list(METHODS) if args.baselines == "all" else [m.strip() for m in args.baselines.split(",") if m.strip()]
         results += evaluate_methods(corpus, methods, max_users=args.max_users, seed=args.seed, progress=args.progress)
@@ -84,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     (args,) = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv, look_for_args_file=False)
     if args.num_beams < 10:
         raise FoundationRecError(f"--num-beams {args.num_beams} is below 10; Recall@10 needs at least 10 beams")
+    if args.method not in METHOD_CHOICES:
+        raise FoundationRecError(f"unknown --method {args.method!r}; use generate, rerank or both")
+    if args.rerank_pool < 1:
+        raise FoundationRecError(f"--rerank-pool {args.rerank_pool} must be at least 1")
     if args.max_users is not None and args.max_users < 1:
         raise FoundationRecError(f"--max-users {args.max_users} must be positive; leave it out to evaluate every user")
     names = resolve_names(args.target)

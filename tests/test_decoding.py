@@ -11,7 +11,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-from foundation_rec.decoding import _only_positions, _unfollowable, beam_search, dict_trie, reference_beam_search
+from foundation_rec.decoding import _only_positions, _unfollowable, beam_search, dict_trie, reference_beam_search, score_candidates
 from foundation_rec.errors import FoundationRecError
 from foundation_rec.trie import Trie
 
@@ -386,3 +386,31 @@ def test_word_piece_mask_by_hand():
     closing = _unfollowable(continuation, text, prompt, torch.tensor([3, 2, 4]), EOS, closing=True)
     # the last step also forbids ending on 'runn' or 'man' (always continued by a piece)
     assert (~closing).nonzero().tolist() == [[0, 10], *([1, t] for t in range(10) if t not in (3, 4)), [2, 11]]
+
+
+@pytest.mark.parametrize("model_name", ["t5", "llama"])
+def test_candidate_scores_equal_beam_search_scores(request, catalog, model_name):
+    """score_candidates gives every item beam search found the score beam search gave it, with or without
+    prompt embeddings, and scores items beam search did not find too."""
+    model = request.getfixturevalue(model_name)
+    ids, mask = prompts(4, left_pad=model_name == "llama")
+    start = PAD if model_name == "t5" else None
+    sequences = catalog.sequences()
+    out = beam_search(model, ids, mask, num_beams=8, max_new_tokens=catalog.max_depth, eos_token_id=EOS, pad_token_id=PAD,
+                      trie=catalog, decoder_start_token_id=start)
+    found = [[sequences[int(i)][:-1] for i in row] for row in out.items]
+    extra = [[sequences[7][:-1], sequences[99][:-1]] for _ in found]
+    for embeds in (None, model.get_input_embeddings()(ids)):
+        scores = score_candidates(model, ids, mask, [f + e for f, e in zip(found, extra, strict=True)], eos_token_id=EOS, pad_token_id=PAD,
+                                  decoder_start_token_id=start, inputs_embeds=embeds)
+        for b, row in enumerate(scores):
+            torch.testing.assert_close(row[:8], out.scores[b], rtol=0, atol=1e-4)
+            for j, item in enumerate((7, 99)):  # by hand: teacher forcing on the whole sequence
+                target = torch.tensor([sequences[item]])
+                prompt = ids[b : b + 1, mask[b].bool()]
+                if model_name == "t5":
+                    expected = -model(input_ids=prompt, labels=target).loss
+                else:
+                    logits = model(input_ids=torch.cat([prompt, target], 1)).logits[0, prompt.shape[1] - 1 : -1]
+                    expected = torch.log_softmax(logits, -1).gather(1, target[0][:, None]).mean()
+                torch.testing.assert_close(row[8 + j], expected.detach(), rtol=0, atol=1e-4)

@@ -84,3 +84,20 @@ def test_report_files(beauty, tmp_path):
     assert payload["note"] == "x" and payload["results"][0]["method"] == "history-first"
     table = md_path.read_text()
     assert "| amazon2014-beauty | history-first | 3 all | 5 |" in table and "R@10" in table
+
+
+def test_one_ranking_pass_gives_both_history_settings(fixture_data):
+    """evaluate_settings scores history kept and excluded from one call of the recommender, exactly as two evaluate calls do."""
+    from foundation_rec.baselines import Popularity
+    from foundation_rec.corpora import load_corpus
+    from foundation_rec.evaluate import evaluate, evaluate_settings
+
+    corpus = load_corpus("amazon2014-beauty", fixture_data)
+    model = Popularity.fit(corpus)
+    calls = []
+    counted = type("Counted", (), {"recommend": lambda self, h, k: calls.append(k) or model.recommend(h, k)})()
+    kept, excluded = evaluate_settings(corpus, counted, "popularity", (False, True), progress=False)
+    assert calls == [10 + 20]
+    assert kept["metrics"] == evaluate(corpus, model, "popularity", progress=False)["metrics"]
+    assert excluded["metrics"] == evaluate(corpus, model, "popularity", exclude_history=True, progress=False)["metrics"]
+    assert (kept["exclude_history"], excluded["exclude_history"]) == (False, True)

@@ -57,6 +57,14 @@ def test_main_runs_end_to_end_and_leaves_a_loadable_checkpoint(fixture_data, tmp
         (["--init-from", ".", "--resume", "."], "pass only one"),
         (["--init-from", ".", "--lora"], "drop --backbone, --lora"),
         (["--id-gen-batch-size", "0"], "--id-gen-batch-size must be at least 1"),
+        (["--rec-lr", "-1"], "--rec-lr must be in (0, 1]"),
+        (["--id-lr", "0"], "--id-lr must be in (0, 1]"),
+        (["--rec-batch-size", "0"], "--rec-batch-size must be at least 1"),
+        (["--rec-epochs", "-2"], "--rec-epochs must be >= 0"),
+        (["--users-per-corpus", "-5"], "--users-per-corpus must be >= 0"),
+        (["--eval-beams", "0"], "--eval-beams must be at least 1"),
+        (["--warmup-items", "-1"], "--warmup-items must be >= 0"),
+        (["--preset", "minilm-causal"], "for the recommender only"),
     ],
 )
 def test_user_errors_are_one_line(fixture_data, tmp_path, capsys, extra, message):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 
 from ..errors import FoundationRecError
-from ..evaluate import evaluate
+from ..evaluate import evaluate_settings
 from .popularity import Popularity
 from .random_items import RandomRecommender
 from .sasrec import SASRec
@@ -65,8 +65,7 @@ def evaluate_methods(
         options = {**sasrec_options, "progress": progress} if method == "sasrec" else {}
         model = fit(method, corpus, seed=seed, **options)
         fit_seconds = round(time.perf_counter() - start, 2)
-        for exclude in exclude_history:
-            result = evaluate(corpus, model, method, max_users=max_users, seed=seed, exclude_history=exclude, progress=progress)
+        for result in evaluate_settings(corpus, model, method, tuple(exclude_history), max_users=max_users, seed=seed, progress=progress):
             result["fit_seconds"] = fit_seconds
             if getattr(model, "info", None):
                 result["info"] = model.info

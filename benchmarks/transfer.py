@@ -1,0 +1,219 @@
+"""Zero-shot transfer benchmark: pre-trained variants on the five unseen targets, next to the baselines, same users.
+
+    python benchmarks/transfer.py --variant default=runs/pretrain/best --variant control=runs/t5cpu/best [--max-users 2000]
+
+Each ``--variant NAME=CHECKPOINT`` is a checkpoint of ``python -m foundation_rec.pretrain`` trained
+on the Amazon pool; for every target it does what ``python -m foundation_rec.zeroshot`` does (IDs for
+the target's items from the checkpoint's generator, the target's trie, nothing trained on the
+target) and scores two methods of the model:
+
+* ``idgenrec`` (pure generation): trie-constrained beam search;
+* ``idgenrec-rerank``: the model's exact scores over its own beams plus the text-kNN top
+  ``--rerank-pool`` (its own row, never mixed into the first).
+
+Random, popularity and text-kNN run in the same process on the **same users** (a fixed-seed sample
+of ``--max-users`` test users per target; MovieLens-100k has 943, all used); SASRec is read from
+``results/<--sasrec-from>.json`` (``benchmarks/baselines.py``, same users and seed; checked). One
+ranking pass per method gives both tables: history kept (top 10 of the list) and history excluded
+(history items dropped, then top 10). The ablation table reads each variant's switches from its
+checkpoint: (1) pretrained token space, (2) content vectors, (3) pretrained recommender, and
+(4) rerank as the method.
+
+Results are written after every (variant, target), and a rerun skips the pairs already in
+``results/<--name>.json`` (delete it to start over): ``results/<--name>.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import RESULTS, TARGETS, environment, provenance, write_results
+
+from foundation_rec.api import FoundationRec
+from foundation_rec.backbones import PRETRAINED_SPACE_PRESETS
+from foundation_rec.baselines import evaluate_methods
+from foundation_rec.checkpoint import read_config
+from foundation_rec.corpora import load_corpus
+from foundation_rec.evaluate import evaluate_settings
+
+GENERATE, RERANK = "idgenrec", "idgenrec-rerank"
+BASELINES = ["random", "popularity", "text-knn", "sasrec"]
+SETTINGS = {False: "history kept", True: "history excluded"}
+
+
+def switches(checkpoint: Path) -> dict:
+    """Which of the issue's levers a checkpoint has on, read from its recorded configuration."""
+    config = read_config(checkpoint)
+    run = config.get("run", {})
+    rec_preset = run.get("rec_preset") or config.get("preset")
+    return {
+        "pretrained_space": rec_preset in PRETRAINED_SPACE_PRESETS,
+        "content_vectors": bool(run.get("content_vectors")),
+        "pretrained_recommender": rec_preset == "smollm2-135m" or bool(run.get("backbone")),
+        "preset": config.get("preset"),
+        "rec_preset": rec_preset,
+        "users_per_corpus": run.get("users_per_corpus"),
+    }
+
+
+def training_record(checkpoint: Path) -> dict:
+    """The run's recorded wall time and validation history (``results.json`` beside the checkpoint), if any."""
+    file = checkpoint.parent / "results.json"
+    if not file.is_file():
+        return {}
+    payload = json.loads(file.read_text(encoding="utf-8"))
+    return {k: payload[k] for k in ("seconds", "best_valid", "stages_seconds") if k in payload}
+
+
+def sasrec_rows(name: str, target: str, users: int, seed: int) -> list[dict]:
+    file = RESULTS / f"{name}.json"
+    if not file.is_file():
+        return []
+    rows = [r for r in json.loads(file.read_text(encoding="utf-8"))["results"] if r["corpus"] == target and r["method"] == "sasrec"]
+    for row in rows:
+        if row["users_evaluated"] != users or (row["sampled"] and row["sample_seed"] != seed):
+            raise SystemExit(f"{name}.json has other users for {target}; rerun benchmarks/baselines.py with --max-users {users} --seed {seed}")
+        row["measured"] = f"{name}.json"
+    return rows
+
+
+def run_variant(name: str, checkpoint: Path, target: str, users: int | None, args) -> list[dict]:
+    model = FoundationRec.from_pretrained(checkpoint, device="cpu", num_beams=args.num_beams)
+    corpus = load_corpus(target, args.data_dir)
+    start = time.perf_counter()
+    catalog = model.index_catalog(corpus, progress=False)
+    index_seconds = round(time.perf_counter() - start, 1)
+    rows = []
+    for method, rec in ((GENERATE, model.catalog_recommender(batch_size=args.batch_size)),
+                        (RERANK, model.rerank_recommender(batch_size=args.batch_size, pool=args.rerank_pool))):
+        for row in evaluate_settings(corpus, rec, method, (False, True), max_users=users, seed=args.seed, batch_size=args.batch_size):
+            row.update(variant=name, checkpoint=str(checkpoint), index_seconds=index_seconds, unique_ids=len(set(catalog.ids)) == len(catalog.ids))
+            rows.append(row)
+        print(f"  {name} {method} on {target}: N@10 {rows[-2]['metrics']['N@10']:.4f} kept / {rows[-1]['metrics']['N@10']:.4f} excluded "
+              f"({rows[-1]['seconds']:.0f} s)", flush=True)
+    return rows
+
+
+def cell(rows: list[dict], target: str, method: str, exclude: bool, variant: str | None = None) -> dict | None:
+    return next((r for r in rows if r["corpus"] == target and r["method"] == method and r["exclude_history"] == exclude
+                 and r.get("variant") == variant), None)
+
+
+def fmt(row: dict | None) -> str:
+    return "-" if row is None else f"{row['metrics']['R@10']:.4f} / {row['metrics']['N@10']:.4f}"
+
+
+def tables(payload: dict) -> str:
+    rows, variants = payload["results"], payload["variants"]
+    targets = [t for t in payload["targets"] if any(r["corpus"] == t for r in rows)]
+    out = []
+    for exclude, title in SETTINGS.items():
+        header = ["target", "users", *BASELINES] + [f"{v} {m}" for v in variants for m in (GENERATE, RERANK)]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for t in targets:
+            knn = cell(rows, t, "text-knn", exclude)
+            users = knn["users_evaluated"] if knn else "-"
+            cells = [fmt(cell(rows, t, b, exclude)) for b in BASELINES]
+            for v in variants:
+                for m in (GENERATE, RERANK):
+                    row = cell(rows, t, m, exclude, v)
+                    ratio = f" ({row['metrics']['N@10'] / knn['metrics']['N@10']:.2f}x)" if row and knn and knn["metrics"]["N@10"] else ""
+                    cells.append(fmt(row) + ratio)
+            lines.append("| " + " | ".join([t, f"{users:,}" if isinstance(users, int) else users, *cells]) + " |")
+        out += [f"### Zero-shot, {title} (R@10 / N@10; in brackets N@10 as a multiple of text-kNN's)", "", *lines, ""]
+    out += ablation(payload, targets)
+    return "\n".join(out)
+
+
+def ablation(payload: dict, targets: list[str]) -> list[str]:
+    """One row per (variant, method): the levers on or off, and N@10 against text-kNN and random, history kept."""
+    rows = payload["results"]
+    header = ["variant", "(1) pretrained token space", "(2) content vectors", "(3) pretrained recommender", "(4) rerank",
+              "targets >= text-kNN N@10", "targets > 3x random N@10", "geo-mean N@10 / text-kNN"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for v, info in payload["variants"].items():
+        for m in (GENERATE, RERANK):
+            ratios, wins, above = [], 0, 0
+            for t in targets:
+                row, knn, rnd = cell(rows, t, m, False, v), cell(rows, t, "text-knn", False), cell(rows, t, "random", False)
+                if row is None or knn is None or not knn["metrics"]["N@10"]:
+                    continue
+                n, k = row["metrics"]["N@10"], knn["metrics"]["N@10"]
+                ratios.append(max(n, 1e-6) / k)
+                wins += n >= k
+                above += rnd is not None and n > 3 * max(rnd["metrics"]["N@10"], 1e-9)
+            s = info["switches"]
+            geo = float(np.exp(np.mean(np.log(ratios)))) if ratios else float("nan")
+            lines.append("| " + " | ".join([v, *("on" if s[k] else "off" for k in ("pretrained_space", "content_vectors", "pretrained_recommender")),
+                                            "on" if m == RERANK else "off", f"{wins} / {len(ratios)}", f"{above} / {len(ratios)}", f"{geo:.2f}"]) + " |")
+    return ["### Ablation (history kept)", "", *lines, ""]
+
+
+def plot(payload: dict, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = payload["results"]
+    targets = [t for t in payload["targets"] if any(r["corpus"] == t for r in rows)]
+    series = [(b, None) for b in BASELINES] + [(m, v) for v in payload["variants"] for m in (GENERATE, RERANK)]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
+    width = 0.85 / len(series)
+    for ax, exclude in zip(axes, SETTINGS, strict=True):
+        for j, (method, variant) in enumerate(series):
+            values = [(cell(rows, t, method, exclude, variant) or {"metrics": {"N@10": 0.0}})["metrics"]["N@10"] for t in targets]
+            ax.bar([i + (j - (len(series) - 1) / 2) * width for i in range(len(targets))], values, width,
+                   label=method if variant is None else f"{variant}: {method}")
+        ax.set_xticks(range(len(targets)), targets, fontsize=8)
+        ax.set_title(f"zero-shot N@10, {SETTINGS[exclude]}, same sampled users", fontsize=9)
+    axes[1].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", action="append", required=True, help="NAME=CHECKPOINT (repeat for each variant)")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--max-users", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-beams", type=int, default=20)
+    parser.add_argument("--rerank-pool", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--sasrec-from", default="baselines", help="results/<NAME>.json holding SASRec on the same users")
+    parser.add_argument("--name", default="transfer")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = dict(v.split("=", 1) for v in args.variant)
+    file = RESULTS / f"{args.name}.json"
+    payload = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {"results": [], "variants": {}}
+    payload.update(environment=environment(), targets=args.targets.split(","), max_users=args.max_users, seed=args.seed,
+                   num_beams=args.num_beams, rerank_pool=args.rerank_pool)
+    for name, ckpt in variants.items():
+        payload["variants"][name] = {"checkpoint": ckpt, "switches": switches(Path(ckpt)), "training": training_record(Path(ckpt))}
+    for target in payload["targets"]:
+        users = None if args.max_users == 0 else args.max_users
+        if cell(payload["results"], target, "text-knn", False) is None:
+            corpus = load_corpus(target, args.data_dir)
+            base = evaluate_methods(corpus, ["random", "popularity", "text-knn"], max_users=users, seed=args.seed,
+                                    exclude_history=(False, True), progress=False)
+            payload["results"] += base + sasrec_rows(args.sasrec_from, target, base[0]["users_evaluated"], args.seed)
+        for name, ckpt in variants.items():
+            if cell(payload["results"], target, GENERATE, False, name) is None:
+                payload["results"] += run_variant(name, Path(ckpt), target, users, args)
+        markdown = f"# Zero-shot transfer\n\n{provenance(payload['environment'])}\n\n{tables(payload)}"
+        write_results(args.name, payload, markdown)
+    plot(payload, args.name)
+    print(tables(payload))
+
+
+if __name__ == "__main__":
+    main()
