@@ -326,7 +326,10 @@ def _scratch_model(preset: str, tokenizer, seed: int):
         model = cls(config)
     if _SCRATCH[preset][2] == "minilm":  # the pretrained token space, projected to the model's width
         width = sizes.get("d_model", sizes.get("hidden_size"))
-        std = config.initializer_factor if family == "seq2seq" else config.initializer_range
+        # T5 scales the tied output by d**-0.5, so its usual std 1.0 works; a tied Llama head has no scale, and at its
+        # usual std 0.02 a frozen table caps every logit near |h| * 0.32 (loss stuck near 8.4 nats in a first run):
+        # std 2 / sqrt(d) gives rows of norm 2, logits up to about 32, and initial logits of std about 2
+        std = config.initializer_factor if family == "seq2seq" else 2.0 / width**0.5
         with torch.no_grad():
             model.get_input_embeddings().weight.copy_(_projected_space(width, std))
         model.tie_weights()

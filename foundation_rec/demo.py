@@ -55,7 +55,7 @@ class DemoArguments:
     port: int = field(default=7860, metadata={"help": "port to listen on"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     num_beams: int = field(default=20, metadata={"help": "beams of the constrained beam search (at least 10)"})
-    catalog: str = field(default="yelp", metadata={"help": "catalog selected when the page opens"})
+    catalog: str = field(default="movielens-100k", metadata={"help": "catalog selected when the page opens (a small one: its first indexing takes seconds)"})
 
 
 def read_items_file(path: str | Path) -> list[dict]:

@@ -245,3 +245,15 @@ def test_failed_rebuild_keeps_existing_cache(tmp_path, fixture_data):
         load_corpus("amazon2014-beauty", data)
     meta = json.loads((cache_dir() / "corpora" / "amazon2014-beauty" / good.meta["content_hash"] / "meta.json").read_text())
     assert meta["content_hash"] == good.meta["content_hash"]
+
+
+@pytest.mark.parametrize("name", ["items.jsonl", "interactions.csv"])
+def test_a_file_that_is_not_utf8_is_one_line_naming_file_line_and_byte(tmp_path, capsys, name):
+    folder = Path(_byo(tmp_path, GOOD_ITEMS, "user_id,item_id\nu,a\n"))
+    (folder / name).write_bytes((folder / name).read_bytes() + b"\xff\xfe\x00garbage\n")
+    line = (folder / name).read_bytes().count(b"\n")
+    with pytest.raises(SystemExit) as info:
+        corpora_main(["stats", "--corpora", str(folder)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {folder / name}:{line}: byte ") and "is not UTF-8" in err and "save the file as UTF-8" in err

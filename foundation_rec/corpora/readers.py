@@ -80,9 +80,22 @@ class RawCorpus:
 
 
 def _need(path: Path) -> Path:
+    """``path`` if it is a readable UTF-8 file, else a one-line error naming the file (and the line of a bad byte)."""
     if not path.is_file():
         raise FoundationRecError(f"missing file {path}; check --data-dir (see the README's data layout)")
+    check_utf8(path.read_bytes(), str(path))
     return path
+
+
+def check_utf8(data: bytes, name: str) -> None:
+    """A one-line error naming ``name``, the line and the byte offset where ``data`` stops being UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise FoundationRecError(
+            f"{name}:{line}: byte {err.start} (0x{data[err.start]:02x}) is not UTF-8; save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
 
 
 def _jsonl(path: Path, errors: LineErrors) -> Iterator[tuple[int, dict]]:
