@@ -82,17 +82,19 @@ def sasrec_rows(name: str, target: str, users: int, seed: int) -> list[dict]:
     return rows
 
 
-def run_variant(name: str, checkpoint: Path, target: str, users: int | None, args) -> list[dict]:
+def run_variant(name: str, checkpoint: Path, target: str, users: int | None, methods: list[str], args) -> list[dict]:
     model = FoundationRec.from_pretrained(checkpoint, device="cpu", num_beams=args.num_beams)
     corpus = load_corpus(target, args.data_dir)
     start = time.perf_counter()
     catalog = model.index_catalog(corpus, progress=False)
     index_seconds = round(time.perf_counter() - start, 1)
     rows = []
-    for method, rec in ((GENERATE, model.catalog_recommender(batch_size=args.batch_size)),
-                        (RERANK, model.rerank_recommender(batch_size=args.batch_size, pool=args.rerank_pool))):
+    makers = {GENERATE: lambda: model.catalog_recommender(batch_size=args.batch_size, calibration=args.calibration),
+              RERANK: lambda: model.rerank_recommender(batch_size=args.batch_size, pool=args.rerank_pool, calibration=args.calibration)}
+    for method in methods:
+        rec = makers[method]()
         for row in evaluate_settings(corpus, rec, method, (False, True), max_users=users, seed=args.seed, batch_size=args.batch_size):
-            row.update(variant=name, checkpoint=str(checkpoint), index_seconds=index_seconds, unique_ids=len(set(catalog.ids)) == len(catalog.ids))
+            row.update(variant=name, checkpoint=str(checkpoint), calibration=args.calibration, index_seconds=index_seconds, unique_ids=len(set(catalog.ids)) == len(catalog.ids))
             rows.append(row)
         print(f"  {name} {method} on {target}: N@10 {rows[-2]['metrics']['N@10']:.4f} kept / {rows[-1]['metrics']['N@10']:.4f} excluded "
               f"({rows[-1]['seconds']:.0f} s)", flush=True)
@@ -113,14 +115,15 @@ def tables(payload: dict) -> str:
     targets = [t for t in payload["targets"] if any(r["corpus"] == t for r in rows)]
     out = []
     for exclude, title in SETTINGS.items():
-        header = ["target", "users", *BASELINES] + [f"{v} {m}" for v in variants for m in (GENERATE, RERANK)]
+        methods = [m for m in (GENERATE, RERANK) if any(r["method"] == m for r in rows)]
+        header = ["target", "users", *BASELINES] + [f"{v} {m}" for v in variants for m in methods]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for t in targets:
             knn = cell(rows, t, "text-knn", exclude)
             users = knn["users_evaluated"] if knn else "-"
             cells = [fmt(cell(rows, t, b, exclude)) for b in BASELINES]
             for v in variants:
-                for m in (GENERATE, RERANK):
+                for m in methods:
                     row = cell(rows, t, m, exclude, v)
                     ratio = f" ({row['metrics']['N@10'] / knn['metrics']['N@10']:.2f}x)" if row and knn and knn["metrics"]["N@10"] else ""
                     cells.append(fmt(row) + ratio)
@@ -138,6 +141,8 @@ def ablation(payload: dict, targets: list[str]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v, info in payload["variants"].items():
         for m in (GENERATE, RERANK):
+            if not any(r["method"] == m and r.get("variant") == v for r in rows):
+                continue
             ratios, wins, above = [], 0, 0
             for t in targets:
                 row, knn, rnd = cell(rows, t, m, False, v), cell(rows, t, "text-knn", False), cell(rows, t, "random", False)
@@ -162,7 +167,8 @@ def plot(payload: dict, name: str) -> None:
 
     rows = payload["results"]
     targets = [t for t in payload["targets"] if any(r["corpus"] == t for r in rows)]
-    series = [(b, None) for b in BASELINES] + [(m, v) for v in payload["variants"] for m in (GENERATE, RERANK)]
+    series = [(b, None) for b in BASELINES] + [(m, v) for v in payload["variants"] for m in (GENERATE, RERANK)
+                                               if any(r["method"] == m and r.get("variant") == v for r in rows)]
     fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
     width = 0.85 / len(series)
     for ax, exclude in zip(axes, SETTINGS, strict=True):
@@ -185,6 +191,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-beams", type=int, default=20)
     parser.add_argument("--rerank-pool", type=int, default=100)
+    parser.add_argument("--calibration", type=float, default=0.0, help="beta of the null-prompt calibration (0: plain scores; see CatalogRecommender)")
+    parser.add_argument("--methods", default=f"{GENERATE},{RERANK}", help=f"the model's methods to run: {GENERATE}, {RERANK} or both (comma list)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--sasrec-from", default="baselines", help="results/<NAME>.json holding SASRec on the same users")
     parser.add_argument("--name", default="transfer")
@@ -196,7 +204,7 @@ def main() -> None:
     file = RESULTS / f"{args.name}.json"
     payload = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {"results": [], "variants": {}}
     payload.update(environment=environment(), targets=args.targets.split(","), max_users=args.max_users, seed=args.seed,
-                   num_beams=args.num_beams, rerank_pool=args.rerank_pool)
+                   num_beams=args.num_beams, rerank_pool=args.rerank_pool, calibration=args.calibration)
     for name, ckpt in variants.items():
         payload["variants"][name] = {"checkpoint": ckpt, "switches": switches(Path(ckpt)), "training": training_record(Path(ckpt))}
     for target in payload["targets"]:
@@ -207,8 +215,9 @@ def main() -> None:
                                     exclude_history=(False, True), progress=False)
             payload["results"] += base + sasrec_rows(args.sasrec_from, target, base[0]["users_evaluated"], args.seed)
         for name, ckpt in variants.items():
-            if cell(payload["results"], target, GENERATE, False, name) is None:
-                payload["results"] += run_variant(name, Path(ckpt), target, users, args)
+            missing = [m for m in args.methods.split(",") if cell(payload["results"], target, m, False, name) is None]
+            if missing:
+                payload["results"] += run_variant(name, Path(ckpt), target, users, missing, args)
         markdown = f"# Zero-shot transfer\n\n{provenance(payload['environment'])}\n\n{tables(payload)}"
         write_results(args.name, payload, markdown)
     plot(payload, args.name)

@@ -200,18 +200,18 @@ class FoundationRec:
             raise FoundationRecError("no catalog is indexed; call index_catalog(...) first")
         return self.catalog
 
-    def catalog_recommender(self, num_beams: int | None = None, batch_size: int = 16) -> CatalogRecommender:
+    def catalog_recommender(self, num_beams: int | None = None, batch_size: int = 16, calibration: float = 0.0) -> CatalogRecommender:
         """The current catalog in the evaluation harness's protocol (``recommend(histories, k)`` over item rows)."""
         catalog = self._require_catalog()
         prompts = PromptBuilder.for_training(self.recommender.tokenizer, self.config.get("train", {}), catalog.id_tokens)
         return CatalogRecommender(self.recommender, prompts, catalog.trie, 0, num_beams=num_beams or self.num_beams, batch_size=batch_size,
-                                  vectors=catalog.vectors)
+                                  vectors=catalog.vectors, calibration=calibration)
 
-    def rerank_recommender(self, num_beams: int | None = None, batch_size: int = 16, pool: int = 100) -> RerankRecommender:
+    def rerank_recommender(self, num_beams: int | None = None, batch_size: int = 16, pool: int = 100, calibration: float = 0.0) -> RerankRecommender:
         """``idgenrec-rerank`` on the current catalog: exact scores over the model's beams plus the text-kNN top ``pool``."""
         catalog = self._require_catalog()
         vectors = catalog.vectors if catalog.vectors is not None else item_vectors(catalog.texts, f"{catalog.name} items", False)
-        return RerankRecommender(self.catalog_recommender(num_beams, batch_size), ContentNeighbours(vectors), pool)
+        return RerankRecommender(self.catalog_recommender(num_beams, batch_size, calibration), ContentNeighbours(vectors), pool)
 
     def resolve_history(self, history: Sequence[str | int]) -> list[Match]:
         """How each history entry resolves in the current catalog: item id, exact title, or nearest title (see :mod:`foundation_rec.resolve`)."""

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from . import atomic
 from .errors import FoundationRecError
@@ -447,6 +448,10 @@ def load_backbone(config: BackboneConfig, *, tokenizer_texts: Iterable[str] | No
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf)
             model = auto.from_pretrained(source, **kwargs)
+        except SafetensorError as err:
+            raise FoundationRecError(
+                f"{Path(source) / 'model.safetensors'} is damaged ({str(err).splitlines()[0]}); use another checkpoint or retrain"
+            ) from None
         except OSError as err:
             raise FoundationRecError(
                 f"cannot load model {source!r} ({str(err).splitlines()[0]}); pass a local directory or a valid hub name"

@@ -34,8 +34,12 @@ def read_config(path: str | Path) -> dict:
     file = Path(path) / CONFIG_NAME
     if not file.is_file():
         raise FoundationRecError(f"{path} is not a foundation_rec checkpoint (no {CONFIG_NAME}); pass a directory written by pretrain")
-    config = json.loads(file.read_text(encoding="utf-8"))
-    if config.get("format_version") != FORMAT_VERSION:
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise FoundationRecError(f"{file} is not valid JSON ({str(err).splitlines()[0]}); the checkpoint is damaged, use another one or retrain") from None
+    if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
+        config = config if isinstance(config, dict) else {}
         raise FoundationRecError(
             f"{path} has checkpoint format {config.get('format_version')}, this code reads {FORMAT_VERSION}; use a matching foundation_rec version"
         )

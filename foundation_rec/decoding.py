@@ -203,6 +203,7 @@ def beam_search(
     no_repeat_tokens: bool = False,
     word_pieces: tuple[torch.Tensor, torch.Tensor] | None = None,
     inputs_embeds: torch.Tensor | None = None,
+    node_bias: torch.Tensor | None = None,
 ) -> BeamSearchOutput:
     """Beam search over ``model`` for each prompt row of ``input_ids`` (left-padded for decoder-only).
 
@@ -215,13 +216,17 @@ def beam_search(
     only such a piece may come (no EOS, no new word), and the length limit never cuts a word. See
     the module docstring for the selection rules and scores. ``inputs_embeds`` ([B, T, D], the
     embeddings of ``input_ids``, e.g. with content vectors added) replaces the prompt's token
-    embeddings. Returns ``num_beams`` results per prompt, best first.
+    embeddings. ``node_bias`` (``[trie.num_nodes]``) is added to a step's log-probability when it
+    enters trie node ``n`` (e.g. minus a prior's log-probability, see :func:`node_log_probs`), so a
+    finished sequence scores ``sum(log p + bias) / length ** length_penalty``. Returns ``num_beams``
+    results per prompt, best first.
     """
     start = _check_args(
         model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, decoder_start_token_id
     )
     device = input_ids.device
     trie = trie.to(device) if trie is not None else None
+    node_bias = node_bias.to(device) if node_bias is not None else None
     batch, groups = len(input_ids), num_beam_groups
     size = num_beams // groups  # beams per group
     neg_inf = torch.tensor(float("-inf"), device=device)
@@ -291,6 +296,8 @@ def beam_search(
                 cand_tokens, cand_nodes, valid = trie.children(run_nodes[:, g].reshape(-1))
                 cand_tokens, cand_nodes, valid = (x.view(batch, -1, x.shape[-1]) for x in (cand_tokens, cand_nodes, valid))
                 cand_scores = log_probs[rows[..., None], cand_tokens].masked_fill(~valid, float("-inf"))
+                if node_bias is not None:
+                    cand_scores = cand_scores + node_bias[cand_nodes.clamp(min=0)]
             if chosen is not None and g > 0:  # Hamming diversity against earlier groups at this step
                 if cand_tokens is None:
                     penalty = chosen[:, None, :]
@@ -507,7 +514,7 @@ def reference_beam_search(
 
 
 @torch.no_grad()
-def score_candidates(
+def candidate_log_probs(
     model,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -517,28 +524,56 @@ def score_candidates(
     pad_token_id: int,
     decoder_start_token_id: int | None = None,
     inputs_embeds: torch.Tensor | None = None,
-) -> list[torch.Tensor]:
-    """Exact scores of given outputs: for prompt ``b``, the length-normalised log-probability of each
-    token list in ``candidates[b]`` followed by EOS, the score :func:`beam_search` gives a finished
-    sequence (length penalty 1.0). The prompt runs once; its KV cache serves every candidate."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities of given outputs: for prompt ``b``, each token list of
+    ``candidates[b]`` followed by EOS, under the full-vocabulary softmax (as :func:`beam_search` scores).
+    Returns ``(log_probs [N, width], lengths [N])`` over all candidates in order (0 past a length).
+    The prompt runs once; its KV cache serves every candidate."""
     stepper = _IncrementalModel(model, input_ids, attention_mask, decoder_start_token_id, inputs_embeds)
     first = torch.log_softmax(stepper.first(), dim=-1)  # [B, V]
     rows = [(b, list(c) + [eos_token_id]) for b, cands in enumerate(candidates) for c in cands]
     if not rows:
-        return [torch.zeros(0) for _ in candidates]
-    source = torch.tensor([b for b, _ in rows], device=input_ids.device)
+        return torch.zeros(0, 1), torch.zeros(0, dtype=torch.long)
+    device = input_ids.device
+    source = torch.tensor([b for b, _ in rows], device=device)
     width = max(len(seq) for _, seq in rows)
-    targets = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=input_ids.device)
+    targets = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=device)
     for r, (_, seq) in enumerate(rows):
         targets[r, : len(seq)] = torch.as_tensor(seq)
-    lengths = torch.tensor([len(seq) for _, seq in rows], device=input_ids.device)
-    known = torch.arange(width, device=input_ids.device)[None] < lengths[:, None]  # [N, width]
-    total = first[source].gather(1, targets[:, :1])[:, 0]
+    lengths = torch.tensor([len(seq) for _, seq in rows], device=device)
+    out = torch.zeros(len(rows), width, device=device)
+    out[:, 0] = first[source].gather(1, targets[:, :1])[:, 0]
     if width > 1:
-        feed = targets[:, :-1]  # position j predicts token j + 1
-        select = known[:, 1:]
-        logits = stepper.next(source, feed, select)  # [selected, V]
-        picked = torch.log_softmax(logits, dim=-1).gather(1, targets[:, 1:][select][:, None])[:, 0]
-        total = total + torch.zeros_like(total).index_add_(0, select.nonzero()[:, 0], picked)
-    scores = total / lengths
-    return list(scores.cpu().split([len(c) for c in candidates]))
+        select = torch.arange(1, width, device=device)[None] < lengths[:, None]  # position j predicts token j + 1
+        logits = stepper.next(source, targets[:, :-1], select)  # [selected, V]
+        out[:, 1:][select] = torch.log_softmax(logits, dim=-1).gather(1, targets[:, 1:][select][:, None])[:, 0]
+    return out, lengths
+
+
+def score_candidates(model, input_ids, attention_mask, candidates, **kwargs) -> list[torch.Tensor]:
+    """Exact scores of given outputs (see :func:`candidate_log_probs`): the length-normalised
+    log-probability of each candidate + EOS, the score :func:`beam_search` gives a finished sequence
+    (length penalty 1.0), as one tensor per prompt."""
+    log_probs, lengths = candidate_log_probs(model, input_ids, attention_mask, candidates, **kwargs)
+    if not len(lengths):
+        return [torch.zeros(0) for _ in candidates]
+    return list((log_probs.sum(1) / lengths).cpu().split([len(c) for c in candidates]))
+
+
+@torch.no_grad()
+def node_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, trie: Trie, *, chunk: int = 1024, **kwargs) -> torch.Tensor:
+    """``[trie.num_nodes]``: the log-probability of the token entering each node, given its prefix, after
+    the one prompt ``input_ids`` ([1, T]); 0 at the root. ``kwargs`` as :func:`candidate_log_probs`."""
+    sequences = trie.sequences()
+    out = torch.zeros(trie.num_nodes)
+    cpu = trie.to("cpu")
+    for lo in range(0, len(sequences), chunk):
+        part = sequences[lo : lo + chunk]
+        log_probs, _ = candidate_log_probs(model, input_ids, attention_mask, [[seq[:-1] for seq in part]], **kwargs)
+        nodes = torch.zeros(len(part), dtype=torch.long)
+        for j in range(log_probs.shape[1]):
+            tokens = torch.tensor([seq[j] if j < len(seq) else -1 for seq in part])
+            nodes = cpu.advance(nodes, tokens)
+            found = nodes >= 0
+            out[nodes[found]] = log_probs[found, j].cpu()
+    return out

@@ -51,3 +51,16 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 def cache_dir() -> Path:
     """Root of the on-disk caches (built corpora, indexed catalogs)."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "foundation_rec").expanduser()
+
+
+def writable_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Create ``path`` if needed and prove it takes a file, before any long work; else a one-line error naming ``flag``."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise FoundationRecError(f"{flag} {folder} is not writable ({err.strerror or err}); pass a folder you can write to") from None
+    return folder

@@ -27,6 +27,7 @@ from .baselines import METHODS, evaluate_methods
 from .corpora import load_corpus, resolve_names
 from .errors import FoundationRecError, cli_errors
 from .evaluate import evaluate, markdown_table, write_report
+from .paths import writable_dir
 
 METHOD = "idgenrec-zeroshot"
 RERANK = "idgenrec-rerank"
@@ -45,11 +46,15 @@ class ZeroShotArguments:
     num_beams: int = field(default=20, metadata={"help": "beams of the constrained beam search (at least 10)"})
     batch_size: int = field(default=16, metadata={"help": "users per beam-search batch"})
     method: str = field(
-        default="both",
+        default="generate",
         metadata={"help": "generate (idgenrec-zeroshot: trie-constrained generation), rerank (idgenrec-rerank: the model's exact "
                   "scores over its beams plus the text-kNN top --rerank-pool), or both (each its own row)"},
     )
     rerank_pool: int = field(default=100, metadata={"help": "text-kNN candidates that idgenrec-rerank adds to the model's beams"})
+    calibration: float = field(
+        default=0.0,
+        metadata={"help": "beta of the null-prompt calibration: every ID token scores log p(token | history) - beta * log p(token | no history); 0: plain"},
+    )
     baselines: str = field(default="", metadata={"help": f"comma list of baselines to run on the same users: {', '.join(METHODS)}, or 'all'"})
     allow_seen_platform: bool = field(default=False, metadata={"help": "evaluate even if the target's platform was pre-trained on (labelled so)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
@@ -72,9 +77,9 @@ def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list
     results = []
     for method in METHOD_CHOICES[args.method]:
         if method == METHOD:
-            rec = model.catalog_recommender(num_beams=args.num_beams, batch_size=args.batch_size)
+            rec = model.catalog_recommender(num_beams=args.num_beams, batch_size=args.batch_size, calibration=args.calibration)
         else:
-            rec = model.rerank_recommender(num_beams=args.num_beams, batch_size=args.batch_size, pool=args.rerank_pool)
+            rec = model.rerank_recommender(num_beams=args.num_beams, batch_size=args.batch_size, pool=args.rerank_pool, calibration=args.calibration)
         result = evaluate(corpus, rec, method, max_users=args.max_users, seed=args.seed, batch_size=args.batch_size, progress=args.progress)
         result.update(
             checkpoint=str(model.path),
@@ -83,6 +88,7 @@ def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list
             index_seconds=index_seconds,
             unique_ids=len(set(catalog.ids)) == len(catalog.ids),
             num_beams=args.num_beams,
+            calibration=args.calibration,
             **({"rerank_pool": args.rerank_pool} if method == RERANK else {}),
         )
         results.append(result)
@@ -100,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         raise FoundationRecError(f"--num-beams {args.num_beams} is below 10; Recall@10 needs at least 10 beams")
     if args.method not in METHOD_CHOICES:
         raise FoundationRecError(f"unknown --method {args.method!r}; use generate, rerank or both")
+    if args.calibration < 0:
+        raise FoundationRecError(f"--calibration {args.calibration} must be >= 0 (0: plain scores, 1: pointwise mutual information)")
     if args.rerank_pool < 1:
         raise FoundationRecError(f"--rerank-pool {args.rerank_pool} must be at least 1")
     if args.max_users is not None and args.max_users < 1:
         raise FoundationRecError(f"--max-users {args.max_users} must be positive; leave it out to evaluate every user")
     names = resolve_names(args.target)
+    writable_dir(args.out, "--out")
     model = FoundationRec.from_pretrained(args.checkpoint, device=args.device, num_beams=args.num_beams)
     for name in names:
         results = run_target(model, name, args)

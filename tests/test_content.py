@@ -148,11 +148,15 @@ class _Generative:
     def __init__(self, beams, n_items):
         self._beams = _Fixed(beams)
         self.prompts = type("P", (), {"build": lambda self, h: h, "id_tokens": [[i] for i in range(n_items)]})()
+        self.trie = type("T", (), {"item_row": torch.arange(n_items)})()
         self.vectors = None
         self.recommender = type("R", (), {"score": lambda self, prompts, cands, vectors: [-np.array([c[0] for c in row], float) for row in cands]})()
 
     def recommend(self, histories, k):
         return self._beams.recommend(histories, k)
+
+    def item_bias(self):  # uncalibrated
+        return np.zeros(10)
 
 
 def test_rerank_orders_the_union_of_beams_and_outside_candidates_by_the_models_score():

@@ -65,6 +65,7 @@ def test_main_runs_end_to_end_and_leaves_a_loadable_checkpoint(fixture_data, tmp
         (["--eval-beams", "0"], "--eval-beams must be at least 1"),
         (["--warmup-items", "-1"], "--warmup-items must be >= 0"),
         (["--preset", "minilm-causal"], "for the recommender only"),
+        (["--output-dir", "/dev/null/run"], "--output-dir /dev/null/run is not writable"),
     ],
 )
 def test_user_errors_are_one_line(fixture_data, tmp_path, capsys, extra, message):
@@ -90,11 +91,14 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_models(fixture_data, tmp_
 
 def test_cpu_recipe_trains_a_causal_recommender_with_the_sequence_objective():
     run, train, preset = parse_args(["--device", "cpu"])
-    assert (preset, run.rec_preset, train.rec_objective, run.users_per_corpus) == ("t5-cpu", "causal-cpu", "sequence", 300)
-    run, train, _ = parse_args(["--device", "cpu", "--rec-preset", "t5-cpu", "--rec-objective", "next"])
+    assert (preset, run.rec_preset, train.rec_objective, run.users_per_corpus) == ("minilm-t5", "minilm-causal", "sequence", 300)
+    assert run.content_vectors and train.warmup_items == 3000 and run.id_extractive == "yes"
+    run, train, preset = parse_args(["--device", "cpu", "--preset", "t5-cpu"])
+    assert (preset, run.rec_preset, train.rec_objective, run.content_vectors) == ("t5-cpu", "causal-cpu", "sequence", False)
+    run, train, _ = parse_args(["--device", "cpu", "--preset", "t5-cpu", "--rec-preset", "t5-cpu", "--rec-objective", "next"])
     assert (run.rec_preset, train.rec_objective) == ("t5-cpu", "next")  # flags win over the recipe
     run, train, preset = parse_args(["--device", "cpu", "--backbone", "some/model"])
-    assert (preset, run.rec_preset, train.rec_objective) == ("t5-cpu", None, "next")  # a backbone drops the recipe's recommender
+    assert (preset, run.rec_preset, train.rec_objective) == ("minilm-t5", None, "next")  # a backbone drops the recipe's recommender
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only message")

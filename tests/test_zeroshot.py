@@ -86,3 +86,32 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
         zeroshot_main(["--target", "yelp", "--checkpoint", str(tmp_path / "none")])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a foundation_rec checkpoint" in err[0]
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "malformed config"])
+def test_a_damaged_checkpoint_is_one_line_naming_the_file_and_nothing_is_overwritten(tiny_checkpoint, fixture_data, tmp_path, capsys, damage):
+    import shutil
+
+    broken = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, broken)
+    file = broken / ("recommender/model.safetensors" if damage == "truncated weights" else "foundation_rec.json")
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2] if damage == "truncated weights" else b"{not json")
+    before = {p: p.read_bytes() for p in broken.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as info:
+        zeroshot_main(["--target", "yelp", "--checkpoint", str(broken), "--data-dir", str(fixture_data), "--out", str(tmp_path / "out"),
+                       "--progress", "false"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {file}") and ("is damaged" in err[0] or "is not valid JSON" in err[0])
+    assert {p: p.read_bytes() for p in broken.rglob("*") if p.is_file()} == before
+    assert not any((tmp_path / "out").rglob("*"))
+
+
+def test_an_unwritable_out_is_one_line_before_any_work(tiny_checkpoint, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit):
+        zeroshot_main(["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--out", str(blocker / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --out {blocker / 'out'} is not writable")

@@ -52,7 +52,7 @@ def movielens_movies(recipe: dict, folder: Path, raw: RawCorpus, errors: LineErr
     a title naming several (remakes, same-name films) stays title-only, as does a title with no match.
     """
     movies: dict[str, list[tuple[str, str]]] = {}
-    path = _need(folder / recipe["files"]["movies"])
+    path = _need(folder / recipe["files"]["movies"], utf8=False)  # GroupLens' file is Latin-1
     with path.open(encoding="latin-1") as fh:
         for line in fh:
             parts = line.rstrip("\n").split("::")

@@ -79,11 +79,13 @@ class RawCorpus:
             self.users.append((str(user_id), ids, None if timestamps is None else [int(t) for t in timestamps]))
 
 
-def _need(path: Path) -> Path:
-    """``path`` if it is a readable UTF-8 file, else a one-line error naming the file (and the line of a bad byte)."""
+def _need(path: Path, utf8: bool = True) -> Path:
+    """``path`` if it is a readable (UTF-8, unless ``utf8`` is off) file, else a one-line error naming the file
+    (and the line of a bad byte)."""
     if not path.is_file():
         raise FoundationRecError(f"missing file {path}; check --data-dir (see the README's data layout)")
-    check_utf8(path.read_bytes(), str(path))
+    if utf8:
+        check_utf8(path.read_bytes(), str(path))
     return path
 
 
