@@ -564,16 +564,12 @@ def score_candidates(model, input_ids, attention_mask, candidates, **kwargs) -> 
 def node_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, trie: Trie, *, chunk: int = 1024, **kwargs) -> torch.Tensor:
     """``[trie.num_nodes]``: the log-probability of the token entering each node, given its prefix, after
     the one prompt ``input_ids`` ([1, T]); 0 at the root. ``kwargs`` as :func:`candidate_log_probs`."""
-    sequences = trie.sequences()
+    sequences, paths = trie.sequences(), trie.paths().cpu()
     out = torch.zeros(trie.num_nodes)
-    cpu = trie.to("cpu")
     for lo in range(0, len(sequences), chunk):
         part = sequences[lo : lo + chunk]
         log_probs, _ = candidate_log_probs(model, input_ids, attention_mask, [[seq[:-1] for seq in part]], **kwargs)
-        nodes = torch.zeros(len(part), dtype=torch.long)
-        for j in range(log_probs.shape[1]):
-            tokens = torch.tensor([seq[j] if j < len(seq) else -1 for seq in part])
-            nodes = cpu.advance(nodes, tokens)
-            found = nodes >= 0
-            out[nodes[found]] = log_probs[found, j].cpu()
+        nodes = paths[lo : lo + len(part), : log_probs.shape[1]]
+        found = nodes >= 0
+        out[nodes[found]] = log_probs.cpu()[found]
     return out

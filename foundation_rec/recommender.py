@@ -18,6 +18,7 @@ embeddings into the prompt. Recommendation is trie-constrained beam search
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -75,6 +76,16 @@ class GenerativeRecommender:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @contextlib.contextmanager
+    def _inference(self):
+        """Dropout off for the block, the model's training flag restored after it."""
+        was_training = self.model.training
+        self.model.train(False)
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
 
     # ----------------------------------------------------------------------------- training
 
@@ -161,9 +172,7 @@ class GenerativeRecommender:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` trie items (flat trie indices, ``-1`` padded) and their scores for each prompt."""
         input_ids, attention_mask = (t.to(self.device) for t in self.left_padded([p.tokens for p in prompts]))
-        was_training = self.model.training
-        self.model.train(False)
-        try:
+        with self._inference():
             out = beam_search(
                 self.model,
                 input_ids,
@@ -177,8 +186,6 @@ class GenerativeRecommender:
                 inputs_embeds=self.prompt_embeds(prompts, input_ids, vectors),
                 node_bias=node_bias,
             )
-        finally:
-            self.model.train(was_training)
         items, scores = out.items[:, :k].cpu().numpy(), out.scores[:, :k].float().cpu().numpy()
         if items.shape[1] < k:
             pad = k - items.shape[1]
@@ -192,15 +199,11 @@ class GenerativeRecommender:
         """Exact scores of candidate IDs (token lists without EOS) per prompt: the length-normalised
         log-probability of each ID + EOS, the same score :meth:`generate` gives the items it finds."""
         input_ids, attention_mask = (t.to(self.device) for t in self.left_padded([p.tokens for p in prompts]))
-        was_training = self.model.training
-        self.model.train(False)
-        try:
+        with self._inference():
             scores = score_candidates(
                 self.model, input_ids, attention_mask, candidates, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
                 decoder_start_token_id=self.decoder_start_token_id, inputs_embeds=self.prompt_embeds(prompts, input_ids, vectors),
             )
-        finally:
-            self.model.train(was_training)
         return [s.float().numpy() for s in scores]
 
 
@@ -211,13 +214,9 @@ class GenerativeRecommender:
         the catalog's ID tokens, learned on the pre-training platforms (see :class:`CatalogRecommender`)."""
         prompt = prompts.build([])
         input_ids, attention_mask = (t.to(self.device) for t in self.left_padded([prompt.tokens]))
-        was_training = self.model.training
-        self.model.train(False)
-        try:
+        with self._inference():
             return node_log_probs(self.model, input_ids, attention_mask, trie, eos_token_id=self.eos_token_id,
                                   pad_token_id=self.pad_token_id, decoder_start_token_id=self.decoder_start_token_id)
-        finally:
-            self.model.train(was_training)
 
 
 class CatalogRecommender:
@@ -263,14 +262,9 @@ class CatalogRecommender:
         """Per trie item: the calibration term of its score, ``-beta * mean log p(ID + EOS | null prompt)``."""
         if not self.calibration:
             return np.zeros(self.trie.num_items)
-        prior, trie = self.prior(), self.trie.to("cpu")
-        sequences = trie.sequences()
-        total, lengths = torch.zeros(len(sequences)), torch.tensor([len(q) for q in sequences], dtype=torch.float)
-        nodes = torch.zeros(len(sequences), dtype=torch.long)
-        for j in range(int(lengths.max())):
-            nodes = trie.advance(nodes, torch.tensor([q[j] if j < len(q) else -1 for q in sequences]))
-            total += torch.where(nodes >= 0, prior[nodes.clamp(min=0)], 0.0)
-        return (-self.calibration * total / lengths).numpy()
+        paths = self.trie.to("cpu").paths()
+        prior = torch.where(paths >= 0, self.prior()[paths.clamp(min=0)], 0.0)
+        return (-self.calibration * prior.sum(1) / (paths >= 0).sum(1)).numpy()
 
     def recommend(self, histories: list[np.ndarray], k: int, users: Sequence[str | None] | None = None) -> np.ndarray:
         """Top ``k`` item rows per history, best first (``-1`` when the catalog has fewer); scores in ``last_scores``."""

@@ -238,6 +238,18 @@ class Trie:
         corpus, row = self.item_corpus.cpu()[items].tolist(), self.item_row.cpu()[items].tolist()
         return [(self.corpora[c], r) for c, r in zip(corpus, row, strict=True)]
 
+    def paths(self) -> torch.Tensor:
+        """``[num_items, max_depth]``: the node each item's ID reaches after each of its tokens (its leaf last), -1 padded."""
+        tokens, lengths = self._token_matrix()
+        tokens = torch.as_tensor(tokens, dtype=torch.long).to(self.device)
+        lengths = torch.as_tensor(lengths).to(self.device)
+        out = torch.full(tokens.shape, -1, dtype=torch.long, device=self.device)
+        nodes = torch.zeros(len(tokens), dtype=torch.long, device=self.device)
+        for j in range(tokens.shape[1]):
+            nodes = self.advance(nodes, torch.where(j < lengths, tokens[:, j], -1))
+            out[:, j] = nodes
+        return out
+
     def sequences(self) -> list[list[int]]:
         """The token sequence of every item, in item order (the inverse of :meth:`build`)."""
         tokens, lengths = self._token_matrix()
