@@ -8,8 +8,12 @@ the target's items from the checkpoint's generator, the target's trie, nothing t
 target) and scores two methods of the model:
 
 * ``idgenrec`` (pure generation): trie-constrained beam search;
+* ``idgenrec-prior``: generation with the checkpoint's content prior, gamma = ``--content-prior``
+  (``zeroshot``'s default when the checkpoint has a content scorer);
 * ``idgenrec-rerank``: the model's exact scores over its own beams plus the text-kNN top
-  ``--rerank-pool`` (its own row, never mixed into the first).
+  ``--rerank-pool`` (its own row, never mixed into the first);
+* ``content-prior``: the checkpoint's content scorer alone, ranking the whole catalog (what the
+  prior contributes without the language model).
 
 Random, popularity and text-kNN run in the same process on the **same users** (a fixed-seed sample
 of ``--max-users`` test users per target; MovieLens-100k has 943, all used); SASRec is read from
@@ -38,10 +42,12 @@ from foundation_rec.api import FoundationRec
 from foundation_rec.backbones import PRETRAINED_SPACE_PRESETS
 from foundation_rec.baselines import evaluate_methods
 from foundation_rec.checkpoint import read_config
+from foundation_rec.content_prior import DEFAULT_CONTENT_PRIOR
 from foundation_rec.corpora import load_corpus
 from foundation_rec.evaluate import evaluate_settings
 
-GENERATE, RERANK = "idgenrec", "idgenrec-rerank"
+GENERATE, PRIOR, RERANK, SCORER = "idgenrec", "idgenrec-prior", "idgenrec-rerank", "content-prior"
+MODEL_METHODS = (GENERATE, PRIOR, RERANK, SCORER)
 BASELINES = ["random", "popularity", "text-knn", "sasrec"]
 SETTINGS = {False: "history kept", True: "history excluded"}
 
@@ -89,16 +95,32 @@ def run_variant(name: str, checkpoint: Path, target: str, users: int | None, met
     catalog = model.index_catalog(corpus, progress=False)
     index_seconds = round(time.perf_counter() - start, 1)
     rows = []
-    makers = {GENERATE: lambda: model.catalog_recommender(batch_size=args.batch_size, calibration=args.calibration),
+    makers = {GENERATE: lambda: model.catalog_recommender(batch_size=args.batch_size, calibration=args.calibration, content_prior=0.0),
+              PRIOR: lambda: model.catalog_recommender(batch_size=args.batch_size, calibration=args.calibration, content_prior=args.content_prior),
+              SCORER: lambda: ScorerRanking(model.recommender.scorer, catalog.vectors),
               RERANK: lambda: model.rerank_recommender(batch_size=args.batch_size, pool=args.rerank_pool, calibration=args.calibration)}
     for method in methods:
         rec = makers[method]()
         for row in evaluate_settings(corpus, rec, method, (False, True), max_users=users, seed=args.seed, batch_size=args.batch_size):
-            row.update(variant=name, checkpoint=str(checkpoint), calibration=args.calibration, index_seconds=index_seconds, unique_ids=len(set(catalog.ids)) == len(catalog.ids))
+            row.update(variant=name, checkpoint=str(checkpoint), calibration=args.calibration,
+                       content_prior=args.content_prior if method == PRIOR else 0.0, index_seconds=index_seconds, unique_ids=len(set(catalog.ids)) == len(catalog.ids))
             rows.append(row)
         print(f"  {name} {method} on {target}: N@10 {rows[-2]['metrics']['N@10']:.4f} kept / {rows[-1]['metrics']['N@10']:.4f} excluded "
               f"({rows[-1]['seconds']:.0f} s)", flush=True)
     return rows
+
+
+class ScorerRanking:
+    """The content scorer alone, in the harness's protocol: the catalog ranked by its prior."""
+
+    def __init__(self, scorer, vectors):
+        if scorer is None or vectors is None:
+            raise SystemExit(f"{SCORER} needs a checkpoint with a content scorer and content vectors (benchmarks/add_content_prior.py adds one)")
+        self.scorer, self.vectors = scorer, vectors
+
+    def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
+        return np.concatenate([self.scorer.log_prior(histories[lo : lo + 256], self.vectors).topk(k).indices.numpy()
+                               for lo in range(0, len(histories), 256)])
 
 
 def cell(rows: list[dict], target: str, method: str, exclude: bool, variant: str | None = None) -> dict | None:
@@ -115,7 +137,7 @@ def tables(payload: dict) -> str:
     targets = [t for t in payload["targets"] if any(r["corpus"] == t for r in rows)]
     out = []
     for exclude, title in SETTINGS.items():
-        methods = [m for m in (GENERATE, RERANK) if any(r["method"] == m for r in rows)]
+        methods = [m for m in MODEL_METHODS if any(r["method"] == m for r in rows)]
         header = ["target", "users", *BASELINES] + [f"{v} {m}" for v in variants for m in methods]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for t in targets:
@@ -136,11 +158,11 @@ def tables(payload: dict) -> str:
 def ablation(payload: dict, targets: list[str]) -> list[str]:
     """One row per (variant, method): the levers on or off, and N@10 against text-kNN and random, history kept."""
     rows = payload["results"]
-    header = ["variant", "(1) pretrained token space", "(2) content vectors", "(3) pretrained recommender", "(4) rerank",
-              "targets >= text-kNN N@10", "targets > 3x random N@10", "geo-mean N@10 / text-kNN"]
+    header = ["variant", "method", "(1) pretrained token space", "(2) content vectors", "(3) pretrained recommender", "(4) rerank",
+              "content prior", "targets >= text-kNN N@10", "targets > 3x random N@10", "geo-mean N@10 / text-kNN"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for v, info in payload["variants"].items():
-        for m in (GENERATE, RERANK):
+        for m in MODEL_METHODS:
             if not any(r["method"] == m and r.get("variant") == v for r in rows):
                 continue
             ratios, wins, above = [], 0, 0
@@ -154,8 +176,10 @@ def ablation(payload: dict, targets: list[str]) -> list[str]:
                 above += rnd is not None and n > 3 * max(rnd["metrics"]["N@10"], 1e-9)
             s = info["switches"]
             geo = float(np.exp(np.mean(np.log(ratios)))) if ratios else float("nan")
-            lines.append("| " + " | ".join([v, *("on" if s[k] else "off" for k in ("pretrained_space", "content_vectors", "pretrained_recommender")),
-                                            "on" if m == RERANK else "off", f"{wins} / {len(ratios)}", f"{above} / {len(ratios)}", f"{geo:.2f}"]) + " |")
+            levers = ["on" if s[k] else "off" for k in ("pretrained_space", "content_vectors", "pretrained_recommender")]
+            if m == SCORER:
+                levers = ["-", "-", "-"]  # the scorer alone: no language model
+            lines.append("| " + " | ".join([v, m, *levers, "on" if m == RERANK else "off", "on" if m in (PRIOR, SCORER) else "off", f"{wins} / {len(ratios)}", f"{above} / {len(ratios)}", f"{geo:.2f}"]) + " |")
     return ["### Ablation (history kept)", "", *lines, ""]
 
 
@@ -167,7 +191,7 @@ def plot(payload: dict, name: str) -> None:
 
     rows = payload["results"]
     targets = [t for t in payload["targets"] if any(r["corpus"] == t for r in rows)]
-    series = [(b, None) for b in BASELINES] + [(m, v) for v in payload["variants"] for m in (GENERATE, RERANK)
+    series = [(b, None) for b in BASELINES] + [(m, v) for v in payload["variants"] for m in MODEL_METHODS
                                                if any(r["method"] == m and r.get("variant") == v for r in rows)]
     fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
     width = 0.85 / len(series)
@@ -192,7 +216,8 @@ def main() -> None:
     parser.add_argument("--num-beams", type=int, default=20)
     parser.add_argument("--rerank-pool", type=int, default=100)
     parser.add_argument("--calibration", type=float, default=0.0, help="beta of the null-prompt calibration (0: plain scores; see CatalogRecommender)")
-    parser.add_argument("--methods", default=f"{GENERATE},{RERANK}", help=f"the model's methods to run: {GENERATE}, {RERANK} or both (comma list)")
+    parser.add_argument("--methods", default=f"{GENERATE},{PRIOR},{SCORER}", help=f"the model's methods to run, a comma list of {', '.join(MODEL_METHODS)}")
+    parser.add_argument("--content-prior", type=float, default=DEFAULT_CONTENT_PRIOR, help=f"gamma of {PRIOR} (zeroshot's default)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--sasrec-from", default="baselines", help="results/<NAME>.json holding SASRec on the same users")
     parser.add_argument("--name", default="transfer")
@@ -204,7 +229,7 @@ def main() -> None:
     file = RESULTS / f"{args.name}.json"
     payload = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {"results": [], "variants": {}}
     payload.update(environment=environment(), targets=args.targets.split(","), max_users=args.max_users, seed=args.seed,
-                   num_beams=args.num_beams, rerank_pool=args.rerank_pool, calibration=args.calibration)
+                   num_beams=args.num_beams, rerank_pool=args.rerank_pool, calibration=args.calibration, content_prior=args.content_prior)
     for name, ckpt in variants.items():
         payload["variants"][name] = {"checkpoint": ckpt, "switches": switches(Path(ckpt)), "training": training_record(Path(ckpt))}
     for target in payload["targets"]:

@@ -28,6 +28,7 @@ import torch
 from . import atomic, checkpoint
 from .backbones import BackboneConfig, load_backbone
 from .content import ContentNeighbours, item_vectors, load_projection
+from .content_prior import DEFAULT_CONTENT_PRIOR, load_scorer
 from .corpora import Corpus, load_corpus, load_recipe
 from .errors import FoundationRecError
 from .idgen import IDGenConfig, IDGenerator, encode_ids
@@ -103,6 +104,8 @@ class FoundationRec:
         self.recommender = recommender
         self.generator = generator
         self.num_beams = num_beams
+        # gamma of generation's content prior (see CatalogRecommender): the default where the checkpoint has a scorer
+        self.content_prior = DEFAULT_CONTENT_PRIOR if recommender.scorer is not None else 0.0
         self.catalog: Catalog | None = None
         # the generator's files (name, size, mtime) too: a run retrained into the same directory gets new IDs
         weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in (path / "generator").glob("*") if f.is_file())
@@ -122,7 +125,7 @@ class FoundationRec:
         for model in (rec.hf_model, gen.hf_model):
             model.train(False)  # inference mode (dropout off)
         content = load_projection(path / "recommender", rec.device)
-        recommender = GenerativeRecommender(rec.hf_model, rec.tokenizer, content)
+        recommender = GenerativeRecommender(rec.hf_model, rec.tokenizer, content, load_scorer(path / "recommender"))
         return cls(path, config, recommender, IDGenerator(gen, id_config), num_beams=num_beams)
 
     @property
@@ -200,18 +203,21 @@ class FoundationRec:
             raise FoundationRecError("no catalog is indexed; call index_catalog(...) first")
         return self.catalog
 
-    def catalog_recommender(self, num_beams: int | None = None, batch_size: int = 16, calibration: float = 0.0) -> CatalogRecommender:
-        """The current catalog in the evaluation harness's protocol (``recommend(histories, k)`` over item rows)."""
+    def catalog_recommender(self, num_beams: int | None = None, batch_size: int = 16, calibration: float = 0.0,
+                            content_prior: float | None = None) -> CatalogRecommender:
+        """The current catalog in the evaluation harness's protocol (``recommend(histories, k)`` over item rows);
+        ``content_prior`` None: :attr:`content_prior`."""
         catalog = self._require_catalog()
+        content_prior = self.content_prior if content_prior is None else content_prior
         prompts = PromptBuilder.for_training(self.recommender.tokenizer, self.config.get("train", {}), catalog.id_tokens)
         return CatalogRecommender(self.recommender, prompts, catalog.trie, 0, num_beams=num_beams or self.num_beams, batch_size=batch_size,
-                                  vectors=catalog.vectors, calibration=calibration)
+                                  vectors=catalog.vectors, calibration=calibration, content_prior=content_prior)
 
     def rerank_recommender(self, num_beams: int | None = None, batch_size: int = 16, pool: int = 100, calibration: float = 0.0) -> RerankRecommender:
         """``idgenrec-rerank`` on the current catalog: exact scores over the model's beams plus the text-kNN top ``pool``."""
         catalog = self._require_catalog()
         vectors = catalog.vectors if catalog.vectors is not None else item_vectors(catalog.texts, f"{catalog.name} items", False)
-        return RerankRecommender(self.catalog_recommender(num_beams, batch_size, calibration), ContentNeighbours(vectors), pool)
+        return RerankRecommender(self.catalog_recommender(num_beams, batch_size, calibration, content_prior=0.0), ContentNeighbours(vectors), pool)
 
     def resolve_history(self, history: Sequence[str | int]) -> list[Match]:
         """How each history entry resolves in the current catalog: item id, exact title, or nearest title (see :mod:`foundation_rec.resolve`)."""

@@ -204,6 +204,7 @@ def beam_search(
     word_pieces: tuple[torch.Tensor, torch.Tensor] | None = None,
     inputs_embeds: torch.Tensor | None = None,
     node_bias: torch.Tensor | None = None,
+    node_prior: torch.Tensor | None = None,
 ) -> BeamSearchOutput:
     """Beam search over ``model`` for each prompt row of ``input_ids`` (left-padded for decoder-only).
 
@@ -218,8 +219,12 @@ def beam_search(
     embeddings of ``input_ids``, e.g. with content vectors added) replaces the prompt's token
     embeddings. ``node_bias`` (``[trie.num_nodes]``) is added to a step's log-probability when it
     enters trie node ``n`` (e.g. minus a prior's log-probability, see :func:`node_log_probs`), so a
-    finished sequence scores ``sum(log p + bias) / length ** length_penalty``. Returns ``num_beams``
-    results per prompt, best first.
+    finished sequence scores ``sum(log p + bias) / length ** length_penalty``. ``node_prior``
+    (``[B, trie.num_nodes]``, one per prompt: e.g. the best log prior of the items below each node,
+    :meth:`Trie.best_below`) is added *after* the length normalisation: a beam at node ``n`` scores
+    ``sum(log p) / length ** length_penalty + node_prior[n]``, a finished item its length-normalised
+    log-probability plus its log prior, whatever its ID's length. Returns ``num_beams`` results per
+    prompt, best first.
     """
     start = _check_args(
         model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, decoder_start_token_id
@@ -227,6 +232,9 @@ def beam_search(
     device = input_ids.device
     trie = trie.to(device) if trie is not None else None
     node_bias = node_bias.to(device) if node_bias is not None else None
+    node_prior = node_prior.to(device) if node_prior is not None else None
+    if node_prior is not None and (trie is None or node_prior.shape != (len(input_ids), trie.num_nodes)):
+        raise FoundationRecError("node_prior must be [batch, trie.num_nodes] and needs a trie")
     batch, groups = len(input_ids), num_beam_groups
     size = num_beams // groups  # beams per group
     neg_inf = torch.tensor(float("-inf"), device=device)
@@ -305,7 +313,10 @@ def beam_search(
                     penalty = chosen.gather(1, cand_tokens.flatten(1)).view_as(cand_tokens)
                 cand_scores = cand_scores - diversity_penalty * penalty
             num_cands = cand_scores.shape[2]
-            total = (run_scores[:, g, :, None] + cand_scores).flatten(1)  # [B, width * C]
+            running = (run_scores[:, g, :, None] + cand_scores).flatten(1)  # [B, width * C]: sums of log p (+ node_bias)
+            total = running / norm
+            if node_prior is not None:
+                total = total + node_prior.gather(1, cand_nodes.clamp(min=0).flatten(1))
             k = min(2 * size, total.shape[1])
             top_scores, top_index = total.topk(k, dim=1)
             beam = top_index // num_cands
@@ -322,7 +333,7 @@ def beam_search(
 
             # finished: an ending candidate among the best `size`, while the prompt can still improve
             in_top = torch.arange(k, device=device) < size
-            done = torch.where(ends & in_top & improvable[:, g, None], top_scores / norm, neg_inf)
+            done = torch.where(ends & in_top & improvable[:, g, None], top_scores, neg_inf)
             merged = torch.cat([fin_scores[:, g], done], dim=1).topk(size, dim=1)
             fin_scores[:, g] = merged.values
             fin_tokens[:, g] = torch.cat([fin_tokens[:, g], seqs], dim=1)[arange_b, merged.indices]
@@ -336,11 +347,11 @@ def beam_search(
             pick = keep.indices.clamp(max=k - 1)
             next_row.append(rows.gather(1, beam.gather(1, pick)))
             next_token.append(token.gather(1, pick))
-            next_score.append(keep.values)
+            next_score.append(running.gather(1, top_index).gather(1, pick).masked_fill(keep.values == float("-inf"), float("-inf")))
             next_seqs.append(seqs[arange_b, pick])
             if trie is not None:
                 next_node.append(node.gather(1, pick).masked_fill(keep.values == float("-inf"), -1))
-            improvable[:, g] &= keep.values[:, 0] / norm > fin_scores[:, g].min(dim=1).values
+            improvable[:, g] &= keep.values[:, 0] > fin_scores[:, g].min(dim=1).values
             if chosen is not None:
                 chosen.scatter_add_(1, next_token[-1], (keep.values > float("-inf")).float())
 

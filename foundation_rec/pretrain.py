@@ -33,6 +33,7 @@ from transformers import HfArgumentParser
 from . import checkpoint
 from .backbones import PRETRAINED_SPACE_PRESETS, SCRATCH_PRESETS, BackboneConfig, load_backbone, resolve_device
 from .content import MINILM_DIM, ContentProjection, load_projection
+from .content_prior import ScorerConfig, load_scorer, train_on_pool
 from .corpora import load_corpora
 from .errors import FoundationRecError, cli_errors
 from .idgen import IDGenConfig, IDGenerator
@@ -62,8 +63,8 @@ RECIPES: dict[str, dict] = {
     "t5-cpu": {**_CPU_ROUND, "rec_preset": "causal-cpu", "rec_epochs": 4},
     # the zero-shot recipe: both models over the frozen MiniLM token space, content vectors in the history
     "minilm-t5": {**_CPU_ROUND, "rec_preset": "minilm-causal", "content_vectors": True, "rec_epochs": 3, "rec_lr": 2e-3,
-                  "warmup_items": 3000, "id_gen_batch_size": 256},
-    "tiny-minilm": {"rec_preset": "tiny-minilm-causal", "rec_objective": "sequence", "content_vectors": True, "users_per_corpus": 20,
+                  "warmup_items": 3000, "id_gen_batch_size": 256, "content_prior_epochs": 4},
+    "tiny-minilm": {"rec_preset": "tiny-minilm-causal", "rec_objective": "sequence", "content_vectors": True, "content_prior_epochs": 1, "users_per_corpus": 20,
                     "valid_users": 10, "rec_batch_size": 8, "id_batch_size": 4, "max_prompt_tokens": 96, "precision": "fp32"},
     "t5-small": {"users_per_corpus": 0, "rounds": 3, "rec_epochs": 3, "rec_batch_size": 64, "id_batch_size": 16, "valid_users": 200},
     "smollm2-135m": {
@@ -124,6 +125,11 @@ class RunArguments:
         default=False,
         metadata={"help": "content-aware history: add each history item's frozen all-MiniLM-L6-v2 text vector, projected, to its ID in the prompt"},
     )
+    content_prior_epochs: int = field(
+        default=0,
+        metadata={"help": "epochs of the content prior (a next-item scorer over the items' frozen MiniLM text vectors, used by zero-shot "
+                  "generation; see foundation_rec.content_prior); 0: none"},
+    )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
@@ -153,6 +159,8 @@ def parse_args(argv: list[str] | None) -> tuple[RunArguments, TrainConfig, str]:
         )
     if run.id_extractive not in ("auto", "yes", "no"):
         raise FoundationRecError(f"--id-extractive {run.id_extractive!r} is not auto, yes or no; pick one of those")
+    if run.content_prior_epochs < 0:
+        raise FoundationRecError(f"--content-prior-epochs must be >= 0 (0: no content prior), got {run.content_prior_epochs}")
     if run.users_per_corpus < 0:
         raise FoundationRecError(f"--users-per-corpus must be >= 0 (0: all users), got {run.users_per_corpus}")
     for name in ("id_beams", "id_max_tokens", "id_input_tokens", "id_gen_batch_size", "lora_r"):
@@ -230,11 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     pool = build_pool(run, train.seed)
     saved = resume or (Path(run.init_from) if run.init_from else None)
     rec_backbone, generator, content = build_models(run, preset, device, pool, train.seed, saved)
-    recommender = GenerativeRecommender(rec_backbone.model, rec_backbone.tokenizer, content)
+    scorer = load_scorer(saved / "recommender") if saved is not None else None
+    if scorer is None and run.content_prior_epochs:
+        scorer = train_on_pool(pool, ScorerConfig(epochs=run.content_prior_epochs, seed=train.seed), progress=run.progress)
+    recommender = GenerativeRecommender(rec_backbone.model, rec_backbone.tokenizer, content, scorer)
     run_config = {"run": {**dataclasses.asdict(run), "resume": None}, "preset": preset, "train": dataclasses.asdict(train), "stats": _stats(pool)}
 
     def save_models(folder: Path) -> None:
-        rec_backbone.save(folder / "recommender", modules=[content] if content is not None else [])
+        rec_backbone.save(folder / "recommender", modules=[m for m in (content, scorer) if m is not None])
         generator.save(folder / "generator")
 
     trainer = Trainer(train, pool, recommender, generator, run.output_dir, run_config=run_config, save_models=save_models, progress=run.progress)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .content import ContentProjection, content_index
+from .content_prior import ContentScorer
 from .decoding import beam_search, node_log_probs, score_candidates
 from .errors import FoundationRecError
 from .prompts import EVAL_TEMPLATE, Prompt, PromptBuilder
@@ -62,10 +63,11 @@ def _pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch
 class GenerativeRecommender:
     """Wrap a Hugging Face model (T5-style or decoder-only, optionally PEFT-wrapped) and its tokenizer."""
 
-    def __init__(self, model, tokenizer, content: ContentProjection | None = None):
+    def __init__(self, model, tokenizer, content: ContentProjection | None = None, scorer: ContentScorer | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.content = content  # content-aware history (see foundation_rec.content), or None
+        self.scorer = scorer  # the content prior over the next item (see foundation_rec.content_prior), or None
         self.item_vectors: torch.Tensor | None = None  # [items, 384] content vectors, indexed as the prompt items are
         config = model.config
         self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
@@ -168,7 +170,7 @@ class GenerativeRecommender:
     @torch.no_grad()
     def generate(
         self, prompts: Sequence[Prompt], trie: Trie, k: int, num_beams: int | None = None, vectors: torch.Tensor | None = None,
-        node_bias: torch.Tensor | None = None,
+        node_bias: torch.Tensor | None = None, node_prior: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` trie items (flat trie indices, ``-1`` padded) and their scores for each prompt."""
         input_ids, attention_mask = (t.to(self.device) for t in self.left_padded([p.tokens for p in prompts]))
@@ -185,6 +187,7 @@ class GenerativeRecommender:
                 decoder_start_token_id=self.decoder_start_token_id,
                 inputs_embeds=self.prompt_embeds(prompts, input_ids, vectors),
                 node_bias=node_bias,
+                node_prior=node_prior,
             )
         items, scores = out.items[:, :k].cpu().numpy(), out.scores[:, :k].float().cpu().numpy()
         if items.shape[1] < k:
@@ -232,15 +235,27 @@ class CatalogRecommender:
     removes the token prior the recommender learned on the pre-training platforms (which, on an
     unseen platform, recommends the same few items to everyone), as in calibrating a language
     model against a content-free input (Zhao et al., 2021). ``calibration=0`` is plain generation.
+
+    **Content prior** (``content_prior`` = gamma > 0, needs the recommender's
+    :class:`~foundation_rec.content_prior.ContentScorer` and the catalog's ``vectors``): every step
+    adds ``gamma`` times the best log prior of the items below each beam's trie node
+    (:meth:`Trie.best_below`) after the length normalisation, so a found item scores
+    ``sum log p(token | prompt) / length + gamma * log prior(item | history)``: the language
+    model's product with what the items' texts say comes next, and a prefix is judged by the best
+    item it can still reach. (The prior *mass* below a node guided the search worse: 300
+    MovieLens-100k users, N@10 .0076 against .0082 at gamma 3.)
     """
 
     def __init__(
         self, recommender: GenerativeRecommender, prompts: PromptBuilder, trie: Trie, offset: int, *, num_beams: int = 20, batch_size: int = 16,
-        vectors: torch.Tensor | None = None, calibration: float = 0.0,
+        vectors: torch.Tensor | None = None, calibration: float = 0.0, content_prior: float = 0.0,
     ):
         self.recommender = recommender
         self.vectors = vectors  # content vectors of the prompt items (None: the recommender's own)
         self.calibration = calibration
+        if content_prior and (recommender.scorer is None or vectors is None):
+            raise FoundationRecError("--content-prior needs a checkpoint with a content scorer (pre-trained with --content-prior-epochs > 0); pass --content-prior 0")
+        self.content_prior = content_prior
         self._prior: torch.Tensor | None = None
         self.prompts = prompts
         self.trie = trie
@@ -257,6 +272,13 @@ class CatalogRecommender:
 
     def node_bias(self) -> torch.Tensor | None:
         return -self.calibration * self.prior() if self.calibration else None
+
+    def node_prior(self, histories: Sequence[np.ndarray]) -> torch.Tensor | None:
+        """``[B, trie nodes]``: gamma times the best log prior below each node, per history (None without a content prior)."""
+        if not self.content_prior:
+            return None
+        log_prior = self.recommender.scorer.log_prior(list(histories), self.vectors)[:, self.trie.item_row.cpu()]
+        return self.content_prior * self.trie.to("cpu").best_below(log_prior)
 
     def item_bias(self) -> np.ndarray:
         """Per trie item: the calibration term of its score, ``-beta * mean log p(ID + EOS | null prompt)``."""
@@ -276,7 +298,8 @@ class CatalogRecommender:
                 self.prompts.build(np.asarray(h, dtype=np.int64) + self.offset, EVAL_TEMPLATE, u)
                 for h, u in zip(histories[lo : lo + self.batch_size], users[lo : lo + self.batch_size], strict=True)
             ]
-            items, item_scores = self.recommender.generate(prompts, self.trie, k, self.num_beams, self.vectors, self.node_bias())
+            items, item_scores = self.recommender.generate(prompts, self.trie, k, self.num_beams, self.vectors, self.node_bias(),
+                                                           self.node_prior(histories[lo : lo + self.batch_size]))
             rows.append(np.where(items >= 0, item_row[np.maximum(items, 0)], -1))
             scores.append(item_scores)
         self.last_scores = np.concatenate(scores) if scores else np.zeros((0, k))

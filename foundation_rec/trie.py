@@ -59,6 +59,7 @@ class Trie:
         edge_parent = torch.repeat_interleave(torch.arange(len(counts), device=offsets.device), counts)
         self.edge_key = edge_parent * self.vocab_size + edge_token
         self._tail_length: torch.Tensor | None = None  # see tails()
+        self._paths: torch.Tensor | None = None  # see best_below()
 
     # ----------------------------------------------------------------------------- construction
 
@@ -250,6 +251,24 @@ class Trie:
             out[:, j] = nodes
         return out
 
+    def parents(self) -> torch.Tensor:
+        """``[num_nodes]``: each node's parent (-1 for the root); children are numbered after their parents."""
+        return torch.cat([torch.full((1,), -1, dtype=torch.long, device=self.device), self.edge_key // self.vocab_size])
+
+    def best_below(self, item_scores: torch.Tensor) -> torch.Tensor:
+        """``[B, num_nodes]``: the best score among the items below each node, from item scores
+        ``[B, num_items]`` (item order); an item's leaf holds its own score. As a beam search
+        ``node_prior`` it is an optimistic bound on what a prefix can still reach (A*-style), so with
+        a large weight beam search finds the scores' own top items."""
+        if self._paths is None:
+            self._paths = self.paths()
+        valid = self._paths >= 0
+        index = self._paths[valid].expand(len(item_scores), -1)
+        values = item_scores[:, torch.nonzero(valid)[:, 0]]
+        best = torch.full((len(item_scores), self.num_nodes), -torch.inf, device=self.device).scatter_reduce(1, index, values, "amax")
+        best[:, 0] = item_scores.max(1).values  # the root: every item
+        return best
+
     def sequences(self) -> list[list[int]]:
         """The token sequence of every item, in item order (the inverse of :meth:`build`)."""
         tokens, lengths = self._token_matrix()
@@ -257,10 +276,9 @@ class Trie:
 
     def _token_matrix(self) -> tuple[np.ndarray, np.ndarray]:
         """Padded ``[num_items, max_depth]`` token matrix (-1 padding) and lengths, by walking leaves up."""
-        offsets = self.offsets.cpu().numpy()
         edge_token = self.edge_token.cpu().numpy()
         node_item = self.node_item.cpu().numpy()
-        parent = np.concatenate([[-1], np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))])
+        parent = self.parents().cpu().numpy()
         token = np.concatenate([[-1], edge_token])
         leaves = np.empty(self.num_items, dtype=np.int64)
         leaves[node_item[node_item >= 0]] = np.flatnonzero(node_item >= 0)

@@ -24,6 +24,8 @@ from transformers import HfArgumentParser
 
 from .api import FoundationRec
 from .baselines import METHODS, evaluate_methods
+from .checkpoint import read_config
+from .content_prior import INFO as SCORER_INFO
 from .corpora import load_corpus, resolve_names
 from .errors import FoundationRecError, cli_errors
 from .evaluate import evaluate, markdown_table, write_report
@@ -55,6 +57,11 @@ class ZeroShotArguments:
         default=0.0,
         metadata={"help": "beta of the null-prompt calibration: every ID token scores log p(token | history) - beta * log p(token | no history); 0: plain"},
     )
+    content_prior: float | None = field(
+        default=None,
+        metadata={"help": "gamma of the content prior: generation scores (sum log p(token) + gamma * log prior(item | history's texts)) / length "
+                  "(default: 3 when the checkpoint has a content scorer, else 0; 0: plain generation)"},
+    )
     baselines: str = field(default="", metadata={"help": f"comma list of baselines to run on the same users: {', '.join(METHODS)}, or 'all'"})
     allow_seen_platform: bool = field(default=False, metadata={"help": "evaluate even if the target's platform was pre-trained on (labelled so)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
@@ -77,7 +84,8 @@ def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list
     results = []
     for method in METHOD_CHOICES[args.method]:
         if method == METHOD:
-            rec = model.catalog_recommender(num_beams=args.num_beams, batch_size=args.batch_size, calibration=args.calibration)
+            rec = model.catalog_recommender(num_beams=args.num_beams, batch_size=args.batch_size, calibration=args.calibration,
+                                            content_prior=args.content_prior)
         else:
             rec = model.rerank_recommender(num_beams=args.num_beams, batch_size=args.batch_size, pool=args.rerank_pool, calibration=args.calibration)
         result = evaluate(corpus, rec, method, max_users=args.max_users, seed=args.seed, batch_size=args.batch_size, progress=args.progress)
@@ -89,6 +97,7 @@ def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list
             unique_ids=len(set(catalog.ids)) == len(catalog.ids),
             num_beams=args.num_beams,
             calibration=args.calibration,
+            content_prior=args.content_prior if method == METHOD else 0.0,
             **({"rerank_pool": args.rerank_pool} if method == RERANK else {}),
         )
         results.append(result)
@@ -112,9 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         raise FoundationRecError(f"--rerank-pool {args.rerank_pool} must be at least 1")
     if args.max_users is not None and args.max_users < 1:
         raise FoundationRecError(f"--max-users {args.max_users} must be positive; leave it out to evaluate every user")
+    if args.content_prior is not None and args.content_prior < 0:
+        raise FoundationRecError(f"--content-prior {args.content_prior:g} must be >= 0 (0: plain generation)")
     names = resolve_names(args.target)
     writable_dir(args.out, "--out")
+    read_config(args.checkpoint)
+    if args.content_prior and not (Path(args.checkpoint) / "recommender" / SCORER_INFO).is_file():
+        raise FoundationRecError(f"--content-prior {args.content_prior:g} needs a checkpoint with a content scorer, and {args.checkpoint} has none "
+                                 "(pre-train with --content-prior-epochs 4, or pass --content-prior 0)")
     model = FoundationRec.from_pretrained(args.checkpoint, device=args.device, num_beams=args.num_beams)
+    if args.content_prior is None:
+        args.content_prior = model.content_prior
     for name in names:
         results = run_target(model, name, args)
         stem = Path(name).name

@@ -435,3 +435,41 @@ def test_node_bias_scores_are_the_calibrated_log_probabilities(llama, catalog):
         torch.testing.assert_close(out.scores[b], (cond - base).sum(1) / lengths, rtol=0, atol=1e-4)
     plain = beam_search(llama, ids, mask, num_beams=6, max_new_tokens=catalog.max_depth, eos_token_id=EOS, pad_token_id=PAD, trie=catalog)
     assert not torch.equal(plain.items, out.items)  # the calibration changes what is found
+
+
+def test_best_below_by_hand():
+    """Items 0..3 with IDs [5,6], [5,7], [8], [5,6,9]: each node holds the best item score below it."""
+    trie = Trie.build([[5, 6, 1], [5, 7, 1], [8, 1], [5, 6, 9, 1]], vocab_size=10, eos_token_id=1)
+    scores = torch.tensor([[-1.0, -2.0, -3.0, -0.5], [-4.0, -0.1, -2.0, -3.0]])
+    best = trie.best_below(scores)
+    paths = trie.paths()
+    assert best[0, 0] == -0.5 and best[1, 0] == -0.1  # the root: the best item
+    for item in range(4):  # every leaf holds its own item's score
+        leaf = paths[item][paths[item] >= 0][-1]
+        assert torch.equal(best[:, leaf], scores[:, item])
+    node_5 = paths[0, 0]  # below "5": items 0, 1, 3
+    assert best[0, node_5] == -0.5 and best[1, node_5] == -0.1
+    node_56 = paths[0, 1]  # below "5 6": items 0, 3
+    assert best[0, node_56] == -0.5 and best[1, node_56] == -3.0
+
+
+def test_node_prior_is_added_after_length_normalisation(llama, catalog):
+    """Every found item scores sum log p / length + prior(item) (teacher forcing by hand), and a
+    dominant prior makes beam search return the prior's own top items, best first."""
+    from foundation_rec.decoding import candidate_log_probs
+
+    ids, mask = prompts(6, left_pad=True)
+    item_prior = torch.randn(len(ids), catalog.num_items, generator=torch.Generator().manual_seed(3))
+    for weight in (1.0, 1000.0):
+        out = beam_search(llama, ids, mask, num_beams=6, max_new_tokens=catalog.max_depth, eos_token_id=EOS, pad_token_id=PAD,
+                          trie=catalog, node_prior=weight * catalog.best_below(item_prior))
+        sequences = catalog.sequences()
+        for b in range(len(ids)):
+            found = [sequences[int(i)][:-1] for i in out.items[b]]
+            log_p, lengths = candidate_log_probs(llama, ids[b : b + 1], mask[b : b + 1], [found], eos_token_id=EOS, pad_token_id=PAD)
+            expected = log_p.sum(1) / lengths + weight * item_prior[b, out.items[b]]
+            torch.testing.assert_close(out.scores[b], expected, rtol=1e-5, atol=1e-3)
+    assert torch.equal(out.items, item_prior.topk(6).indices)
+    with pytest.raises(FoundationRecError, match="node_prior must be"):
+        beam_search(llama, ids, mask, num_beams=6, max_new_tokens=catalog.max_depth, eos_token_id=EOS, pad_token_id=PAD,
+                    trie=catalog, node_prior=torch.zeros(catalog.num_nodes))

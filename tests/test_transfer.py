@@ -71,8 +71,12 @@ def test_a_tiny_model_transfers_to_a_platform_of_new_words(tmp_path, monkeypatch
     assert not set(model.pretrained_platforms) & {target.platform}
     model.index_catalog(target, progress=False)
     assert len(set(model.catalog.ids)) == len(target.items)  # unique IDs for the unseen catalog
-    ours = evaluate_settings(target, model.catalog_recommender(batch_size=32), "idgenrec", (True,), progress=False)[0]
+    ours = evaluate_settings(target, model.catalog_recommender(batch_size=32, content_prior=0.0), "idgenrec", (True,), progress=False)[0]
     chance = evaluate_settings(target, RandomRecommender.fit(target, 0), "random", (True,), progress=False)[0]
     # 90 items, 15 per topic: 5 of the history's topic stay after its 5 history items; random finds about 10/85 of them
     assert chance["metrics"]["R@10"] < 0.25
     assert ours["metrics"]["R@10"] >= 2 * max(chance["metrics"]["R@10"], 0.1), (ours["metrics"], chance["metrics"])
+    # the content prior (trained by the tiny-minilm recipe, saved with the recommender) guides the same generation
+    assert (out / "best" / "recommender" / "scorer.safetensors").is_file() and model.recommender.scorer is not None
+    guided = evaluate_settings(target, model.catalog_recommender(batch_size=32, content_prior=3.0), "idgenrec-prior", (True,), progress=False)[0]
+    assert guided["metrics"]["R@10"] >= 2 * max(chance["metrics"]["R@10"], 0.1), (guided["metrics"], chance["metrics"])

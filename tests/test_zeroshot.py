@@ -115,3 +115,11 @@ def test_an_unwritable_out_is_one_line_before_any_work(tiny_checkpoint, tmp_path
         zeroshot_main(["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--out", str(blocker / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: --out {blocker / 'out'} is not writable")
+
+
+@pytest.mark.parametrize(("value", "message"), [("-1", "--content-prior -1 must be >= 0"), ("3", "--content-prior 3 needs a checkpoint with a content scorer")])
+def test_content_prior_errors_are_one_line(tiny_checkpoint, tmp_path, capsys, value, message):
+    with pytest.raises(SystemExit):
+        zeroshot_main(["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--content-prior", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -1,0 +1,180 @@
+"""The content prior: which item comes next, judged from item texts alone, learned on the pre-training pool.
+
+A :class:`ContentScorer` reads the frozen all-MiniLM-L6-v2 vectors of a user's history (the same
+cached vectors as :mod:`foundation_rec.content` and text-kNN) and scores every catalog item::
+
+    q      = a * sum_i w_i v_i           w = softmax(position logits), recency-aware
+    s(j)   = cos(q, b * v_j) / T          v_j: item j's text vector, * per dimension
+
+``a`` and ``b`` (one weight per MiniLM dimension) start at one, the position logits at zero and
+``T`` at 0.05, so an untrained scorer ranks exactly as text-kNN does (cosine to the mean history
+vector). It has ``2 * 384 + 20 + 1`` parameters: a reweighting of the text space and a recency
+profile, too few to memorise the pre-training catalogues. (Full ``384 x 384`` maps, and rank-16
+updates of the identity, fit the pool better but transferred worse in the session-9 probe:
+Steam N@10 .0016-.0026 against text-kNN's .0060; see benchmarks/RESULTS.md.) :func:`train_scorer`
+fits them on the pool's training examples with a full softmax over the example's own corpus (the
+next item against every other item of that platform), keeping the epoch with the best in-pool
+validation NDCG@10. It reads only item texts, so it applies unchanged to a platform it never saw.
+
+Zero-shot, ``log_softmax(s)`` over the target catalog is a per-user prior over its items;
+:meth:`foundation_rec.trie.Trie.best_below` gives the best prior below each trie node, so
+constrained generation scores ``sum log p(token) / length + gamma * log prior(item)``
+(:class:`foundation_rec.recommender.CatalogRecommender`, ``content_prior=gamma``).
+
+Saved next to the recommender as ``scorer.safetensors`` + ``scorer.json`` (with how it was trained).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import FoundationRecError
+
+FILE, INFO = "scorer.safetensors", "scorer.json"
+DEFAULT_CONTENT_PRIOR = 3.0  # gamma of zero-shot generation when a checkpoint has a scorer (benchmarks/content_prior_gamma.py)
+
+
+@dataclass
+class ScorerConfig:
+    """How a :class:`ContentScorer` is trained (recorded in ``scorer.json``)."""
+
+    epochs: int = 4
+    lr: float = 1e-2
+    batch_size: int = 256
+    seed: int = 42
+
+
+class ContentScorer(torch.nn.Module):
+    """History text vectors -> a score for every item's text vector (see the module docstring)."""
+
+    def __init__(self, dim: int, max_history: int):
+        super().__init__()
+        self.dim, self.max_history = dim, max_history
+        self.query_scale = torch.nn.Parameter(torch.ones(dim))
+        self.item_scale = torch.nn.Parameter(torch.ones(dim))
+        self.position = torch.nn.Parameter(torch.zeros(max_history))
+        self.log_temperature = torch.nn.Parameter(torch.tensor(math.log(0.05)))
+        self.record: dict = {}
+
+    def query(self, histories: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """``[B, dim]`` unit queries of right-aligned histories ``[B, L]`` (item rows of ``vectors``, -1 padded)."""
+        length = histories.shape[1]
+        weights = torch.where(histories >= 0, self.position[-length:], -torch.inf).softmax(-1).nan_to_num(0.0)
+        pooled = (weights.unsqueeze(-1) * vectors[histories.clamp(min=0)]).sum(1)
+        return torch.nn.functional.normalize(pooled * self.query_scale, dim=-1)
+
+    def forward(self, histories: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """``[B, items]`` scores of every row of ``vectors`` for each history."""
+        items = torch.nn.functional.normalize(vectors * self.item_scale, dim=-1)
+        return self.query(histories, vectors) @ items.T / self.log_temperature.exp()
+
+    def log_prior(self, histories: list[np.ndarray], vectors: torch.Tensor) -> torch.Tensor:
+        """``[B, items]`` log-probabilities over the catalog (the rows of ``vectors``) for item-row histories."""
+        with torch.no_grad():
+            return self(right_aligned(histories, self.max_history), vectors.float()).log_softmax(-1)
+
+    def save(self, folder: Path) -> None:
+        """Write ``scorer.safetensors`` and ``scorer.json`` into ``folder`` (an already staged directory)."""
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / FILE))
+        info = {"dim": self.dim, "max_history": self.max_history, **self.record}
+        (folder / INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+def load_scorer(folder: str | Path) -> ContentScorer | None:
+    """The scorer saved in a recommender folder, or None when the checkpoint has none."""
+    folder = Path(folder)
+    if not (folder / INFO).is_file():
+        return None
+    try:
+        info = json.loads((folder / INFO).read_text(encoding="utf-8"))
+        scorer = ContentScorer(int(info["dim"]), int(info["max_history"]))
+        scorer.load_state_dict(load_file(str(folder / FILE)))
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
+        raise FoundationRecError(f"{folder / FILE} is unreadable ({str(err).splitlines()[0][:120]}); restore it from a complete checkpoint") from None
+    scorer.record = {k: v for k, v in info.items() if k not in ("dim", "max_history")}
+    scorer.train(False)
+    return scorer
+
+
+def right_aligned(histories: list[np.ndarray], length: int) -> torch.Tensor:
+    """``[B, length]`` long: each history's last ``length`` items at the right end, -1 before them."""
+    out = torch.full((len(histories), length), -1, dtype=torch.long)
+    for b, history in enumerate(histories):
+        history = np.asarray(history, dtype=np.int64)[-length:]
+        if len(history):
+            out[b, length - len(history) :] = torch.from_numpy(history)
+    return out
+
+
+def _batch_loss(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each example's next item against every item of its own corpus."""
+    histories = right_aligned([examples.history(int(i)) for i in idx], scorer.max_history)
+    targets = torch.tensor([examples.target(int(i)) for i in idx])
+    logits = scorer(histories, vectors).masked_fill(owner[None, :] != owner[targets][:, None], -torch.inf)
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def scorer_ndcg(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: torch.Tensor, k: int = 10) -> float:
+    """Mean NDCG@k of the next item within its own corpus (full ranking): ``1 / log2(rank + 1)`` for a hit in the top k."""
+    total = 0.0
+    with torch.no_grad():
+        for lo in range(0, len(examples), 512):
+            idx = np.arange(lo, min(lo + 512, len(examples)))
+            histories = right_aligned([examples.history(int(i)) for i in idx], scorer.max_history)
+            targets = torch.tensor([examples.target(int(i)) for i in idx])
+            logits = scorer(histories, vectors).masked_fill(owner[None, :] != owner[targets][:, None], -torch.inf)
+            rank = (logits > logits.gather(1, targets[:, None])).sum(1)
+            total += float(torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2), 0.0).sum())
+    return total / max(len(examples), 1)
+
+
+def train_scorer(vectors: torch.Tensor, owner: torch.Tensor, train, valid, config: ScorerConfig, max_history: int, log=print) -> ContentScorer:
+    """Fit a :class:`ContentScorer` on ``train`` examples (pool :class:`~foundation_rec.pool.Examples`), items
+    ``vectors`` ``[items, dim]`` of corpus ``owner`` ``[items]``; keep the epoch best on ``valid``."""
+    generator = torch.Generator().manual_seed(config.seed)
+    scorer = ContentScorer(vectors.shape[1], max_history)
+    optimizer = torch.optim.AdamW(scorer.parameters(), lr=config.lr, weight_decay=0.0)
+    best = scorer_ndcg(scorer, valid, vectors, owner)
+    history = [{"epoch": 0, "valid_N@10": round(best, 5)}]
+    state = {k: v.clone() for k, v in scorer.state_dict().items()}
+    start = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        scorer.train(True)
+        order = torch.randperm(len(train), generator=generator).numpy()
+        for lo in range(0, len(order), config.batch_size):
+            loss = _batch_loss(scorer, train, order[lo : lo + config.batch_size], vectors, owner)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scorer.train(False)
+        score = scorer_ndcg(scorer, valid, vectors, owner)
+        history.append({"epoch": epoch, "valid_N@10": round(score, 5), "loss": round(loss.item(), 4)})
+        elapsed = time.perf_counter() - start
+        log(f"content prior: epoch {epoch}/{config.epochs}, valid N@10 {score:.4f} (text-kNN order: {history[0]['valid_N@10']:.4f}), "
+            f"ETA {elapsed / epoch * (config.epochs - epoch):.0f} s")
+        if score > best:
+            best, state = score, {k: v.clone() for k, v in scorer.state_dict().items()}
+    scorer.load_state_dict(state)
+    scorer.record = {"config": asdict(config), "history": history, "best_valid_N@10": round(best, 5),
+                     "examples": len(train), "seconds": round(time.perf_counter() - start, 1)}
+    return scorer
+
+
+def train_on_pool(pool, config: ScorerConfig, progress: bool = True) -> ContentScorer:
+    """:func:`train_scorer` on a pre-training :class:`~foundation_rec.pool.Pool`: its items' cached MiniLM
+    vectors, every training example, and every validation example for the choice of epoch."""
+    from .content import item_vectors
+
+    vectors = item_vectors(pool.texts(), "pre-training pool", progress)
+    owner = torch.from_numpy(np.repeat(np.arange(len(pool.corpora)), np.diff(pool.offsets)))
+    log = print if progress else (lambda _: None)
+    return train_scorer(vectors, owner, pool.examples("train"), pool.examples("valid"), config, pool.max_history, log)

@@ -1,0 +1,93 @@
+"""The content prior: a next-item scorer over frozen text vectors (foundation_rec.content_prior)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from foundation_rec.content import ContentNeighbours
+from foundation_rec.content_prior import ContentScorer, ScorerConfig, load_scorer, right_aligned, scorer_ndcg, train_scorer
+from foundation_rec.errors import FoundationRecError
+
+
+def unit_vectors(n: int, dim: int, seed: int) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+class _Examples:
+    """Pool-style examples: ``history(i)`` and ``target(i)`` over global items."""
+
+    def __init__(self, histories, targets):
+        self.histories, self.targets = histories, targets
+
+    def __len__(self):
+        return len(self.targets)
+
+    def history(self, i):
+        return self.histories[i]
+
+    def target(self, i):
+        return self.targets[i]
+
+
+def last_item_task(vectors: torch.Tensor, n: int, seed: int) -> _Examples:
+    """The next item is the nearest neighbour of the *last* history item: mean pooling is the wrong query."""
+    rng = np.random.default_rng(seed)
+    sims = (vectors @ vectors.T).fill_diagonal_(-2)
+    histories = [rng.choice(len(vectors), 5, replace=False) for _ in range(n)]
+    return _Examples(histories, [int(sims[h[-1]].argmax()) for h in histories])
+
+
+def test_untrained_scorer_ranks_as_text_knn():
+    vectors = unit_vectors(50, 16, 0)
+    histories = [np.array([3, 7, 9]), np.array([1]), np.array([4, 4, 20, 33])]
+    ours = ContentScorer(16, 20).log_prior(histories, vectors).topk(10).indices.numpy()
+    assert np.array_equal(ours, ContentNeighbours(vectors).recommend(histories, 10))
+
+
+def test_right_aligned_by_hand():
+    out = right_aligned([np.array([1, 2, 3, 4]), np.array([], dtype=np.int64), np.array([5])], 3)
+    assert out.tolist() == [[2, 3, 4], [-1, -1, -1], [-1, -1, 5]]
+
+
+def test_ndcg_by_hand():
+    """Two items on a line: the query (item 0's own vector) ranks item 0 first and item 1 second.
+    Targets 0 then 1: NDCG@10 = (1/log2(2) + 1/log2(3)) / 2; items of another corpus are not ranked."""
+    vectors = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.99, 0.01]])
+    owner = torch.tensor([0, 0, 0, 1])  # item 3 (closest to the query) belongs to another corpus
+    examples = _Examples([np.array([0]), np.array([0])], [0, 1])
+    assert scorer_ndcg(ContentScorer(2, 20), examples, vectors, owner) == pytest.approx((1 + 1 / np.log2(3)) / 2)
+
+
+def test_training_learns_what_comes_next():
+    vectors = unit_vectors(80, 16, 1)
+    owner = torch.zeros(80, dtype=torch.long)
+    train, valid = last_item_task(vectors, 600, 2), last_item_task(vectors, 200, 3)
+    before = scorer_ndcg(ContentScorer(16, 20), valid, vectors, owner)
+    scorer = train_scorer(vectors, owner, train, valid, ScorerConfig(epochs=6, lr=5e-2, batch_size=64), 20, log=lambda _: None)
+    after = scorer_ndcg(scorer, valid, vectors, owner)
+    assert after > before + 0.15, (before, after)
+    weights = scorer.position.softmax(-1)
+    assert int(weights.argmax()) == 19  # the last history position matters most
+    assert scorer.record["best_valid_N@10"] == pytest.approx(after, abs=1e-5) and scorer.record["history"][0]["valid_N@10"] == pytest.approx(before, abs=1e-5)
+
+
+def test_save_load_and_damaged_file(tmp_path):
+    vectors = unit_vectors(30, 8, 4)
+    scorer = ContentScorer(8, 20)
+    with torch.no_grad():
+        scorer.position.copy_(torch.linspace(-1, 1, 20))
+        scorer.item_scale.mul_(torch.linspace(0.5, 1.5, 8))
+    scorer.record = {"best_valid_N@10": 0.5}
+    scorer.save(tmp_path)
+    loaded = load_scorer(tmp_path)
+    histories = [np.array([1, 2, 3]), np.array([29])]
+    torch.testing.assert_close(loaded.log_prior(histories, vectors), scorer.log_prior(histories, vectors))
+    assert loaded.record == {"best_valid_N@10": 0.5}
+    assert load_scorer(tmp_path / "nothing") is None
+    data = (tmp_path / "scorer.safetensors").read_bytes()
+    (tmp_path / "scorer.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(FoundationRecError, match="scorer.safetensors is unreadable") as err:
+        load_scorer(tmp_path)
+    assert "\n" not in str(err.value)
