@@ -207,9 +207,36 @@ def plot(payload: dict, name: str) -> None:
     fig.savefig(RESULTS / f"{name}.png", dpi=110)
 
 
+def merge(args) -> None:
+    """Combine result files of runs on the same users (e.g. two processes, one method each) into one table."""
+    payload = {"results": [], "variants": {}, "merged_from": []}
+    key = lambda r: (r["corpus"], r["method"], r["exclude_history"], r.get("variant"))
+    for name in args.merge.split(","):
+        part = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+        if part["seed"] != args.seed or part["max_users"] != payload.get("max_users", part["max_users"]):
+            raise SystemExit(f"{name}.json sampled other users (seed or --max-users); merge only runs on the same users")
+        seen = {key(r) for r in payload["results"]}
+        payload["results"] += [r for r in part["results"] if key(r) not in seen and r["method"] != "sasrec"]
+        for v, info in part["variants"].items():
+            payload["variants"].setdefault(v, info)
+        payload["merged_from"].append({"name": name, "command": part["environment"]["command"], "date": part["environment"]["date"]})
+        for k in ("targets", "max_users", "seed", "num_beams"):
+            payload.setdefault(k, part[k])
+    for target in payload["targets"]:
+        knn = cell(payload["results"], target, "text-knn", False)
+        if knn is not None:
+            payload["results"] += sasrec_rows(args.sasrec_from, target, knn["users_evaluated"], args.seed)
+    payload["environment"] = environment()
+    sources = "\n".join(f"* `{m['command']}` ({m['date']})" for m in payload["merged_from"])
+    markdown = f"# Zero-shot transfer\n\n{provenance(payload['environment'])}, combining:\n\n{sources}\n\n{tables(payload)}"
+    write_results(args.name, payload, markdown)
+    plot(payload, args.name)
+    print(tables(payload))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", action="append", required=True, help="NAME=CHECKPOINT (repeat for each variant)")
+    parser.add_argument("--variant", action="append", default=[], help="NAME=CHECKPOINT (repeat for each variant)")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--max-users", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
@@ -223,7 +250,10 @@ def main() -> None:
     parser.add_argument("--name", default="transfer")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--merge", default="", help="comma list of results/<NAME>.json to combine into --name (runs nothing; adds SASRec from --sasrec-from)")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args)
     torch.set_num_threads(args.threads)
     variants = dict(v.split("=", 1) for v in args.variant)
     file = RESULTS / f"{args.name}.json"

@@ -170,7 +170,8 @@ class FoundationRec:
         with_eos = encode_ids(tokenizer, ids)
         vocab = int(self.recommender.model.get_output_embeddings().weight.shape[0])
         trie = Trie.build(with_eos, vocab_size=vocab, eos_token_id=tokenizer.eos_token_id, corpus=name)
-        vectors = item_vectors(texts, f"{name} items", progress) if self.recommender.content is not None else None
+        reads_text = self.recommender.content is not None or self.recommender.scorer is not None
+        vectors = item_vectors(texts, f"{name} items", progress) if reads_text else None
         self.catalog = Catalog(name, platform, item_ids, titles, texts, ids, trie, [t[:-1] for t in with_eos], corpus,
                                round(time.perf_counter() - start, 3), vectors)
         return self.catalog

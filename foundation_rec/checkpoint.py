@@ -75,6 +75,20 @@ def load_weights(model, folder: Path) -> None:
         raise FoundationRecError(mismatch)
 
 
+def load_module(folder: Path, weights: str, info: str, build) -> tuple[torch.nn.Module, dict] | None:
+    """A small module saved as ``folder/weights`` (safetensors) + ``folder/info`` (JSON): ``build(info)``
+    makes it, then its weights are loaded; None when ``info`` is absent; one line naming the file when damaged."""
+    if not (folder / info).is_file():
+        return None
+    try:
+        record = json.loads((folder / info).read_text(encoding="utf-8"))
+        module = build(record)
+        module.load_state_dict(safetensors.torch.load_file(str(folder / weights)))
+    except (OSError, ValueError, KeyError, RuntimeError, safetensors.SafetensorError) as err:
+        raise FoundationRecError(f"{folder / weights} is unreadable ({str(err).splitlines()[0][:120]}); restore it from a complete checkpoint") from None
+    return module, record
+
+
 def optimizer_state(optimizer: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON (everything else)."""
     sd = optimizer.state_dict()

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .errors import FoundationRecError
+from .checkpoint import load_module
 
 FILE, INFO = "content.safetensors", "content.json"
 ENCODER = "all-MiniLM-L6-v2"
@@ -54,16 +53,8 @@ class ContentProjection(torch.nn.Module):
 
 def load_projection(folder: str | Path, device: torch.device | str = "cpu") -> ContentProjection | None:
     """The projection saved in a recommender folder, or None when the recommender reads no content vectors."""
-    folder = Path(folder)
-    if not (folder / INFO).is_file():
-        return None
-    try:
-        info = json.loads((folder / INFO).read_text(encoding="utf-8"))
-        module = ContentProjection(int(info["in_dim"]), int(info["width"]))
-        module.load_state_dict(load_file(str(folder / FILE)))
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
-        raise FoundationRecError(f"{folder / FILE} is unreadable ({str(err).splitlines()[0][:120]}); restore it from a complete checkpoint") from None
-    return module.to(device)
+    loaded = load_module(Path(folder), FILE, INFO, lambda info: ContentProjection(int(info["in_dim"]), int(info["width"])))
+    return None if loaded is None else loaded[0].to(device)
 
 
 def item_vectors(texts: Sequence[str], label: str, progress: bool = True) -> torch.Tensor:

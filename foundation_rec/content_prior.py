@@ -34,13 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .errors import FoundationRecError
+from .checkpoint import load_module
 
 FILE, INFO = "scorer.safetensors", "scorer.json"
-DEFAULT_CONTENT_PRIOR = 3.0  # gamma of zero-shot generation when a checkpoint has a scorer (benchmarks/content_prior_gamma.py)
+DEFAULT_CONTENT_PRIOR = 30.0  # gamma of zero-shot generation when a checkpoint has a scorer: the best on pool validation (benchmarks/content_prior_gamma.py)
 
 
 @dataclass
@@ -91,15 +90,10 @@ class ContentScorer(torch.nn.Module):
 
 def load_scorer(folder: str | Path) -> ContentScorer | None:
     """The scorer saved in a recommender folder, or None when the checkpoint has none."""
-    folder = Path(folder)
-    if not (folder / INFO).is_file():
+    loaded = load_module(Path(folder), FILE, INFO, lambda info: ContentScorer(int(info["dim"]), int(info["max_history"])))
+    if loaded is None:
         return None
-    try:
-        info = json.loads((folder / INFO).read_text(encoding="utf-8"))
-        scorer = ContentScorer(int(info["dim"]), int(info["max_history"]))
-        scorer.load_state_dict(load_file(str(folder / FILE)))
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
-        raise FoundationRecError(f"{folder / FILE} is unreadable ({str(err).splitlines()[0][:120]}); restore it from a complete checkpoint") from None
+    scorer, info = loaded
     scorer.record = {k: v for k, v in info.items() if k not in ("dim", "max_history")}
     scorer.train(False)
     return scorer

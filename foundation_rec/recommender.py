@@ -254,7 +254,8 @@ class CatalogRecommender:
         self.vectors = vectors  # content vectors of the prompt items (None: the recommender's own)
         self.calibration = calibration
         if content_prior and (recommender.scorer is None or vectors is None):
-            raise FoundationRecError("--content-prior needs a checkpoint with a content scorer (pre-trained with --content-prior-epochs > 0); pass --content-prior 0")
+            raise FoundationRecError("--content-prior needs a checkpoint with a content scorer (pre-trained with --content-prior-epochs > 0) "
+                                     "and the catalog's text vectors; pass --content-prior 0")
         self.content_prior = content_prior
         self._prior: torch.Tensor | None = None
         self.prompts = prompts
