@@ -42,7 +42,7 @@ from foundation_rec.api import FoundationRec
 from foundation_rec.backbones import PRETRAINED_SPACE_PRESETS
 from foundation_rec.baselines import evaluate_methods
 from foundation_rec.checkpoint import read_config
-from foundation_rec.content_prior import DEFAULT_CONTENT_PRIOR
+from foundation_rec.content_prior import DEFAULT_CONTENT_PRIOR, PriorRanking
 from foundation_rec.corpora import load_corpus
 from foundation_rec.evaluate import evaluate_settings
 
@@ -97,7 +97,7 @@ def run_variant(name: str, checkpoint: Path, target: str, users: int | None, met
     rows = []
     makers = {GENERATE: lambda: model.catalog_recommender(batch_size=args.batch_size, calibration=args.calibration, content_prior=0.0),
               PRIOR: lambda: model.catalog_recommender(batch_size=args.batch_size, calibration=args.calibration, content_prior=args.content_prior),
-              SCORER: lambda: ScorerRanking(model.recommender.scorer, catalog.vectors),
+              SCORER: lambda: PriorRanking(model.recommender.scorer, catalog.vectors),
               RERANK: lambda: model.rerank_recommender(batch_size=args.batch_size, pool=args.rerank_pool, calibration=args.calibration)}
     for method in methods:
         rec = makers[method]()
@@ -108,19 +108,6 @@ def run_variant(name: str, checkpoint: Path, target: str, users: int | None, met
         print(f"  {name} {method} on {target}: N@10 {rows[-2]['metrics']['N@10']:.4f} kept / {rows[-1]['metrics']['N@10']:.4f} excluded "
               f"({rows[-1]['seconds']:.0f} s)", flush=True)
     return rows
-
-
-class ScorerRanking:
-    """The content scorer alone, in the harness's protocol: the catalog ranked by its prior."""
-
-    def __init__(self, scorer, vectors):
-        if scorer is None or vectors is None:
-            raise SystemExit(f"{SCORER} needs a checkpoint with a content scorer and content vectors (benchmarks/add_content_prior.py adds one)")
-        self.scorer, self.vectors = scorer, vectors
-
-    def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
-        return np.concatenate([self.scorer.log_prior(histories[lo : lo + 256], self.vectors).topk(k).indices.numpy()
-                               for lo in range(0, len(histories), 256)])
 
 
 def cell(rows: list[dict], target: str, method: str, exclude: bool, variant: str | None = None) -> dict | None:

@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint import load_module
+from .errors import FoundationRecError
 
 FILE, INFO = "scorer.safetensors", "scorer.json"
 DEFAULT_CONTENT_PRIOR = 30.0  # gamma of zero-shot generation when a checkpoint has a scorer: the best on pool validation (benchmarks/content_prior_gamma.py)
@@ -97,6 +98,19 @@ def load_scorer(folder: str | Path) -> ContentScorer | None:
     scorer.record = {k: v for k, v in info.items() if k not in ("dim", "max_history")}
     scorer.train(False)
     return scorer
+
+
+class PriorRanking:
+    """The content scorer alone, in the evaluation harness's protocol: the catalog (rows of ``vectors``) ranked by its prior."""
+
+    def __init__(self, scorer: ContentScorer | None, vectors: torch.Tensor | None):
+        if scorer is None or vectors is None:
+            raise FoundationRecError("ranking by the content prior needs a checkpoint with a content scorer and the catalog's text vectors")
+        self.scorer, self.vectors = scorer, vectors
+
+    def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
+        return np.concatenate([self.scorer.log_prior(histories[lo : lo + 256], self.vectors).topk(k).indices.numpy()
+                               for lo in range(0, len(histories), 256)])
 
 
 def right_aligned(histories: list[np.ndarray], length: int) -> torch.Tensor:
