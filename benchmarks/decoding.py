@@ -33,9 +33,12 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reference_decoding import dict_trie, reference_beam_search
 
 from foundation_rec.atomic import write_json, write_text
-from foundation_rec.decoding import beam_search, dict_trie, reference_beam_search
+from foundation_rec.decoding import beam_search
 from foundation_rec.errors import FoundationRecError, cli_errors
 from foundation_rec.trie import Trie
 

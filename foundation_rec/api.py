@@ -36,9 +36,9 @@ from .paths import cache_dir
 from .prompts import PromptBuilder
 from .recommender import CatalogRecommender, GenerativeRecommender, RerankRecommender
 from .resolve import ItemResolver, Match
+from .splits import MAX_HISTORY
 from .trie import Trie
 
-MAX_HISTORY = 20  # items of a history the prompt uses (the latest ones)
 MAX_HISTORY_LINES = 50  # longest history accepted
 
 

@@ -37,7 +37,6 @@ reads back.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -110,7 +109,7 @@ world year yellow young zero
 
 @dataclass
 class BackboneConfig:
-    """Which language model to load and how; every field is also a command-line flag (:meth:`add_arguments`)."""
+    """Which language model to load and how; built by the commands from their flags."""
 
     preset: str | None = field(default=None, metadata={"help": f"named model: {', '.join(PRESETS)} (or pass --model)"})
     name_or_path: str | None = field(
@@ -122,27 +121,9 @@ class BackboneConfig:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
     lora_targets: str = field(default="", metadata={"help": "comma-separated module names for LoRA; empty = peft's default"})
     load_in_4bit: bool = field(default=False, metadata={"help": "quantize to 4 bits with bitsandbytes (CUDA only)"})
-    load_in_8bit: bool = field(default=False, metadata={"help": "quantize to 8 bits with bitsandbytes (CUDA only)"})
     dtype: str = field(default="float32", metadata={"help": f"weight dtype: {', '.join(_DTYPES)}"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, or auto (CUDA when available)"})
     seed: int = field(default=0, metadata={"help": "seed for the random initialisation of from-scratch presets"})
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser, prefix: str = "") -> None:
-        """Add one ``--<prefix><field>`` flag per field (``name_or_path`` is ``--<prefix>model``)."""
-        for f in dataclasses.fields(cls):
-            flag = "--" + prefix + ("model" if f.name == "name_or_path" else f.name).replace("_", "-")
-            dest = prefix.replace("-", "_") + f.name
-            if isinstance(f.default, bool):
-                parser.add_argument(flag, dest=dest, action="store_true", help=f.metadata["help"])
-            else:
-                kind = str if f.default is None else type(f.default)
-                parser.add_argument(flag, dest=dest, type=kind, default=f.default, help=f.metadata["help"])
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, prefix: str = "") -> BackboneConfig:
-        """The config given by the flags of :meth:`add_arguments`."""
-        return cls(**{f.name: getattr(args, prefix.replace("-", "_") + f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass
@@ -166,10 +147,6 @@ class Backbone:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    def trainable_parameters(self) -> int:
-        """Number of parameters that receive gradients (only the adapters when LoRA is on)."""
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def save(self, path: str | Path, extra: Mapping[str, Any] | None = None, modules: Sequence[Any] = ()) -> None:
         """Write a ``save_pretrained`` directory atomically; ``extra`` maps file names to JSON objects to add,
@@ -393,20 +370,16 @@ def _detect_family(config: BackboneConfig, source: str, gguf: str | None) -> str
 
 
 def _quantization(config: BackboneConfig, device: torch.device):
-    """A ``BitsAndBytesConfig`` for 4/8-bit loading, or None; CUDA only."""
-    if not (config.load_in_4bit or config.load_in_8bit):
+    """A ``BitsAndBytesConfig`` for 4-bit (NF4) loading, or None; CUDA only."""
+    if not config.load_in_4bit:
         return None
-    flag = "--load-in-4bit" if config.load_in_4bit else "--load-in-8bit"
-    if config.load_in_4bit and config.load_in_8bit:
-        raise FoundationRecError("--load-in-4bit and --load-in-8bit exclude each other; pass one")
+    flag = "--load-in-4bit"
     if device.type != "cuda":
         raise FoundationRecError(f"{flag} needs a CUDA GPU; drop it on CPU")
     if config.preset in _SCRATCH:
         raise FoundationRecError(f"{flag} quantizes pretrained weights; preset {config.preset} is trained from scratch, drop it")
     from transformers import BitsAndBytesConfig
 
-    if config.load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
 
 
@@ -441,7 +414,7 @@ def load_backbone(config: BackboneConfig, *, tokenizer_texts: Iterable[str] | No
         kwargs = {"gguf_file": gguf, "dtype": dtype}
         if gguf is not None:  # dense weights: trainable, and saved with save_pretrained
             if quantization is not None:
-                raise FoundationRecError("bitsandbytes cannot quantize a GGUF file; load it once without --load-in-4bit/8bit")
+                raise FoundationRecError("bitsandbytes cannot quantize a GGUF file; load it once without --load-in-4bit")
             kwargs["quantization_config"] = GgufConfig(dequantize=True)
         if quantization is not None:
             kwargs.update(quantization_config=quantization, device_map={"": device.index or 0})

@@ -29,6 +29,31 @@ forward pass per step; group ``g`` subtracts ``diversity_penalty`` times the num
 was chosen at this step by groups ``0..g-1`` of the same prompt (Hamming diversity). Each group keeps
 its own finished sequences; the result is all groups' finished sequences sorted by score (scores
 include the penalties), a sequence found by several groups kept once.
+
+Options of :func:`beam_search`:
+
+* ``trie`` restricts outputs to its items (its EOS must be ``eos_token_id``);
+* ``bad_token_mask`` (bool ``[V]``, or ``[B, V]`` for one mask per prompt) forbids tokens at every
+  step; ``min_new_tokens`` forbids EOS at the first that many steps (EOS's logit is set to -inf
+  before the softmax); ``no_repeat_tokens`` forbids a beam a token it has already generated;
+* ``word_pieces`` = ``(text_tokens [B, L], continuation [V])`` keeps words whole: a continuation
+  piece (``##ing``) may not start the output, and may follow token ``p`` only where it follows ``p``
+  in prompt ``b``'s ``text_tokens`` (padded with -1); after a token that the text always continues
+  with a piece, only such a piece may come (no EOS, no new word), and the length limit never cuts a
+  word;
+* ``inputs_embeds`` ([B, T, D], the embeddings of ``input_ids``, e.g. with content vectors added)
+  replaces the prompt's token embeddings;
+* ``node_bias`` (``[trie.num_nodes]``) is added to a step's log-probability when it enters trie node
+  ``n`` (e.g. minus a prior's log-probability, see :func:`node_log_probs`), so a finished sequence
+  scores ``sum(log p + bias) / length ** length_penalty``;
+* ``node_prior`` (``[B, trie.num_nodes]``, one per prompt: e.g. the best log prior of the items below
+  each node, :meth:`Trie.best_below`) is added *after* the length normalisation: a beam at node
+  ``n`` scores ``sum(log p) / length ** length_penalty + node_prior[n]``, a finished item its
+  length-normalised log-probability plus its log prior, whatever its ID's length.
+
+The search is split into named steps (:class:`_Search`): the masks (``log_probs``), each group's
+candidates (``candidates``) and selection (``select``, ``finish``), the choice of the rows the model
+still feeds (``compact``) and the merge of the groups (``merge``).
 """
 
 from __future__ import annotations
@@ -155,7 +180,7 @@ def _only_positions(select: torch.Tensor):
     return hook
 
 
-def _check_args(model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, start) -> int | None:
+def _check_args(model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, start, node_prior) -> int | None:
     """Raise a one-line FoundationRecError for unusable arguments; return the decoder start token (seq2seq)."""
     if input_ids.ndim != 2 or len(input_ids) == 0:
         raise FoundationRecError("input_ids must be a non-empty [batch, length] tensor; tokenize a list of prompts")
@@ -165,6 +190,8 @@ def _check_args(model, input_ids, num_beams, max_new_tokens, num_beam_groups, di
         raise FoundationRecError(f"num_beams={num_beams} is not a multiple of num_beam_groups={num_beam_groups}")
     if diversity_penalty < 0:
         raise FoundationRecError("diversity_penalty must be >= 0")
+    if node_prior is not None and (trie is None or node_prior.shape != (len(input_ids), trie.num_nodes)):
+        raise FoundationRecError("node_prior must be [batch, trie.num_nodes] and needs a trie")
     if trie is not None:
         if trie.eos_token_id != eos_token_id:
             raise FoundationRecError(
@@ -184,6 +211,225 @@ def _check_args(model, input_ids, num_beams, max_new_tokens, num_beam_groups, di
     return start
 
 
+NEG_INF = float("-inf")
+
+
+@dataclass
+class _Running:
+    """The running beams of every prompt and group, ``[B, G, width, ...]`` (``width`` is 1 at the first
+    step, where every group starts from the prompt)."""
+
+    scores: torch.Tensor  # sums of log p (+ node_bias); -inf: dead or not fed
+    tokens: torch.Tensor  # [B, G, width, max_new_tokens], padded
+    nodes: torch.Tensor  # trie node of each beam (0: the root)
+    rows: torch.Tensor  # model row holding each beam's logits (0 for beams without one)
+    every_row: bool = True  # rows enumerate the model's rows in order (always at the first step)
+    source: torch.Tensor | None = None  # after a step: the row of the last model call each beam continues
+    last: torch.Tensor | None = None  # after a step: the token each beam just chose
+
+
+@dataclass
+class _Finished:
+    """Each group's best finished sequences, ``[B, G, size, ...]``, and whether each group can still improve."""
+
+    scores: torch.Tensor
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    nodes: torch.Tensor
+    improvable: torch.Tensor  # [B, G]
+
+
+@dataclass
+class _Rows:
+    """What the masks read about each model row: its prompt, its beam's tokens so far (``no_repeat_tokens``)
+    and its last token (``word_pieces``)."""
+
+    prompt: torch.Tensor
+    tokens: torch.Tensor | None = None
+    last: torch.Tensor | None = None
+
+
+@dataclass
+class _Search:
+    """The settings of one :func:`beam_search` call (tensors on its device) and its steps."""
+
+    batch: int
+    vocab: int
+    groups: int
+    size: int  # beams per group
+    max_new_tokens: int
+    eos_token_id: int
+    pad_token_id: int
+    trie: Trie | None
+    diversity_penalty: float
+    length_penalty: float
+    min_new_tokens: int
+    bad_token_mask: torch.Tensor | None
+    no_repeat_tokens: bool
+    word_pieces: tuple[torch.Tensor, torch.Tensor] | None
+    node_bias: torch.Tensor | None
+    node_prior: torch.Tensor | None
+    device: torch.device
+
+    def __post_init__(self):
+        move = lambda x: x.to(self.device) if x is not None else None
+        self.trie, self.bad_token_mask, self.node_bias, self.node_prior = map(move, (self.trie, self.bad_token_mask, self.node_bias, self.node_prior))
+        self.word_pieces = None if self.word_pieces is None else tuple(map(move, self.word_pieces))
+        if self.trie is not None and self.trie.vocab_size > self.vocab:
+            raise FoundationRecError(
+                f"the trie's vocab_size {self.trie.vocab_size} exceeds the model's {self.vocab}; build it with the model's tokenizer"
+            )
+        if self.bad_token_mask is not None and self.bad_token_mask.shape not in ((self.vocab,), (self.batch, self.vocab)):
+            raise FoundationRecError(
+                f"bad_token_mask must be a bool tensor of shape [{self.vocab}] or [{self.batch}, {self.vocab}] (the model's logits)"
+            )
+        self.arange_b = torch.arange(self.batch, device=self.device)[:, None]
+
+    def start(self) -> tuple[_Running, _Finished]:
+        """One running beam per prompt and group (at the root, score 0), and no finished sequence."""
+        b, g, s, t, dev = self.batch, self.groups, self.size, self.max_new_tokens, self.device
+        run = _Running(
+            scores=torch.zeros(b, g, 1, device=dev),
+            tokens=torch.full((b, g, 1, t), self.pad_token_id, dtype=torch.long, device=dev),
+            nodes=torch.zeros(b, g, 1, dtype=torch.long, device=dev),
+            rows=self.arange_b[:, :, None].expand(b, g, 1),
+        )
+        fin = _Finished(
+            scores=torch.full((b, g, s), NEG_INF, device=dev),
+            tokens=torch.full((b, g, s, t), self.pad_token_id, dtype=torch.long, device=dev),
+            lengths=torch.zeros(b, g, s, dtype=torch.long, device=dev),
+            nodes=torch.full((b, g, s), -1, dtype=torch.long, device=dev),
+            improvable=torch.ones(b, g, dtype=torch.bool, device=dev),
+        )
+        return run, fin
+
+    def log_probs(self, logits: torch.Tensor | None, tail, step: int, rows: _Rows) -> torch.Tensor:
+        """``[rows, V]``: the step's log-probabilities, from the model's logits or the scored ``tail``, with
+        every mask in one place: EOS before ``min_new_tokens``, ``bad_token_mask``, ``no_repeat_tokens``
+        and ``word_pieces``."""
+        if tail is None:
+            if step < self.min_new_tokens:
+                logits = logits.index_fill(1, torch.tensor([self.eos_token_id], device=logits.device), NEG_INF)
+            log_probs = torch.log_softmax(logits, dim=-1)
+        else:
+            tail_tokens, tail_scores, at = tail
+            log_probs = torch.full((len(tail_tokens), self.vocab), NEG_INF, device=self.device)
+            log_probs.scatter_(1, tail_tokens[:, at : at + 1].clamp(min=0), tail_scores[:, at : at + 1])
+        if self.bad_token_mask is not None:
+            bad = self.bad_token_mask
+            log_probs = log_probs.masked_fill(bad if bad.dim() == 1 else bad[rows.prompt], NEG_INF)
+        if rows.tokens is not None:
+            log_probs = log_probs.scatter(1, rows.tokens, NEG_INF)
+        if self.word_pieces is not None:
+            text_tokens, continuation = self.word_pieces
+            closing = step == self.max_new_tokens - 1
+            log_probs = log_probs.masked_fill(_unfollowable(continuation, text_tokens, rows.prompt, rows.last, self.eos_token_id, closing), NEG_INF)
+        return log_probs
+
+    def candidates(self, log_probs: torch.Tensor, run: _Running, g: int, chosen: torch.Tensor | None):
+        """Group ``g``'s candidates per beam, ``(scores [B, width, C], tokens, nodes)``: the whole vocabulary
+        (tokens and nodes ``None``) or, with a trie, the children of each beam's node. Scores are the
+        step's log-probabilities plus ``node_bias``, minus the Hamming diversity penalty against the
+        tokens ``chosen`` by groups ``0..g-1`` at this step."""
+        rows, tokens, nodes = run.rows[:, g], None, None
+        if self.trie is None:
+            if run.every_row:  # no copy needed: rows are [B, G, width] in order (or one per prompt)
+                per_group = log_probs.view(self.batch, -1, rows.shape[1], self.vocab)
+                scores = per_group[:, g if per_group.shape[1] > 1 else 0]
+            else:
+                scores = log_probs[rows]
+        else:
+            tokens, nodes, valid = (x.view(self.batch, -1, x.shape[-1]) for x in self.trie.children(run.nodes[:, g].reshape(-1)))
+            scores = log_probs[rows[..., None], tokens].masked_fill(~valid, NEG_INF)
+            if self.node_bias is not None:
+                scores = scores + self.node_bias[nodes.clamp(min=0)]
+        if chosen is not None and g > 0:
+            penalty = chosen[:, None, :] if tokens is None else chosen.gather(1, tokens.flatten(1)).view_as(tokens)
+            scores = scores - self.diversity_penalty * penalty
+        return scores, tokens, nodes
+
+    def select(self, g: int, run: _Running, candidates, fin: _Finished, step: int, chosen: torch.Tensor | None) -> tuple:
+        """Group ``g``'s step: of the best ``2 * size`` continuations, those that end and rank among the best
+        ``size`` join the finished ones (while the group can improve); the best ``size`` that do not end
+        run on. Returns them as ``(source rows, tokens, score sums, sequences, nodes)``."""
+        cand_scores, cand_tokens, cand_nodes = candidates
+        running = (run.scores[:, g, :, None] + cand_scores).flatten(1)  # [B, width * C]: sums of log p (+ node_bias)
+        total = running / (step + 1) ** self.length_penalty
+        if self.node_prior is not None:
+            total = total + self.node_prior.gather(1, cand_nodes.clamp(min=0).flatten(1))
+        k = min(2 * self.size, total.shape[1])
+        top_scores, top_index = total.topk(k, dim=1)
+        beam = top_index // cand_scores.shape[2]
+        if self.trie is None:
+            token, node = top_index % cand_scores.shape[2], None
+            ends = (token == self.eos_token_id) | (step == self.max_new_tokens - 1)
+        else:
+            token, node = cand_tokens.flatten(1).gather(1, top_index), cand_nodes.flatten(1).gather(1, top_index)
+            ends = self.trie.items(node) >= 0
+        ends &= top_scores > NEG_INF
+        seqs = run.tokens[:, g][self.arange_b, beam]  # [B, k, T]
+        seqs[:, :, step] = token
+        self.finish(g, fin, torch.where(ends & (torch.arange(k, device=self.device) < self.size), top_scores, NEG_INF), seqs, node, step)
+        neg_inf = torch.tensor(NEG_INF, device=self.device)
+        keep = torch.cat([torch.where(ends, neg_inf, top_scores), neg_inf.expand(self.batch, max(self.size - k, 0))], dim=1).topk(self.size, dim=1)
+        pick, dead = keep.indices.clamp(max=k - 1), keep.values == NEG_INF
+        fin.improvable[:, g] &= keep.values[:, 0] > fin.scores[:, g].min(dim=1).values
+        token = token.gather(1, pick)
+        if chosen is not None:
+            chosen.scatter_add_(1, token, (~dead).float())
+        return (run.rows[:, g].gather(1, beam.gather(1, pick)), token, running.gather(1, top_index).gather(1, pick).masked_fill(dead, NEG_INF),
+                seqs[self.arange_b, pick], None if node is None else node.gather(1, pick).masked_fill(dead, -1))  # fmt: skip
+
+    def finish(self, g: int, fin: _Finished, done: torch.Tensor, seqs: torch.Tensor, node: torch.Tensor | None, step: int) -> None:
+        """Merge group ``g``'s newly finished candidates (``done`` [B, k]: their scores, -inf for none) into its best ``size``."""
+        done = torch.where(fin.improvable[:, g, None], done, NEG_INF)
+        merged = torch.cat([fin.scores[:, g], done], dim=1).topk(self.size, dim=1)
+        fin.scores[:, g] = merged.values
+        fin.tokens[:, g] = torch.cat([fin.tokens[:, g], seqs], dim=1)[self.arange_b, merged.indices]
+        fin.lengths[:, g] = torch.cat([fin.lengths[:, g], torch.full(done.shape, step + 1, dtype=torch.long, device=self.device)], dim=1).gather(1, merged.indices)
+        if node is not None:
+            fin.nodes[:, g] = torch.cat([fin.nodes[:, g], node], dim=1).gather(1, merged.indices)
+
+    def advance(self, log_probs: torch.Tensor, run: _Running, fin: _Finished, step: int) -> _Running:
+        """One step of every group, in order (diverse beam search: later groups see earlier groups' choices)."""
+        chosen = torch.zeros(self.batch, log_probs.shape[-1], device=self.device) if self.diversity_penalty else None
+        parts = [self.select(g, run, self.candidates(log_probs, run, g, chosen), fin, step, chosen) for g in range(self.groups)]
+        source, last, scores, tokens, nodes = (torch.stack(x, dim=1) if x[0] is not None else None for x in zip(*parts))
+        return _Running(scores, tokens, run.nodes if nodes is None else nodes, run.rows, run.every_row, source, last)
+
+    def compact(self, run: _Running, fin: _Finished, step: int):
+        """Keep for the model only the live beams of groups that can still improve, and number their rows.
+        Returns ``None`` when decoding is over, else ``(rows, source, tokens, nodes)``: the new rows' mask
+        state, the previous row each continues, the token it feeds and its trie node."""
+        needed = (run.scores > NEG_INF) & fin.improvable[:, :, None]
+        if step == self.max_new_tokens - 1 or not needed.any():
+            return None
+        run.every_row = bool(needed.all())
+        run.scores = run.scores.masked_fill(~needed, NEG_INF)
+        run.rows = torch.zeros_like(run.scores, dtype=torch.long)
+        run.rows[needed] = torch.arange(int(needed.sum()), device=self.device)
+        tokens = run.last[needed]
+        rows = _Rows(
+            prompt=self.arange_b[:, :, None].expand_as(needed)[needed],
+            tokens=run.tokens[needed][:, : step + 1] if self.no_repeat_tokens else None,
+            last=tokens if self.word_pieces is not None else None,
+        )
+        return rows, run.source[needed], tokens, run.nodes[needed] if self.trie is not None else None
+
+    def merge(self, fin: _Finished) -> BeamSearchOutput:
+        """All groups' finished sequences, best first; a sequence found by several groups is kept once."""
+        scores, sequences, nodes = fin.scores.flatten(1), fin.tokens.flatten(1, 2), fin.nodes.flatten(1)
+        for dedupe in (False, True) if self.groups > 1 else (False,):
+            if dedupe:
+                scores = scores.masked_fill((sequences[:, :, None] == sequences[:, None]).all(-1).tril(-1).any(-1), NEG_INF)
+            scores, order = scores.sort(dim=1, descending=True, stable=True)
+            sequences, nodes = sequences[self.arange_b, order], nodes[self.arange_b, order]
+        empty = scores == NEG_INF
+        sequences = sequences[:, :, : max(int(fin.lengths.max()), 1)].masked_fill(empty[..., None], self.pad_token_id)
+        items = torch.full_like(nodes, -1) if self.trie is None else self.trie.items(nodes).masked_fill(empty, -1)
+        return BeamSearchOutput(sequences=sequences, scores=scores, items=items)
+
+
 @torch.inference_mode()
 def beam_search(
     model,
@@ -200,196 +446,43 @@ def beam_search(
     bad_token_mask: torch.Tensor | None = None,
     decoder_start_token_id: int | None = None,
     length_penalty: float = 1.0,
+    min_new_tokens: int = 0,
     no_repeat_tokens: bool = False,
     word_pieces: tuple[torch.Tensor, torch.Tensor] | None = None,
     inputs_embeds: torch.Tensor | None = None,
     node_bias: torch.Tensor | None = None,
     node_prior: torch.Tensor | None = None,
 ) -> BeamSearchOutput:
-    """Beam search over ``model`` for each prompt row of ``input_ids`` (left-padded for decoder-only).
-
-    ``trie`` restricts outputs to its items (its EOS must be ``eos_token_id``); ``bad_token_mask``
-    (bool ``[V]``, or ``[B, V]`` for one mask per prompt) forbids tokens at every step;
-    ``no_repeat_tokens`` forbids a beam a token it has already generated. ``word_pieces`` =
-    ``(text_tokens [B, L], continuation [V])`` keeps words whole: a continuation piece (``##ing``) may
-    not start the output, and may follow token ``p`` only where it follows ``p`` in prompt ``b``'s
-    ``text_tokens`` (padded with -1); after a token that the text always continues with a piece,
-    only such a piece may come (no EOS, no new word), and the length limit never cuts a word. See
-    the module docstring for the selection rules and scores. ``inputs_embeds`` ([B, T, D], the
-    embeddings of ``input_ids``, e.g. with content vectors added) replaces the prompt's token
-    embeddings. ``node_bias`` (``[trie.num_nodes]``) is added to a step's log-probability when it
-    enters trie node ``n`` (e.g. minus a prior's log-probability, see :func:`node_log_probs`), so a
-    finished sequence scores ``sum(log p + bias) / length ** length_penalty``. ``node_prior``
-    (``[B, trie.num_nodes]``, one per prompt: e.g. the best log prior of the items below each node,
-    :meth:`Trie.best_below`) is added *after* the length normalisation: a beam at node ``n`` scores
-    ``sum(log p) / length ** length_penalty + node_prior[n]``, a finished item its length-normalised
-    log-probability plus its log prior, whatever its ID's length. Returns ``num_beams`` results per
-    prompt, best first.
-    """
+    """Beam search over ``model`` for each prompt row of ``input_ids`` (left-padded for decoder-only);
+    ``num_beams`` results per prompt, best first. The module docstring gives the selection rules, the
+    scores and the meaning of each option (*Options*)."""
     start = _check_args(
-        model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, decoder_start_token_id
+        model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, decoder_start_token_id, node_prior
     )
-    device = input_ids.device
-    trie = trie.to(device) if trie is not None else None
-    node_bias = node_bias.to(device) if node_bias is not None else None
-    node_prior = node_prior.to(device) if node_prior is not None else None
-    if node_prior is not None and (trie is None or node_prior.shape != (len(input_ids), trie.num_nodes)):
-        raise FoundationRecError("node_prior must be [batch, trie.num_nodes] and needs a trie")
-    batch, groups = len(input_ids), num_beam_groups
-    size = num_beams // groups  # beams per group
-    neg_inf = torch.tensor(float("-inf"), device=device)
-    arange_b = torch.arange(batch, device=device)[:, None]
-
-    # running beams [B, G, width, ...]; width is 1 at the first step (every group starts from the prompt)
-    run_scores = torch.zeros(batch, groups, 1, device=device)
-    run_tokens = torch.full((batch, groups, 1, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    run_nodes = torch.zeros(batch, groups, 1, dtype=torch.long, device=device)
-    run_rows = arange_b[:, :, None].expand(batch, groups, 1)  # model row holding each beam's logits (0: none)
-    every_row = True  # run_rows enumerates the model's rows in order (always at the first step)
-    # finished sequences per group [B, G, size, ...]
-    fin_scores = torch.full((batch, groups, size), float("-inf"), device=device)
-    fin_tokens = torch.full((batch, groups, size, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    fin_lengths = torch.zeros(batch, groups, size, dtype=torch.long, device=device)
-    fin_nodes = torch.full((batch, groups, size), -1, dtype=torch.long, device=device)
-    improvable = torch.ones(batch, groups, dtype=torch.bool, device=device)
-    bad_token_mask = None if bad_token_mask is None else bad_token_mask.to(device)
-
     stepper = _IncrementalModel(model, input_ids, attention_mask, start, inputs_embeds)
     logits = stepper.first()
-    vocab = logits.shape[-1]
-    if trie is not None and trie.vocab_size > vocab:
-        raise FoundationRecError(
-            f"the trie's vocab_size {trie.vocab_size} exceeds the model's {vocab}; build it with the model's tokenizer"
-        )
-    if bad_token_mask is not None and bad_token_mask.shape not in ((vocab,), (batch, vocab)):
-        raise FoundationRecError(f"bad_token_mask must be a bool tensor of shape [{vocab}] or [{batch}, {vocab}] (the model's logits)")
-    row_prompt = torch.arange(batch, device=device)  # prompt of each model row (one row per prompt at the first step)
-    row_tokens = None  # tokens generated so far by the beam of each model row
-    row_last = None  # last generated token of each model row (with word_pieces)
-    if word_pieces is not None:
-        text_tokens, continuation = (x.to(device) for x in word_pieces)
+    search = _Search(
+        len(input_ids), logits.shape[-1], num_beam_groups, num_beams // num_beam_groups, max_new_tokens, eos_token_id, pad_token_id, trie,
+        diversity_penalty, length_penalty, min_new_tokens, bad_token_mask, no_repeat_tokens, word_pieces, node_bias, node_prior, input_ids.device,
+    )  # fmt: skip
+    run, fin = search.start()
+    rows, tail = _Rows(prompt=torch.arange(len(input_ids), device=input_ids.device)), None
     # once every live beam is on a single path to a leaf (Trie.tails), one model call scores all the
     # remaining tokens and later steps read them from `tail` (tokens [rows, D], log-probs [rows, D], offset)
-    tail = None
-    use_tails = trie is not None and groups == 1 and not no_repeat_tokens and word_pieces is None
+    use_tails = trie is not None and num_beam_groups == 1 and not no_repeat_tokens and word_pieces is None and min_new_tokens <= 1
     for step in range(max_new_tokens):
-        if tail is None:
-            log_probs = torch.log_softmax(logits, dim=-1)  # [rows, V]
-        else:
-            tail_tokens, tail_scores, at = tail
-            log_probs = torch.full((len(tail_tokens), vocab), float("-inf"), device=device)
-            log_probs.scatter_(1, tail_tokens[:, at : at + 1].clamp(min=0), tail_scores[:, at : at + 1])
-        if bad_token_mask is not None:
-            log_probs = log_probs.masked_fill(bad_token_mask if bad_token_mask.dim() == 1 else bad_token_mask[row_prompt], float("-inf"))
-        if row_tokens is not None:
-            log_probs = log_probs.scatter(1, row_tokens, float("-inf"))
-        last_step = step == max_new_tokens - 1
-        if word_pieces is not None:
-            unfollowable = _unfollowable(continuation, text_tokens, row_prompt, row_last, eos_token_id, last_step)
-            log_probs = log_probs.masked_fill(unfollowable, float("-inf"))
-        norm = (step + 1) ** length_penalty
-        chosen = torch.zeros(batch, log_probs.shape[-1], device=device) if diversity_penalty else None
-        next_row, next_token, next_node, next_score, next_seqs = [], [], [], [], []
-        for g in range(groups):
-            rows = run_rows[:, g]  # [B, width]; beams without a row have score -inf
-            # candidates per beam: the whole vocabulary, or the children of the beam's trie node
-            if trie is None:
-                cand_tokens = None
-                if every_row:  # no copy needed: rows are [B, G, width] in order (or one per prompt)
-                    per_group = log_probs.view(batch, -1, rows.shape[1], vocab)
-                    cand_scores = per_group[:, g if per_group.shape[1] > 1 else 0]
-                else:
-                    cand_scores = log_probs[rows]
-            else:
-                cand_tokens, cand_nodes, valid = trie.children(run_nodes[:, g].reshape(-1))
-                cand_tokens, cand_nodes, valid = (x.view(batch, -1, x.shape[-1]) for x in (cand_tokens, cand_nodes, valid))
-                cand_scores = log_probs[rows[..., None], cand_tokens].masked_fill(~valid, float("-inf"))
-                if node_bias is not None:
-                    cand_scores = cand_scores + node_bias[cand_nodes.clamp(min=0)]
-            if chosen is not None and g > 0:  # Hamming diversity against earlier groups at this step
-                if cand_tokens is None:
-                    penalty = chosen[:, None, :]
-                else:
-                    penalty = chosen.gather(1, cand_tokens.flatten(1)).view_as(cand_tokens)
-                cand_scores = cand_scores - diversity_penalty * penalty
-            num_cands = cand_scores.shape[2]
-            running = (run_scores[:, g, :, None] + cand_scores).flatten(1)  # [B, width * C]: sums of log p (+ node_bias)
-            total = running / norm
-            if node_prior is not None:
-                total = total + node_prior.gather(1, cand_nodes.clamp(min=0).flatten(1))
-            k = min(2 * size, total.shape[1])
-            top_scores, top_index = total.topk(k, dim=1)
-            beam = top_index // num_cands
-            if trie is None:
-                token = top_index % num_cands
-                ends = (token == eos_token_id) | last_step
-            else:
-                token = cand_tokens.flatten(1).gather(1, top_index)
-                node = cand_nodes.flatten(1).gather(1, top_index)
-                ends = trie.items(node) >= 0
-            ends &= top_scores > float("-inf")
-            seqs = run_tokens[:, g][arange_b, beam]  # [B, k, T]
-            seqs[:, :, step] = token
-
-            # finished: an ending candidate among the best `size`, while the prompt can still improve
-            in_top = torch.arange(k, device=device) < size
-            done = torch.where(ends & in_top & improvable[:, g, None], top_scores, neg_inf)
-            merged = torch.cat([fin_scores[:, g], done], dim=1).topk(size, dim=1)
-            fin_scores[:, g] = merged.values
-            fin_tokens[:, g] = torch.cat([fin_tokens[:, g], seqs], dim=1)[arange_b, merged.indices]
-            fin_lengths[:, g] = torch.cat([fin_lengths[:, g], torch.full_like(beam, step + 1)], dim=1).gather(1, merged.indices)
-            if trie is not None:
-                fin_nodes[:, g] = torch.cat([fin_nodes[:, g], node], dim=1).gather(1, merged.indices)
-
-            # running: the best `size` candidates that did not end; missing ones are dead (score -inf)
-            keep = torch.cat([torch.where(ends, neg_inf, top_scores), neg_inf.expand(batch, max(size - k, 0))], dim=1)
-            keep = keep.topk(size, dim=1)
-            pick = keep.indices.clamp(max=k - 1)
-            next_row.append(rows.gather(1, beam.gather(1, pick)))
-            next_token.append(token.gather(1, pick))
-            next_score.append(running.gather(1, top_index).gather(1, pick).masked_fill(keep.values == float("-inf"), float("-inf")))
-            next_seqs.append(seqs[arange_b, pick])
-            if trie is not None:
-                next_node.append(node.gather(1, pick).masked_fill(keep.values == float("-inf"), -1))
-            improvable[:, g] &= keep.values[:, 0] > fin_scores[:, g].min(dim=1).values
-            if chosen is not None:
-                chosen.scatter_add_(1, next_token[-1], (keep.values > float("-inf")).float())
-
-        run_scores, run_tokens = torch.stack(next_score, dim=1), torch.stack(next_seqs, dim=1)
-        if trie is not None:
-            run_nodes = torch.stack(next_node, dim=1)
-        # only live beams of prompts (groups) that can still improve are fed to the model
-        needed = (run_scores > float("-inf")) & improvable[:, :, None]
-        if last_step or not needed.any():
+        run = search.advance(search.log_probs(logits, tail, step, rows), run, fin, step)
+        fed = search.compact(run, fin, step)
+        if fed is None:
             break
-        every_row = bool(needed.all())
-        run_scores = run_scores.masked_fill(~needed, float("-inf"))
-        run_rows = torch.zeros_like(run_scores, dtype=torch.long)
-        run_rows[needed] = torch.arange(int(needed.sum()), device=device)
-        row_prompt = arange_b[:, :, None].expand_as(needed)[needed]
-        if no_repeat_tokens:
-            row_tokens = torch.stack(next_seqs, dim=1)[needed][:, : step + 1]
-        source, tokens = torch.stack(next_row, dim=1)[needed], torch.stack(next_token, dim=1)[needed]
-        if word_pieces is not None:
-            row_last = tokens
+        rows, source, tokens, nodes = fed
         if tail is not None:
             tail = (tail[0][source], tail[1][source], tail[2] + 1)
         elif use_tails:
-            tail = _score_tails(stepper, trie, run_nodes[needed], source, tokens, vocab)
+            tail = _score_tails(stepper, search.trie, nodes, source, tokens, search.vocab)
         if tail is None:
             logits = stepper.next(source, tokens)
-
-    # merge the groups' finished sequences, best first; a sequence found by several groups is kept once
-    scores, sequences, nodes = fin_scores.flatten(1), fin_tokens.flatten(1, 2), fin_nodes.flatten(1)
-    for dedupe in (False, True) if groups > 1 else (False,):
-        if dedupe:
-            scores = scores.masked_fill((sequences[:, :, None] == sequences[:, None]).all(-1).tril(-1).any(-1), float("-inf"))
-        scores, order = scores.sort(dim=1, descending=True, stable=True)
-        sequences, nodes = sequences[arange_b, order], nodes[arange_b, order]
-    empty = scores == float("-inf")
-    sequences = sequences[:, :, : max(int(fin_lengths.max()), 1)].masked_fill(empty[..., None], pad_token_id)
-    items = torch.full_like(nodes, -1) if trie is None else trie.items(nodes).masked_fill(empty, -1)
-    return BeamSearchOutput(sequences=sequences, scores=scores, items=items)
+    return search.merge(fin)
 
 
 def _score_tails(stepper: _IncrementalModel, trie: Trie, nodes: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor, vocab: int):
@@ -446,82 +539,6 @@ def _unfollowable(
     if closing:
         bad |= scatter(text >= 0, text) & ~scatter(word_end, text)
     return bad
-
-
-def dict_trie(trie: Trie) -> dict:
-    """The trie as nested Python dicts ``{token: child}``; a leaf holds ``{-1: item}`` (for the reference)."""
-    root: dict = {}
-    for item, sequence in enumerate(trie.sequences()):
-        node = root
-        for token in sequence:
-            node = node.setdefault(token, {})
-        node[-1] = item
-    return root
-
-
-@torch.inference_mode()
-def reference_beam_search(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    *,
-    num_beams: int,
-    max_new_tokens: int,
-    eos_token_id: int,
-    pad_token_id: int,
-    prefix_trie: dict | None = None,
-    bad_token_mask: torch.Tensor | None = None,
-    decoder_start_token_id: int | None = None,
-    length_penalty: float = 1.0,
-) -> BeamSearchOutput:
-    """The baseline :func:`beam_search` is checked and benchmarked against: ``model.generate`` with
-    ``num_beams = num_return_sequences = num_beams`` and, given ``prefix_trie`` (:func:`dict_trie`),
-    a ``prefix_allowed_tokens_fn`` that walks the dict trie from its root for every beam at every step
-    (IDGenRec's original constrained decoding). Output in :class:`BeamSearchOutput` form."""
-    from transformers import GenerationConfig
-
-    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
-    prompt = 1 if seq2seq else input_ids.shape[1]
-
-    def allowed(_batch_id: int, sent: torch.Tensor) -> list[int]:
-        node = prefix_trie
-        for token in sent.tolist()[prompt:]:
-            node = node.get(token)
-            if node is None:  # a filler beam beyond the catalog: end it
-                return [eos_token_id]
-        return [token for token in node if token >= 0] or [eos_token_id]
-
-    config = GenerationConfig(
-        num_beams=num_beams,
-        num_return_sequences=num_beams,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        early_stopping=False,
-        length_penalty=length_penalty,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        decoder_start_token_id=decoder_start_token_id if seq2seq else None,
-        suppress_tokens=None if bad_token_mask is None else bad_token_mask.nonzero().flatten().tolist(),
-        return_dict_in_generate=True,
-        output_scores=True,
-    )
-    out = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        generation_config=config,
-        prefix_allowed_tokens_fn=allowed if prefix_trie is not None else None,
-    )
-    sequences = out.sequences[:, prompt:]
-    after_eos = (sequences == eos_token_id).long().cumsum(-1) - (sequences == eos_token_id).long() > 0
-    sequences = sequences.masked_fill(after_eos, pad_token_id).view(len(input_ids), num_beams, -1)
-    items = []
-    for row in sequences.flatten(0, 1).tolist():
-        node = prefix_trie or {}
-        for token in row[: row.index(eos_token_id) + 1 if eos_token_id in row else 0]:
-            node = node.get(token, {})
-        items.append(node.get(-1, -1))
-    items = torch.tensor(items, device=sequences.device).view(sequences.shape[:2])
-    return BeamSearchOutput(sequences=sequences, scores=out.sequences_scores.view(items.shape), items=items)
 
 
 @torch.no_grad()

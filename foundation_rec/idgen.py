@@ -35,7 +35,6 @@ the generator: teacher-forced per-token probabilities of given ID token sequence
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import random
 import re
@@ -148,34 +147,6 @@ class Assignment:
     ids: list[str]
     rounds: list[dict] = field(default_factory=list)
     fallbacks: int = 0
-
-
-class _NoEarlyEOS:
-    """Model proxy for :func:`beam_search` that forbids EOS during the first ``min_new_tokens`` steps.
-
-    ``beam_search`` calls the model once per generated token, so counting calls counts steps; the
-    proxy keeps the model's ``config``, ``get_encoder`` and ``forward`` signature, which it reads.
-    """
-
-    def __init__(self, model, eos_token_id: int, min_new_tokens: int):
-        self.model, self.config = model, model.config
-        self.eos_token_id, self.min_new_tokens, self.calls = eos_token_id, min_new_tokens, 0
-
-        @functools.wraps(model.forward)
-        def forward(**kwargs):
-            return self(**kwargs)
-
-        self.forward = forward
-
-    def get_encoder(self):
-        return self.model.get_encoder()
-
-    def __call__(self, **kwargs):
-        out = self.model(**kwargs)
-        if self.calls < self.min_new_tokens:
-            out.logits[..., self.eos_token_id] = float("-inf")
-        self.calls += 1
-        return out
 
 
 class IDGenerator:
@@ -293,12 +264,13 @@ class IDGenerator:
             batch_texts = [texts[i] for i in batch]
             rows = self.value_tokens(batch_texts) if cfg.extractive else None
             result = beam_search(
-                _NoEarlyEOS(model, tok.eos_token_id, min_new_tokens),
+                model,
                 **self._inputs(batch_texts),
                 num_beams=cfg.num_beams,
                 num_beam_groups=cfg.num_beam_groups,
                 diversity_penalty=penalty,
                 max_new_tokens=max_new,
+                min_new_tokens=min_new_tokens,
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,
                 bad_token_mask=self.text_token_mask(batch_texts, rows=rows) if cfg.extractive else self.bad_token_mask(),
@@ -502,7 +474,7 @@ def warmup(
 
 @dataclass
 class IDTable:
-    """Textual ID of every item of every corpus, keyed by corpus name and item row (or item id string).
+    """Textual ID of every item of every corpus: ``ids[corpus][row]``, next to ``item_ids[corpus][row]``.
 
     ``scopes[corpus]`` names the group within which IDs are unique (``pool`` for the pre-training
     corpora, the corpus name for a target); ``generation[corpus]`` records how the IDs were found.
@@ -513,44 +485,12 @@ class IDTable:
     scopes: dict[str, str] = field(default_factory=dict)
     generation: dict[str, dict] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self._rows: dict[tuple[str, str], int] = {}
-
     def add(self, corpus: str, ids: Sequence[str], item_ids: Sequence[str], scope: str, generation: dict | None = None) -> None:
         """Set the IDs of ``corpus`` (one per row, in row order)."""
         if len(ids) != len(item_ids):
             raise FoundationRecError(f"{corpus}: {len(ids)} IDs for {len(item_ids)} items; pass one ID per item")
         self.ids[corpus], self.item_ids[corpus], self.scopes[corpus] = list(ids), [str(i) for i in item_ids], scope
         self.generation[corpus] = generation or {}
-        self._rows = {}
-
-    def id_of(self, corpus: str, key: int | str) -> str:
-        """The ID of row ``key`` (int) or of the item whose original id is ``key`` (str)."""
-        self._check(corpus)
-        if isinstance(key, str):
-            if (corpus, "item:" + key) not in self._index():
-                raise FoundationRecError(f"{corpus} has no item {key!r}; pass an item id of this corpus")
-            key = self._index()[(corpus, "item:" + key)]
-        return self.ids[corpus][key]
-
-    def row_of(self, corpus: str, textual_id: str) -> int:
-        """The row of the item whose ID is ``textual_id`` (normalised first)."""
-        self._check(corpus)
-        row = self._index().get((corpus, "id:" + normalize_id(textual_id)))
-        if row is None:
-            raise FoundationRecError(f"{corpus} has no item with ID {textual_id!r}; pass an ID from the table")
-        return row
-
-    def _check(self, corpus: str) -> None:
-        if corpus not in self.ids:
-            raise FoundationRecError(f"the ID table has no corpus {corpus!r}; it has {', '.join(self.ids) or 'none'}")
-
-    def _index(self) -> dict[tuple[str, str], int]:
-        if not self._rows:
-            for corpus, ids in self.ids.items():
-                self._rows.update({(corpus, "id:" + i): row for row, i in enumerate(ids)})
-                self._rows.update({(corpus, "item:" + i): row for row, i in enumerate(self.item_ids[corpus])})
-        return self._rows
 
     def save(self, directory: str | Path) -> None:
         """Write ``<directory>/ids.json`` atomically."""

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 import datasets
 import numpy as np
 
-from .baselines.common import train_part
 from .corpora import Corpus
-from .splits import MAX_HISTORY, Split, leave_one_out
+from .splits import MAX_HISTORY, Split, leave_one_out, train_part
 
 
 def sample_corpus(corpus: Corpus, max_users: int | None, seed: int) -> Corpus:

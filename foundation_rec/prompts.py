@@ -144,7 +144,7 @@ def user_textual_ids(train_offsets: np.ndarray, train_values: np.ndarray, id_str
     """A textual ID per user: the ``max_words`` most frequent words in the IDs of the user's training items.
 
     ``train_offsets``/``train_values`` hold each user's *training prefix* only (see
-    :func:`foundation_rec.baselines.common.train_part`), so no validation or test item shapes a
+    :func:`foundation_rec.splits.train_part`), so no validation or test item shapes a
     user's ID. Ties keep first appearance; a user with no training items gets ``""`` (anonymous).
     """
     out = []

@@ -87,3 +87,18 @@ def leave_one_out(sequences, split: str, max_history: int = MAX_HISTORY) -> Spli
         rows = np.nonzero(lengths >= back + 1)[0]
         positions = lengths[rows] - back
     return Split(split, offsets, values, rows.astype(np.int64), positions.astype(np.int64), max_history)
+
+
+def train_part(item_sequences) -> tuple[np.ndarray, np.ndarray]:
+    """``(offsets, values)`` of every user's training part ``s[0] .. s[n-3]`` (everything before the last two items).
+
+    Validation and test targets (``s[n-2]``, ``s[n-1]``) are never in it; users with fewer than 3 items
+    contribute nothing.
+    """
+    loo = leave_one_out(item_sequences, "test")  # any split carries the flattened sequences
+    lengths = np.diff(loo.offsets)
+    kept = np.maximum(lengths - 2, 0)
+    position = np.arange(len(loo.values)) - np.repeat(loo.offsets[:-1], lengths)
+    offsets = np.zeros(len(kept) + 1, dtype=np.int64)
+    np.cumsum(kept, out=offsets[1:])
+    return offsets, loo.values[position < np.repeat(kept, lengths)]

@@ -12,17 +12,14 @@ else, so the leaves are exactly the EOS nodes and each leaf carries one item. La
   ``item_row[i]`` of corpus ``corpora[item_corpus[i]]``.
 
 All queries take a batch of nodes and use tensor operations only (node ``-1`` is a dead beam and
-has no children). :meth:`Trie.union` merges per-corpus tries into one over all their items.
+has no children).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
-import safetensors.torch
 import torch
 
 from .errors import FoundationRecError
@@ -31,7 +28,7 @@ _TENSORS = ("offsets", "edge_token", "node_item", "item_corpus", "item_row")
 
 
 class Trie:
-    """A prefix trie over ID token sequences; build it with :meth:`build`, :meth:`union` or :meth:`load`."""
+    """A prefix trie over ID token sequences; build it with :meth:`build`."""
 
     def __init__(
         self,
@@ -86,28 +83,6 @@ class Trie:
             raise FoundationRecError(f"got {len(rows)} rows for {len(lengths)} ID sequences; pass one row per sequence")
         corpus_ids = np.zeros(len(lengths), dtype=np.int64)
         return cls._from_matrix(tokens, lengths, corpus_ids, rows, [corpus], vocab_size, eos_token_id)
-
-    @classmethod
-    def union(cls, tries: Sequence[Trie]) -> Trie:
-        """One trie over the items of all ``tries``; global item index = position in the concatenation.
-
-        Corpora with the same name are merged. Two items with the same ID raise (IDs must be unique).
-        """
-        if not tries:
-            raise FoundationRecError("union of no tries; pass at least one trie")
-        first = tries[0]
-        if any((t.vocab_size, t.eos_token_id) != (first.vocab_size, first.eos_token_id) for t in tries):
-            raise FoundationRecError("tries use different tokenizers (vocab size or EOS); build them with one tokenizer")
-        corpora = list(dict.fromkeys(name for t in tries for name in t.corpora))
-        width = max(t.max_depth for t in tries)
-        parts = [t._token_matrix() for t in tries]
-        tokens = np.concatenate([np.pad(m, ((0, 0), (0, width - m.shape[1])), constant_values=-1) for m, _ in parts])
-        lengths = np.concatenate([n for _, n in parts])
-        corpus_ids = np.concatenate(
-            [np.asarray([corpora.index(c) for c in t.corpora], dtype=np.int64)[t.item_corpus.cpu().numpy()] for t in tries]
-        )
-        rows = np.concatenate([t.item_row.cpu().numpy() for t in tries])
-        return cls._from_matrix(tokens, lengths, corpus_ids, rows, corpora, first.vocab_size, first.eos_token_id)
 
     @classmethod
     def _from_matrix(cls, tokens, lengths, corpus_ids, rows, corpora, vocab_size, eos_token_id) -> Trie:
@@ -187,14 +162,6 @@ class Trie:
         tokens = torch.where(valid, self.edge_token[edge.clamp(max=len(self.edge_token) - 1)], 0)
         return tokens, torch.where(valid, edge + 1, -1), valid
 
-    def allowed_mask(self, nodes: torch.Tensor) -> torch.Tensor:
-        """Boolean ``[N, vocab_size]``: which tokens may follow each node."""
-        tokens, _, valid = self.children(nodes)
-        mask = torch.zeros(len(nodes), self.vocab_size, dtype=torch.bool, device=nodes.device)
-        rows = torch.arange(len(nodes), device=nodes.device)[:, None].expand_as(tokens)
-        mask[rows[valid], tokens[valid]] = True
-        return mask
-
     def advance(self, nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Node reached from each of ``nodes`` by ``tokens`` (both ``[N]``); -1 where that is no edge."""
         key = nodes * self.vocab_size + tokens
@@ -232,12 +199,6 @@ class Trie:
     def items(self, nodes: torch.Tensor) -> torch.Tensor:
         """Item index at each node (a leaf), -1 for inner and dead nodes."""
         return torch.where(nodes >= 0, self.node_item[nodes.clamp(min=0)], -1)
-
-    def locate(self, items: Sequence[int] | torch.Tensor) -> list[tuple[str, int]]:
-        """``(corpus, row)`` of each flat item index."""
-        items = torch.as_tensor(items, dtype=torch.long).cpu()
-        corpus, row = self.item_corpus.cpu()[items].tolist(), self.item_row.cpu()[items].tolist()
-        return [(self.corpora[c], r) for c, r in zip(corpus, row, strict=True)]
 
     def paths(self) -> torch.Tensor:
         """``[num_items, max_depth]``: the node each item's ID reaches after each of its tokens (its leaf last), -1 padded."""
@@ -293,7 +254,7 @@ class Trie:
         tokens = np.where(col >= 0, np.take_along_axis(reversed_tokens, np.maximum(col, 0), axis=1), -1)
         return tokens, lengths
 
-    # ----------------------------------------------------------------------------- device and files
+    # ----------------------------------------------------------------------------- device
 
     def to(self, device: torch.device | str) -> Trie:
         """This trie with its tensors on ``device`` (itself when already there)."""
@@ -306,39 +267,4 @@ class Trie:
             vocab_size=self.vocab_size,
             eos_token_id=self.eos_token_id,
             max_depth=self.max_depth,
-        )
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write a ``.safetensors`` file (atomically: a temporary file then ``os.replace``)."""
-        tensors = {name: getattr(self, name).cpu().contiguous() for name in _TENSORS}
-        meta = {
-            "corpora": json.dumps(self.corpora),
-            "vocab_size": str(self.vocab_size),
-            "eos_token_id": str(self.eos_token_id),
-            "max_depth": str(self.max_depth),
-        }
-        tmp = f"{os.fspath(path)}.{os.getpid()}.tmp"
-        try:
-            safetensors.torch.save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> Trie:
-        """Read a trie written by :meth:`save`."""
-        if not os.path.isfile(path):
-            raise FoundationRecError(f"trie file not found: {path}; build and save the trie first")
-        with safetensors.safe_open(os.fspath(path), framework="pt", device=str(device)) as fh:
-            meta = fh.metadata() or {}
-            if set(_TENSORS) - set(fh.keys()) or "vocab_size" not in meta:
-                raise FoundationRecError(f"{path} is not a trie file; rebuild it with Trie.save")
-            tensors = {name: fh.get_tensor(name) for name in _TENSORS}
-        return cls(
-            **tensors,
-            corpora=json.loads(meta["corpora"]),
-            vocab_size=int(meta["vocab_size"]),
-            eos_token_id=int(meta["eos_token_id"]),
-            max_depth=int(meta["max_depth"]),
         )

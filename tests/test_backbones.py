@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -70,7 +68,8 @@ def test_lora_trains_only_adapters_and_round_trips(tmp_path):
     backbone = load_backbone(BackboneConfig(preset="tiny", device="cpu", lora_r=4), tokenizer_texts=TEXTS)
     trainable = {n for n, p in backbone.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    assert backbone.trainable_parameters() < sum(p.numel() for p in backbone.model.parameters()) / 10
+    trainable_count = sum(p.numel() for p in backbone.model.parameters() if p.requires_grad)
+    assert trainable_count < sum(p.numel() for p in backbone.model.parameters()) / 10
     before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
     enc = backbone.tokenizer(TEXTS[:2], return_tensors="pt", padding=True)
     for _ in range(2):  # lora_B starts at zero, so lora_A only moves from the second step on
@@ -84,17 +83,16 @@ def test_lora_trains_only_adapters_and_round_trips(tmp_path):
     backbone.save(tmp_path / "lora")
     assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
     loaded = load_backbone(BackboneConfig(name_or_path=str(tmp_path / "lora"), device="cpu"))
-    assert loaded.trainable_parameters() == backbone.trainable_parameters()
+    assert sum(p.numel() for p in loaded.model.parameters() if p.requires_grad) == trainable_count
     backbone.model.train(False)
     with torch.no_grad():
         expected = backbone.hf_model(**enc, labels=enc["input_ids"]).logits
         assert torch.allclose(loaded.hf_model(**enc, labels=enc["input_ids"]).logits, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("flag", ["load_in_4bit", "load_in_8bit"])
-def test_quantization_on_cpu_is_a_clear_error(flag):
-    with pytest.raises(FoundationRecError, match=f"--{flag.replace('_', '-')} needs a CUDA GPU; drop it on CPU"):
-        load_backbone(BackboneConfig(preset="tiny", device="cpu", **{flag: True}))
+def test_quantization_on_cpu_is_a_clear_error():
+    with pytest.raises(FoundationRecError, match="--load-in-4bit needs a CUDA GPU; drop it on CPU"):
+        load_backbone(BackboneConfig(preset="tiny", device="cpu", load_in_4bit=True))
 
 
 @pytest.mark.parametrize(
@@ -112,10 +110,3 @@ def test_quantization_on_cpu_is_a_clear_error(flag):
 def test_user_errors(config, message):
     with pytest.raises(FoundationRecError, match=message):
         load_backbone(config)
-
-
-def test_command_line_flags_round_trip():
-    parser = argparse.ArgumentParser()
-    BackboneConfig.add_arguments(parser, prefix="gen-")
-    args = parser.parse_args(["--gen-preset", "tiny", "--gen-lora-r", "8", "--gen-load-in-4bit", "--gen-device", "cpu"])
-    assert BackboneConfig.from_args(args, prefix="gen-") == BackboneConfig(preset="tiny", lora_r=8, load_in_4bit=True, device="cpu")

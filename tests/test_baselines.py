@@ -10,10 +10,10 @@ import torch
 
 from foundation_rec.baselines import METHODS, Popularity, RandomRecommender, SASRec, TextKNN, evaluate_methods
 from foundation_rec.baselines.__main__ import main
-from foundation_rec.baselines.common import train_part
 from foundation_rec.baselines.sasrec import windows
 from foundation_rec.corpora import load_corpus
 from foundation_rec.evaluate import evaluate
+from foundation_rec.splits import train_part
 
 
 def write_byo(folder, sequences: dict[str, list[str]], texts: dict[str, str]):

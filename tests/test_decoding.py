@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +13,12 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-from foundation_rec.decoding import _only_positions, _unfollowable, beam_search, dict_trie, reference_beam_search, score_candidates
+from foundation_rec.decoding import _only_positions, _unfollowable, beam_search, score_candidates
 from foundation_rec.errors import FoundationRecError
 from foundation_rec.trie import Trie
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from reference_decoding import dict_trie, reference_beam_search
 
 PAD, EOS, V = 0, 1, 120
 

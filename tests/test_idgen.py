@@ -3,6 +3,7 @@ determinism, warm-up to extractive IDs, the differentiable path, the ID table, a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 
@@ -19,7 +20,6 @@ from foundation_rec.idgen import (
     IDGenerator,
     IDTable,
     _fallback,
-    _NoEarlyEOS,
     build_table,
     encode_ids,
     field_values,
@@ -114,14 +114,18 @@ def test_schedule():
         IDGenerator(tiny_generator().backbone, IDGenConfig(num_beams=5, num_beam_groups=2))
 
 
-def test_no_early_eos(cold):
+def test_min_new_tokens_forbids_an_early_eos(cold):
     inputs = cold._inputs(TEXTS[:3])
     tok = cold.tokenizer
-    out = beam_search(
-        _NoEarlyEOS(cold.backbone.hf_model, tok.eos_token_id, 3),
-        **inputs, num_beams=4, max_new_tokens=6, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
+    eager = copy.deepcopy(cold.backbone.hf_model)  # a model that always wants to stop: EOS's output row scaled up
+    with torch.no_grad():
+        eager.get_output_embeddings().weight[tok.eos_token_id] = eager.get_output_embeddings().weight.abs().max(0).values * 50
+    kw = {"num_beams": 4, "max_new_tokens": 6, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    free = beam_search(eager, **inputs, **kw)
+    out = beam_search(eager, **inputs, min_new_tokens=3, **kw)
+    assert (free.sequences[:, :, 0] == tok.eos_token_id).any()  # free to stop, it stops at once
     assert (out.sequences[:, :, :3] != tok.eos_token_id).all()
+    assert (out.sequences[:, :, 3] == tok.eos_token_id).any()  # and stops as soon as it may
 
 
 def test_collisions_escalate_then_fall_back(rigged):
@@ -214,13 +218,7 @@ def test_id_table_build_round_trip_and_report(rigged, fixture_data, tmp_path):
     table.save(tmp_path)
     loaded = IDTable.load(tmp_path)
     assert (loaded.ids, loaded.item_ids, loaded.scopes, loaded.generation) == (table.ids, table.item_ids, table.scopes, table.generation)
-    yelp = corpora[2].items
-    assert loaded.id_of("yelp", 1) == loaded.id_of("yelp", yelp[1]["item_id"]) == table.ids["yelp"][1]
-    assert loaded.row_of("yelp", table.ids["yelp"][2].upper()) == 2
-    with pytest.raises(FoundationRecError, match="no corpus"):
-        loaded.id_of("steam", 0)
-    with pytest.raises(FoundationRecError, match="no item with ID"):
-        loaded.row_of("yelp", "no such id at all")
+    assert loaded.item_ids["yelp"] == list(corpora[2].items["item_id"])
 
     report = id_report(loaded, {c.name: list(c.items["text"]) for c in corpora}, rigged.tokenizer)
     assert report["scopes"]["pool"]["unique_pct"] == 100 and report["scopes"]["pool"]["items"] == len(pool)

@@ -1,4 +1,4 @@
-"""The tensor prefix trie against a plain dict trie: allowed tokens, transitions, leaves, union, files."""
+"""The tensor prefix trie against a plain dict trie: allowed tokens, transitions, leaves, tails."""
 
 from __future__ import annotations
 
@@ -39,24 +39,21 @@ def walk(trie: Trie, prefix) -> int:
     return int(node)
 
 
-def test_children_mask_and_advance_match_a_dict_trie():
+def test_children_and_advance_match_a_dict_trie():
     seqs = random_ids(300, seed=0)
     trie = Trie.build(seqs, vocab_size=V, eos_token_id=EOS)
     follow = prefixes(seqs)
     assert trie.num_nodes == len(follow) + len(seqs)  # inner nodes + one leaf per item
     nodes = torch.tensor([walk(trie, p) for p in follow])
     assert (nodes >= 0).all() and len(set(nodes.tolist())) == len(follow)
-    mask = trie.allowed_mask(nodes)
     tokens, children, valid = trie.children(nodes)
     for i, allowed in enumerate(follow.values()):
-        assert set(mask[i].nonzero().flatten().tolist()) == allowed
         assert tokens[i][valid[i]].tolist() == sorted(allowed)
         assert children[i][valid[i]].tolist() == trie.advance(nodes[i].repeat(len(allowed)), tokens[i][valid[i]]).tolist()
     # tokens that are not edges, and dead nodes, lead nowhere
     assert trie.advance(torch.tensor([0, 0, -1]), torch.tensor([0, 2 + 12, 2])).tolist() == [-1, -1, -1]
     _dead_tokens, dead_nodes, dead_valid = trie.children(torch.tensor([-1]))
     assert not dead_valid.any() and (dead_nodes == -1).all()
-    assert not trie.allowed_mask(torch.tensor([-1])).any()
 
 
 def test_leaves_name_items_and_sequences_round_trip():
@@ -68,7 +65,7 @@ def test_leaves_name_items_and_sequences_round_trip():
     inner = torch.tensor([walk(trie, s[:-1]) for s in seqs])
     assert (trie.items(inner) == -1).all() and trie.items(torch.tensor([-1])).tolist() == [-1]
     assert trie.sequences() == seqs
-    assert trie.locate([0, 5]) == [("beauty", 3), ("beauty", 38)]
+    assert trie.item_row[[0, 5]].tolist() == [3, 38] and trie.corpora == ("beauty",)
     assert trie.max_depth == max(map(len, seqs))
 
 
@@ -93,44 +90,6 @@ def test_tails_are_the_single_paths_left():
         assert (n > 0) == (len(rest) == 1)
         if n:
             assert tuple(row[:n]) == next(iter(rest))
-
-
-def test_union_keeps_global_items_and_corpus_rows():
-    a, b = random_ids(120, seed=2), random_ids(80, seed=3, vocab=20)
-    b = [s for s in b if s not in a]
-    ta = Trie.build(a, vocab_size=V, eos_token_id=EOS, corpus="beauty")
-    tb = Trie.build(b, vocab_size=V, eos_token_id=EOS, rows=np.arange(len(b))[::-1], corpus="toys")
-    union = Trie.union([ta, tb])
-    assert union.num_items == len(a) + len(b) and union.corpora == ("beauty", "toys")
-    assert union.sequences() == a + b
-    assert union.locate([0, len(a), len(a) + len(b) - 1]) == [("beauty", 0), ("toys", len(b) - 1), ("toys", 0)]
-    root = union.allowed_mask(torch.tensor([0]))[0]
-    assert torch.equal(root, ta.allowed_mask(torch.tensor([0]))[0] | tb.allowed_mask(torch.tensor([0]))[0])
-    # union of unions merges corpora by name
-    again = Trie.union([union, Trie.build([[40, EOS]], vocab_size=V, eos_token_id=EOS, rows=[9], corpus="toys")])
-    assert again.corpora == ("beauty", "toys") and again.locate([again.num_items - 1]) == [("toys", 9)]
-    with pytest.raises(FoundationRecError, match="share an ID"):
-        Trie.union([ta, Trie.build(a[:1], vocab_size=V, eos_token_id=EOS, corpus="toys")])
-    with pytest.raises(FoundationRecError, match="tokenizer"):
-        Trie.union([ta, Trie.build(a[:1], vocab_size=V + 1, eos_token_id=EOS)])
-
-
-def test_save_load_round_trip(tmp_path):
-    trie = Trie.union(
-        [
-            Trie.build(random_ids(50, seed=4), vocab_size=V, eos_token_id=EOS, corpus="x"),
-            Trie.build([[45, 46, EOS]], vocab_size=V, eos_token_id=EOS, rows=[11], corpus="y"),
-        ]
-    )
-    trie.save(tmp_path / "trie.safetensors")
-    loaded = Trie.load(tmp_path / "trie.safetensors")
-    for name in ("offsets", "edge_token", "edge_key", "node_item", "item_corpus", "item_row"):
-        assert torch.equal(getattr(loaded, name), getattr(trie, name)), name
-    assert (loaded.corpora, loaded.vocab_size, loaded.eos_token_id, loaded.max_depth) == (("x", "y"), V, EOS, trie.max_depth)
-    assert loaded.sequences() == trie.sequences()
-    assert [p.name for p in tmp_path.iterdir()] == ["trie.safetensors"]  # no temporary left behind
-    with pytest.raises(FoundationRecError, match="not found"):
-        Trie.load(tmp_path / "missing.safetensors")
 
 
 @pytest.mark.parametrize(

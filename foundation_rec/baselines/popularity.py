@@ -1,6 +1,6 @@
 """``popularity``: the items most often interacted with in the corpus's training part, the same list for everyone.
 
-Counts come from every user's items before their last two (:func:`~foundation_rec.baselines.common.train_part`),
+Counts come from every user's items before their last two (:func:`~foundation_rec.splits.train_part`),
 so no validation or test target is ever counted. Ties go to the lower item row.
 """
 
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import pad_items, train_part
+from ..splits import train_part
+from .common import pad_items
 
 
 class Popularity:

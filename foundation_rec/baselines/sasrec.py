@@ -12,7 +12,7 @@ Model (the paper's settings unless noted):
   embedding; every catalog item is scored (full ranking).
 
 Training uses the **train split only**: each user's items before their last two
-(:func:`~foundation_rec.baselines.common.train_part`), cut from the end into windows of
+(:func:`~foundation_rec.splits.train_part`), cut from the end into windows of
 ``max_len + 1`` items, so every training transition is predicted exactly once per epoch, at every
 position ("SASRec-CE": cross-entropy over the whole catalog instead of the paper's one sampled
 negative). Adam, lr 1e-3, betas (0.9, 0.98), batches of 128 windows of similar length. After each epoch NDCG@10
@@ -38,7 +38,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import FoundationRecError
-from .common import pad_items, train_part
+from ..splits import train_part
+from .common import pad_items
 
 
 class SASRecNet(nn.Module):

@@ -1,0 +1,21 @@
+"""House rules on the package's shape, checked on its source (issue 16)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "foundation_rec"
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_in_the_package_is_longer_than_80_lines():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if node.end_lineno - first + 1 > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({node.end_lineno - first + 1} lines)")
+    assert len(list(PACKAGE.rglob("*.py"))) > 20  # the walk found the package
+    assert not long, "functions over 80 lines: " + "; ".join(long)
