@@ -48,9 +48,10 @@ COLUMNS = {  # markdown column: cell format
 
 def targets_per_step(trainer: Trainer, steps: int) -> float:
     """Mean targets in the first ``steps`` batches of the recommender phase (the batches the timed loop runs)."""
-    _, _, examples, _, batch_size, _ = trainer._phase("rec")
+    phase = trainer.phase("rec")
+    examples, batch_size = phase.examples, phase.batch_size
     trainer.stage = trainer.epoch = 0
-    order, _ = trainer._epoch_order(len(examples))
+    order, _ = trainer.epoch_order(len(examples))
     chosen = order[: steps * batch_size]
     if trainer.config.rec_objective == "next":
         return len(chosen) / steps
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         timed_trainer(trainer, "rec", 1)  # warm-up step (allocator, kernels)
         seconds = min(timed_trainer(trainer, "rec", args.batches)[0] for _ in range(2))
         targets = targets_per_step(trainer, args.batches) * args.batches
-        _, _, examples, *_ = trainer._phase("rec")
+        examples = trainer.phase("rec").examples
         rows.append({
             "recommender": preset,
             "objective": objective,

@@ -62,7 +62,7 @@ def timed_trainer(trainer: Trainer, kind: str, steps: int) -> tuple[float, int]:
     trainer.config.max_steps, trainer.step, trainer.epoch, trainer.batch = steps, 0, 0, 0
     trainer.config.log_every = steps
     start = time.perf_counter()
-    trainer._train(kind, 0)
+    trainer.train_phase(kind, 0)
     seconds = time.perf_counter() - start
     with (trainer.output_dir / "metrics.jsonl").open() as fh:
         last = [line for line in fh if f'"phase": "{kind}"' in line][-1]
@@ -72,11 +72,12 @@ def timed_trainer(trainer: Trainer, kind: str, steps: int) -> tuple[float, int]:
 
 def reference(trainer: Trainer, kind: str, steps: int) -> float:
     """Seconds for the same ``steps`` batches, prepared beforehand, through a bare forward/backward/step loop."""
-    module, _, examples, _, batch_size, lr = trainer._phase(kind)
+    phase = trainer.phase(kind)
+    module, examples, batch_size, lr = phase.module, phase.examples, phase.batch_size, phase.lr
     trainer.stage = trainer.epoch = 0
-    order, templates = trainer._epoch_order(len(examples))
+    order, templates = trainer.epoch_order(len(examples))
     chunks = [order[b * batch_size : (b + 1) * batch_size] for b in range(steps)]
-    batches = [trainer._rec_batch(examples, c, templates[c]).to(trainer.dist.device) for c in chunks]
+    batches = [trainer.rec_batch(examples, c, templates[c]).to(trainer.dist.device) for c in chunks]
     params = [p for p in module.parameters() if p.requires_grad]
     frozen = trainer.gen_model if kind == "rec" else trainer.rec.model
     flags = [(p, p.requires_grad) for p in frozen.parameters()]

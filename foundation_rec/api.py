@@ -196,19 +196,22 @@ class FoundationRec:
 
     def catalog_id_record(self, catalog: Catalog | None = None) -> dict:
         """The cache record of a catalog's generated IDs: ``items``, ``fallbacks``, and the ``seconds`` generation took when it ran."""
-        catalog = catalog or self._require_catalog()
+        catalog = self._require_catalog(catalog)
         return json.loads(self._ids_file(catalog.name, catalog.texts).read_text(encoding="utf-8"))
 
-    def _require_catalog(self) -> Catalog:
+    def _require_catalog(self, catalog: Catalog | None = None) -> Catalog:
+        """``catalog`` when given (e.g. a demo session's), else the current one (the last indexed)."""
+        if catalog is not None:
+            return catalog
         if self.catalog is None:
             raise FoundationRecError("no catalog is indexed; call index_catalog(...) first")
         return self.catalog
 
     def catalog_recommender(self, num_beams: int | None = None, batch_size: int = 16, calibration: float = 0.0,
-                            content_prior: float | None = None) -> CatalogRecommender:
-        """The current catalog in the evaluation harness's protocol (``recommend(histories, k)`` over item rows);
-        ``content_prior`` None: :attr:`content_prior`."""
-        catalog = self._require_catalog()
+                            content_prior: float | None = None, catalog: Catalog | None = None) -> CatalogRecommender:
+        """A catalog (default: the current one) in the evaluation harness's protocol (``recommend(histories, k)`` over item
+        rows); ``content_prior`` None: :attr:`content_prior`."""
+        catalog = self._require_catalog(catalog)
         content_prior = self.content_prior if content_prior is None else content_prior
         prompts = PromptBuilder.for_training(self.recommender.tokenizer, self.config.get("train", {}), catalog.id_tokens)
         return CatalogRecommender(self.recommender, prompts, catalog.trie, 0, num_beams=num_beams or self.num_beams, batch_size=batch_size,
@@ -220,9 +223,10 @@ class FoundationRec:
         vectors = catalog.vectors if catalog.vectors is not None else item_vectors(catalog.texts, f"{catalog.name} items", False)
         return RerankRecommender(self.catalog_recommender(num_beams, batch_size, calibration, content_prior=0.0), ContentNeighbours(vectors), pool)
 
-    def resolve_history(self, history: Sequence[str | int]) -> list[Match]:
-        """How each history entry resolves in the current catalog: item id, exact title, or nearest title (see :mod:`foundation_rec.resolve`)."""
-        catalog = self._require_catalog()
+    def resolve_history(self, history: Sequence[str | int], catalog: Catalog | None = None) -> list[Match]:
+        """How each history entry resolves in a catalog (default: the current one): item id, exact title, or nearest title
+        (see :mod:`foundation_rec.resolve`)."""
+        catalog = self._require_catalog(catalog)
         entries = [str(item).strip() for item in history]
         if not any(entries):
             raise FoundationRecError("the history is empty; give at least one item")
@@ -232,10 +236,10 @@ class FoundationRec:
             return [Match(e, catalog.row(e), catalog.titles[catalog.row(e)], 1.0, "item id") for e in entries]
         return catalog.resolver().resolve(entries)
 
-    def history_rows(self, history: Sequence[str | int]) -> np.ndarray:
+    def history_rows(self, history: Sequence[str | int], catalog: Catalog | None = None) -> np.ndarray:
         """Catalog rows of a history of item ids or free-text names; an entry that matches no item is a one-line error."""
-        catalog = self._require_catalog()
-        matches = self.resolve_history(history)
+        catalog = self._require_catalog(catalog)
+        matches = self.resolve_history(history, catalog)
         for n, match in enumerate(matches, 1):
             if not match.matched:
                 hint = f" (closest: {match.title!r}, similarity {match.similarity:.2f})" if match.title else ""
@@ -244,17 +248,16 @@ class FoundationRec:
                 )
         return np.asarray([m.row for m in matches][-MAX_HISTORY:], dtype=np.int64)
 
-    def recommend(self, history: Sequence[str | int], k: int = 10) -> list[dict]:
-        """Top ``k`` items of the current catalog after ``history`` (item ids or free-text names, oldest first).
+    def recommend(self, history: Sequence[str | int], k: int = 10, catalog: Catalog | None = None) -> list[dict]:
+        """Top ``k`` items of a catalog (default: the current one) after ``history`` (item ids or free-text names, oldest first).
 
         Returns dicts with ``item_id``, ``title``, ``textual_id`` and ``score`` (length-normalised log-probability), best first.
         """
         if not 1 <= k <= 100:
             raise FoundationRecError(f"k={k} is out of range; ask for 1 to 100 recommendations")
-        catalog = self._require_catalog()
-        rec = self.catalog_recommender(num_beams=max(self.num_beams, k))
-        rows = rec.recommend([self.history_rows(history)], k)[0]
-        scores = rec.last_scores[0]
+        catalog = self._require_catalog(catalog)
+        rec = self.catalog_recommender(num_beams=max(self.num_beams, k), catalog=catalog)
+        rows, scores = (x[0] for x in rec.rank([self.history_rows(history, catalog)], k))
         return [
             {"item_id": catalog.item_ids[r], "title": catalog.titles[r], "textual_id": catalog.ids[r], "score": float(s)}
             for r, s in zip(rows, scores, strict=True)

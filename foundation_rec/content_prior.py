@@ -146,7 +146,7 @@ def scorer_ndcg(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: t
 
 
 def train_scorer(vectors: torch.Tensor, owner: torch.Tensor, train, valid, config: ScorerConfig, max_history: int, log=print) -> ContentScorer:
-    """Fit a :class:`ContentScorer` on ``train`` examples (pool :class:`~foundation_rec.pool.Examples`), items
+    """Fit a :class:`ContentScorer` on ``train`` examples (pool :class:`~foundation_rec.pool.PoolExamples`), items
     ``vectors`` ``[items, dim]`` of corpus ``owner`` ``[items]``; keep the epoch best on ``valid``."""
     generator = torch.Generator().manual_seed(config.seed)
     scorer = ContentScorer(vectors.shape[1], max_history)

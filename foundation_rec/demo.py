@@ -99,7 +99,7 @@ class DemoApp:
         self.model: FoundationRec | None = None
         self.load_error = ""
         self.catalogs: dict[str, Catalog] = {}
-        self.lock = threading.Lock()  # one model, one current catalog: requests take turns
+        self.lock = threading.Lock()  # one model: indexing and recommending take turns
         try:
             self.model = FoundationRec.from_pretrained(args.checkpoint, device=args.device, num_beams=max(args.num_beams, TOP_K))
         except FoundationRecError as err:
@@ -170,9 +170,8 @@ class DemoApp:
             if len(lines) > MAX_HISTORY_LINES:
                 raise FoundationRecError(f"the history has {len(lines)} lines; type at most {MAX_HISTORY_LINES}")
             catalog = self.catalog(choice, upload)
-            with self.lock:
-                model.catalog = catalog
-                matches = model.resolve_history(lines)
+            with self.lock:  # one model: requests take turns (each names its own catalog)
+                matches = model.resolve_history(lines, catalog)
                 rows = [[m.query, m.title if m.matched else f"(closest: {m.title})" if m.title else "",
                          catalog.ids[m.row] if m.matched else "", round(m.similarity, 3), m.how if m.matched else "unmatched: left out"]
                         for m in matches]
@@ -180,7 +179,7 @@ class DemoApp:
                 if not known:
                     raise FoundationRecError("no history line matches an item of this catalog; use titles from the suggestions")
                 start = time.perf_counter()
-                recs = model.recommend(known, k=TOP_K)
+                recs = model.recommend(known, k=TOP_K, catalog=catalog)
                 latency = time.perf_counter() - start
             table = [[rank, r["title"], r["textual_id"], round(r["score"], 4)] for rank, r in enumerate(recs, 1)]
             flagged = sum(not m.matched for m in matches)

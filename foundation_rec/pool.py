@@ -43,8 +43,8 @@ def sample_corpus(corpus: Corpus, max_users: int | None, seed: int) -> Corpus:
 
 
 @dataclass
-class Examples:
-    """Examples of one split over the pool: ``corpus[i]`` and ``index[i]`` into that corpus's :class:`Split`."""
+class PoolExamples:
+    """The examples of one split over the pool: ``corpus[i]`` and ``index[i]`` into that corpus's :class:`Split`."""
 
     splits: list[Split]
     offsets: np.ndarray
@@ -69,7 +69,7 @@ class Examples:
         c = int(self.corpus[i])
         return int(self.user_offsets[c] + self.splits[c].rows[int(self.index[i])])
 
-    def last_per_user(self, stride: int | None = None) -> Examples:
+    def last_per_user(self, stride: int | None = None) -> PoolExamples:
         """Only each user's latest example (the longest training prefix) and, with ``stride``, every
         ``stride``-th example before it (counting back from the latest).
 
@@ -84,7 +84,7 @@ class Examples:
             from_end = np.repeat(last, np.diff(np.r_[-1, last])) - np.arange(len(rows))
             keep.append(mine[from_end % stride == 0 if stride else from_end == 0])
         keep = np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
-        return Examples(self.splits, self.offsets, self.user_offsets, self.corpus[keep], self.index[keep])
+        return PoolExamples(self.splits, self.offsets, self.user_offsets, self.corpus[keep], self.index[keep])
 
 
 @dataclass
@@ -108,8 +108,8 @@ class Pool:
         """Every item's text, in global item order (what the ID generator reads)."""
         return [t for c in self.corpora for t in c.items.data.column("text").to_pylist()]
 
-    def examples(self, split: str, max_users: int | None = None, seed: int = 0) -> Examples:
-        """Examples of ``split`` over all corpora; with ``max_users``, a seeded sample of that many per corpus."""
+    def examples(self, split: str, max_users: int | None = None, seed: int = 0) -> PoolExamples:
+        """PoolExamples of ``split`` over all corpora; with ``max_users``, a seeded sample of that many per corpus."""
         splits = [leave_one_out(c.item_sequences, split, self.max_history) for c in self.corpora]
         corpus, index = [], []
         for c, s in enumerate(splits):
@@ -118,7 +118,7 @@ class Pool:
                 chosen = np.sort(np.random.default_rng([seed, c]).choice(len(s), max_users, replace=False))
             corpus.append(np.full(len(chosen), c, dtype=np.int64))
             index.append(chosen)
-        return Examples(splits, self.offsets, self.user_offsets, np.concatenate(corpus), np.concatenate(index))
+        return PoolExamples(splits, self.offsets, self.user_offsets, np.concatenate(corpus), np.concatenate(index))
 
     def training_prefixes(self) -> tuple[np.ndarray, np.ndarray]:
         """``(offsets, global items)`` of every user's training part ``s[0] .. s[n-3]``, users in global order."""

@@ -56,7 +56,7 @@ class Prompt:
 class PromptBuilder:
     """Build prompts from pre-tokenized pieces; ``id_tokens[i]`` is item ``i``'s ID token list (no EOS).
 
-    ``id_tokens`` may be replaced after the IDs are regenerated (assign the attribute). With
+    After the IDs are regenerated, :meth:`set_ids` gives the builder the new token lists. With
     ``sequence_end`` (a token id, the EOS that ends every ID) the builder makes sequence prompts
     (see the module docstring): the one template :data:`SEQUENCE_TEMPLATE` and that token after
     every history item instead of :data:`SEPARATOR` between them.
@@ -91,6 +91,10 @@ class PromptBuilder:
             max_tokens=int(train_config.get("max_prompt_tokens", 256)),
             sequence_end=int(tokenizer.eos_token_id) if sequence else None,
         )
+
+    def set_ids(self, id_tokens: Sequence[Sequence[int]]) -> None:
+        """Use new ID token lists (no EOS), one per item, e.g. after the IDs are regenerated."""
+        self.id_tokens = id_tokens
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

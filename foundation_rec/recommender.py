@@ -263,7 +263,6 @@ class CatalogRecommender:
         self.offset = offset
         self.num_beams = num_beams
         self.batch_size = batch_size
-        self.last_scores: np.ndarray | None = None
 
     def prior(self) -> torch.Tensor:
         """The null prompt's log-probability entering each trie node (computed on first use)."""
@@ -290,7 +289,11 @@ class CatalogRecommender:
         return (-self.calibration * prior.sum(1) / (paths >= 0).sum(1)).numpy()
 
     def recommend(self, histories: list[np.ndarray], k: int, users: Sequence[str | None] | None = None) -> np.ndarray:
-        """Top ``k`` item rows per history, best first (``-1`` when the catalog has fewer); scores in ``last_scores``."""
+        """Top ``k`` item rows per history, best first (``-1`` when the catalog has fewer)."""
+        return self.rank(histories, k, users)[0]
+
+    def rank(self, histories: list[np.ndarray], k: int, users: Sequence[str | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows [N, k], scores [N, k])``: :meth:`recommend`'s item rows and their generation scores (``-inf`` for padding)."""
         users = users if users is not None else [None] * len(histories)
         rows, scores = [], []
         item_row = self.trie.item_row.cpu().numpy()
@@ -303,8 +306,9 @@ class CatalogRecommender:
                                                            self.node_prior(histories[lo : lo + self.batch_size]))
             rows.append(np.where(items >= 0, item_row[np.maximum(items, 0)], -1))
             scores.append(item_scores)
-        self.last_scores = np.concatenate(scores) if scores else np.zeros((0, k))
-        return np.concatenate(rows) if rows else np.zeros((0, k), dtype=np.int64)
+        if not rows:
+            return np.zeros((0, k), dtype=np.int64), np.zeros((0, k))
+        return np.concatenate(rows), np.concatenate(scores)
 
 
 class RerankRecommender:

@@ -53,7 +53,7 @@ from .content import item_vectors, load_projection
 from .errors import FoundationRecError
 from .idgen import IDGenerator, IDTable, build_table, encode_ids, keyword_id, keyword_loss
 from .metrics import leave_one_out_metrics
-from .pool import Examples, Pool
+from .pool import Pool, PoolExamples
 from .prompts import PromptBuilder, sample_templates, user_textual_ids
 from .recommender import Batch, CatalogRecommender, GenerativeRecommender
 from .trie import Trie
@@ -270,6 +270,33 @@ class KeywordTargets:
         return len(self.items)
 
 
+@dataclass
+class Phase:
+    """One training stage's set-up (:meth:`Trainer.phase`): ``loss(examples, indices, templates) -> (loss, tokens)``."""
+
+    module: torch.nn.Module
+    loss: Callable
+    examples: object
+    epochs: int
+    batch_size: int
+    lr: float
+
+
+@dataclass
+class LogWindow:
+    """Steps since the last ``metrics.jsonl`` record: summed loss, finite and skipped steps, samples, tokens, start time."""
+
+    loss: float = 0.0
+    steps: int = 0
+    skipped: int = 0
+    samples: int = 0
+    tokens: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def reset(self) -> None:
+        self.loss, self.steps, self.skipped, self.samples, self.tokens, self.start = 0.0, 0, 0, 0, 0, time.perf_counter()
+
+
 class Trainer:
     """Runs :func:`plan` over a :class:`~foundation_rec.pool.Pool` with a recommender and an ID generator.
 
@@ -352,7 +379,7 @@ class Trainer:
         self.table = table
         self.id_strings = [i for name in self.pool.names() for i in table.ids[name]]
         with_eos = encode_ids(self.rec.tokenizer, self.id_strings)
-        self.prompts.id_tokens = [ids[:-1] for ids in with_eos]
+        self.prompts.set_ids([ids[:-1] for ids in with_eos])
         vocab = int(self.rec.model.get_output_embeddings().weight.shape[0])
         self.tries = [
             Trie.build(with_eos[lo:hi], vocab_size=vocab, eos_token_id=self.rec.eos_token_id, corpus=name)
@@ -362,12 +389,12 @@ class Trainer:
             offsets, values = self.pool.training_prefixes()
             self.user_text = [u or None for u in user_textual_ids(offsets, values, self.id_strings)]
 
-    def _user(self, examples: Examples, i: int) -> str | None:
+    def _user(self, examples: PoolExamples, i: int) -> str | None:
         return self.user_text[examples.user(i)] if self.user_text else None
 
     # ----------------------------------------------------------------------------- batches
 
-    def _epoch_order(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def epoch_order(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """This epoch's example order and per-example templates, drawn from seed, stage and epoch.
 
         With several processes the order wraps around to a multiple of their number, so that every
@@ -378,19 +405,19 @@ class Trainer:
         templates = sample_templates(rng, n, len(self.prompts.templates))
         return np.resize(order, -(-n // self.dist.world) * self.dist.world), templates
 
-    def _rec_batch(self, examples: Examples, indices: np.ndarray, templates: np.ndarray, all_positions: bool = False) -> Batch:
+    def rec_batch(self, examples: PoolExamples, indices: np.ndarray, templates: np.ndarray, all_positions: bool = False) -> Batch:
         prompts = [self.prompts.build(examples.history(i), int(t), self._user(examples, i)) for i, t in zip(indices, templates, strict=True)]
         targets = [self.prompts.id_tokens[examples.target(i)] for i in indices]
         spans = [list(zip(p.items, p.spans, strict=True)) for p in prompts]
         return self.rec.collate([p.tokens for p in prompts], targets, spans, all_positions)
 
-    def _rec_loss(self, examples: Examples, indices, templates) -> tuple[torch.Tensor, int]:
-        batch = self._rec_batch(examples, indices, templates, self.config.rec_objective == "sequence").to(self.dist.device)
+    def rec_loss(self, examples: PoolExamples, indices, templates) -> tuple[torch.Tensor, int]:
+        batch = self.rec_batch(examples, indices, templates, self.config.rec_objective == "sequence").to(self.dist.device)
         return self.rec.loss(batch), batch.num_tokens
 
-    def _id_loss(self, examples: Examples, indices, templates) -> tuple[torch.Tensor, int]:
+    def soft_id_loss(self, examples: PoolExamples, indices, templates) -> tuple[torch.Tensor, int]:
         """Recommendation loss with every history item's ID replaced by the generator's soft embedding."""
-        batch = self._rec_batch(examples, indices, templates).to(self.dist.device)
+        batch = self.rec_batch(examples, indices, templates).to(self.dist.device)
         items = sorted({item for row in batch.spans for item, _ in row})
         slot = {item: k for k, item in enumerate(items)}
         eos = [self.rec.eos_token_id]
@@ -411,11 +438,11 @@ class Trainer:
         embeds = embeds.index_put(index, soft[torch.tensor(sources, device=device), torch.tensor(offsets, device=device)])
         return self.rec.loss_from_embeds(embeds, batch), batch.num_tokens
 
-    def _warmup_loss(self, targets: KeywordTargets, indices, _templates) -> tuple[torch.Tensor, int]:
+    def warmup_loss(self, targets: KeywordTargets, indices, _templates) -> tuple[torch.Tensor, int]:
         """Teacher-forcing cross-entropy of the generator on the items' keyword IDs (EOS included)."""
         return keyword_loss(self.gen, [self.texts[targets.items[i]] for i in indices], [targets.tokens[i] for i in indices])
 
-    def _keyword_targets(self) -> KeywordTargets:
+    def keyword_targets(self) -> KeywordTargets:
         """The warm-up's items (all, or a seeded sample of ``warmup_items``) and their keyword ID tokens."""
         items = np.arange(len(self.texts))
         if 0 < self.config.warmup_items < len(items):
@@ -424,48 +451,47 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- phases
 
-    def _phase(self, kind: str) -> tuple[torch.nn.Module, Callable, object, int, int, float]:
-        """(trained module, loss function, its examples, epochs, batch size, learning rate) of a training stage."""
+    def phase(self, kind: str) -> Phase:
+        """The trained module, loss, examples, epochs, batch size and learning rate of a training stage."""
         c = self.config
         if kind == "rec":
             examples = self.train_examples.last_per_user(self.pool.max_history) if c.rec_objective == "sequence" else self.train_examples
-            return self.rec.modules, self._rec_loss, examples, c.rec_epochs, c.rec_batch_size, c.rec_lr
+            return Phase(self.rec.modules, self.rec_loss, examples, c.rec_epochs, c.rec_batch_size, c.rec_lr)
         if kind == "id":
             examples = self.train_examples.last_per_user() if c.id_examples == "last" else self.train_examples
-            return self.gen_model, self._id_loss, examples, c.id_epochs, c.id_batch_size, c.id_lr
-        return self.gen_model, self._warmup_loss, self._keyword_targets(), c.warmup_epochs, c.warmup_batch_size, c.warmup_lr
+            return Phase(self.gen_model, self.soft_id_loss, examples, c.id_epochs, c.id_batch_size, c.id_lr)
+        return Phase(self.gen_model, self.warmup_loss, self.keyword_targets(), c.warmup_epochs, c.warmup_batch_size, c.warmup_lr)
 
-    def _train(self, kind: str, round_: int) -> None:
-        module, loss_fn, examples, epochs, batch_size, lr = self._phase(kind)
+    def train_phase(self, kind: str, round_: int) -> None:
+        phase = self.phase(kind)
         frozen = self.gen_model if kind == "rec" else self.rec.modules
-        params = [p for p in module.parameters() if p.requires_grad]
+        params = [p for p in phase.module.parameters() if p.requires_grad]
         frozen_flags = [(p, p.requires_grad) for p in frozen.parameters()]
         for p, _ in frozen_flags:
             p.requires_grad_(False)
         frozen.train(False)
-        module.train()
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=self.config.weight_decay)
+        phase.module.train()
+        self.optimizer = torch.optim.AdamW(params, lr=phase.lr, weight_decay=self.config.weight_decay)
         if self._pending_optimizer is not None:
             checkpoint.load_optimizer_state(self.optimizer, "optimizer", *self._pending_optimizer)
             self._pending_optimizer = None
-        n = len(examples)
-        per_epoch = math.ceil(n / (batch_size * self.dist.world))
-        total = max(1, epochs * per_epoch)
+        per_epoch = math.ceil(len(phase.examples) / (phase.batch_size * self.dist.world))
         try:
-            while self.epoch < epochs:
-                self._epoch(kind, round_, loss_fn, examples, params, batch_size, lr, per_epoch, total)
+            while self.epoch < phase.epochs:
+                self._epoch(kind, round_, phase, params, per_epoch)
                 if self._out_of_steps():
                     break
                 self.epoch, self.batch = self.epoch + 1, 0
-                if self.epoch < epochs:
+                if self.epoch < phase.epochs:
                     self.save_checkpoint()
         finally:
             for p, flag in frozen_flags:
                 p.requires_grad_(flag)
             self.optimizer = None
 
-    def _epoch(self, kind, round_, loss_fn, examples, params, batch_size, lr, per_epoch, total) -> None:
-        order, templates = self._epoch_order(len(examples))
+    def _epoch(self, kind: str, round_: int, phase: Phase, params: list, per_epoch: int) -> None:
+        order, templates = self.epoch_order(len(phase.examples))
+        batch_size, total = phase.batch_size, max(1, phase.epochs * per_epoch)
         world, rank = self.dist.world, self.dist.rank
         bf16 = self.dist.device.type == "cuda" and self.config.precision != "fp32"
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -477,15 +503,15 @@ class Trainer:
             disable=not (self.progress and self.dist.main),
             dynamic_ncols=True,
         )
-        window = {"loss": 0.0, "n": 0, "skipped": 0, "samples": 0, "tokens": 0, "start": time.perf_counter()}
+        window = LogWindow()
         with bar:
             while self.batch < per_epoch and not self._out_of_steps():
                 lo = self.batch * batch_size * world
                 chunk = order[lo : lo + batch_size * world][rank::world]
                 for g in self.optimizer.param_groups:
-                    g["lr"] = lr * lr_factor(self.epoch * per_epoch + self.batch, total, self.config.lr_warmup_ratio)
+                    g["lr"] = phase.lr * lr_factor(self.epoch * per_epoch + self.batch, total, self.config.lr_warmup_ratio)
                 with autocast:
-                    loss, tokens = loss_fn(examples, chunk, templates[chunk])
+                    loss, tokens = phase.loss(phase.examples, chunk, templates[chunk])
                 loss.backward()
                 self.dist.mean_grads(params)
                 # the norm is computed either way (an infinite bound clips nothing) to catch non-finite gradients
@@ -494,25 +520,25 @@ class Trainer:
                 value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()  # one device sync for both
                 if math.isfinite(value) and math.isfinite(norm_value):
                     self.optimizer.step()
-                    window["loss"] += value
-                    window["n"] += 1
+                    window.loss += value
+                    window.steps += 1
                 else:
                     self._skip_nonfinite(kind, window)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step, self.batch = self.step + 1, self.batch + 1
-                window["samples"] += len(chunk) * world
-                window["tokens"] += tokens * world
+                window.samples += len(chunk) * world
+                window.tokens += tokens * world
                 bar.update(1)
-                if window["n"] + window["skipped"] >= self.config.log_every or self.batch == per_epoch:
+                if window.steps + window.skipped >= self.config.log_every or self.batch == per_epoch:
                     self._log_window(kind, round_, window, bar)
                 if self.batch % self.config.checkpoint_every == 0 and self.batch < per_epoch:
                     self.save_checkpoint()
-        if window["n"] or window["skipped"]:
+        if window.steps or window.skipped:
             self._log_window(kind, round_, window, bar)
 
-    def _skip_nonfinite(self, kind: str, window: dict) -> None:
+    def _skip_nonfinite(self, kind: str, window: LogWindow) -> None:
         """Drop a step whose loss or gradient is not finite; stop the run once such steps are no longer rare."""
-        window["skipped"] += 1
+        window.skipped += 1
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
         if self.skipped[kind] > MAX_SKIPPED and self.skipped[kind] > 0.05 * self.tried[kind]:
             flag = {"warmup": "--warmup-lr", "rec": "--rec-lr", "id": "--id-lr"}.get(kind, "the learning rate")
@@ -521,23 +547,23 @@ class Trainer:
                 f"lower {flag} or pass --precision fp32"
             )
 
-    def _log_window(self, kind, round_, window, bar) -> None:
-        seconds = max(time.perf_counter() - window["start"], 1e-9)
+    def _log_window(self, kind: str, round_: int, window: LogWindow, bar) -> None:
+        seconds = max(time.perf_counter() - window.start, 1e-9)
         record = {
             "step": self.step,
             "phase": kind,
             "round": round_,
             "epoch": self.epoch,
-            "loss": window["loss"] / window["n"] if window["n"] else None,
-            "skipped_nonfinite": window["skipped"],
+            "loss": window.loss / window.steps if window.steps else None,
+            "skipped_nonfinite": window.skipped,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "samples_per_s": window["samples"] / seconds,
-            "tokens_per_s": window["tokens"] / seconds,
+            "samples_per_s": window.samples / seconds,
+            "tokens_per_s": window.tokens / seconds,
         }
         loss = "skipped" if record["loss"] is None else f"{record['loss']:.3f}"
         bar.set_postfix(loss=loss, sps=f"{record['samples_per_s']:.1f}", step=self.step)
         self.log.write(record)
-        window.update(loss=0.0, n=0, skipped=0, samples=0, tokens=0, start=time.perf_counter())
+        window.reset()
 
     def _out_of_steps(self) -> bool:
         return bool(self.config.max_steps) and self.step >= self.config.max_steps
@@ -635,7 +661,7 @@ class Trainer:
             kind, round_ = self.stages[self.stage]
             if kind in ("warmup", "rec", "id"):
                 if not self._out_of_steps():
-                    self._train(kind, round_)
+                    self.train_phase(kind, round_)
             elif kind == "regen":
                 self.regenerate()
             elif kind == "valid":

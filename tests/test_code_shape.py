@@ -19,3 +19,17 @@ def test_no_function_in_the_package_is_longer_than_80_lines():
                     long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({node.end_lineno - first + 1} lines)")
     assert len(list(PACKAGE.rglob("*.py"))) > 20  # the walk found the package
     assert not long, "functions over 80 lines: " + "; ".join(long)
+
+
+def test_no_test_or_benchmark_calls_a_private_method_of_the_trainer():
+    tree = ast.parse((PACKAGE / "train.py").read_text())
+    trainer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
+    private = {f.name for f in trainer.body if isinstance(f, ast.FunctionDef) and f.name.startswith("_") and not f.name.endswith("__")}
+    assert "_epoch" in private  # the rule has something to check
+    calls = []
+    for folder in ("tests", "benchmarks"):
+        for path in sorted((PACKAGE.parent / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.Attribute) and node.attr in private:
+                    calls.append(f"{folder}/{path.name}:{node.lineno} .{node.attr}")
+    assert not calls, "private Trainer methods used outside the package: " + "; ".join(calls)

@@ -111,7 +111,7 @@ def test_trainer_with_the_sequence_objective_trains_and_evaluates(fixture_data, 
     config = TrainConfig(rec_objective="sequence", rec_batch_size=2, id_batch_size=2, warmup_batch_size=4, checkpoint_every=50)
     trainer = Trainer(config, pool, rec, gen, tmp_path, run_config={"train": {}}, save_models=save_models, progress=False)
     assert trainer.prompts.sequence
-    _, _, examples, *_ = trainer._phase("rec")
+    examples = trainer.phase("rec").examples
     assert len(examples) == len(trainer.train_examples.last_per_user(pool.max_history)) < len(trainer.train_examples)
     result = trainer.run()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
