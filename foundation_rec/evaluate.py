@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from . import atomic
 from .errors import FoundationRecError
-from .metrics import leave_one_out_metrics
+from .metrics import expected_random_metrics, leave_one_out_metrics
 from .splits import MAX_HISTORY, leave_one_out
 
 KS = (5, 10)
@@ -169,6 +169,30 @@ def evaluate_settings(
             "exclude_history": exclude,
             "seconds": seconds,
         })
+    return results
+
+
+def expected_random(corpus, exclude_history: tuple[bool, ...] = (False, True), *, split: str = "test", max_users: int | None = None,
+                    seed: int = 0, max_history: int = MAX_HISTORY, ks: tuple[int, ...] = KS) -> list[dict]:
+    """``random-expected``: the exact expected metrics of a uniformly random ranking on the same users as
+    :func:`evaluate_settings` (:func:`~foundation_rec.metrics.expected_random_metrics`). History kept,
+    a user ranks the whole catalog; history excluded, the catalog less its history items, and a
+    target inside the history cannot be hit."""
+    ex = examples(corpus, split, max_users, seed, max_history)
+    n_items = len(corpus.items)
+    results = []
+    for exclude in exclude_history:
+        if exclude:
+            candidates = np.asarray([n_items - len(np.unique(h)) for h in ex.histories])
+            reachable = np.asarray([t not in h for h, t in zip(ex.histories, ex.targets, strict=True)], dtype=bool)
+        else:
+            candidates, reachable = np.full(len(ex), n_items), np.ones(len(ex), dtype=bool)
+        results.append({
+            "corpus": corpus.name, "platform": corpus.platform, "method": "random-expected", "split": split,
+            "metrics": expected_random_metrics(candidates, reachable, ks), "users_evaluated": len(ex), "users_total": ex.users_total,
+            "users_excluded": ex.users_excluded, "sampled": ex.sampled, "sample_seed": seed if ex.sampled else None,
+            "catalog_size": n_items, "max_history": max_history, "exclude_history": exclude, "seconds": 0.0,
+        })  # fmt: skip
     return results
 
 

@@ -56,3 +56,30 @@ def leave_one_out_metrics(recommended: np.ndarray, targets: np.ndarray, ks: tupl
     out = {f"R@{k}": recall_at_k(ranks, k) for k in ks}
     out.update({f"N@{k}": ndcg_at_k(ranks, k) for k in ks})
     return out
+
+
+def expected_random_metrics(candidates: np.ndarray, reachable: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:
+    """The exact expectation of ``Recall@K`` and ``NDCG@K`` under a uniformly random ranking.
+
+    User ``u`` ranks ``n = candidates[u]`` items at random; when its target is among them
+    (``reachable[u]``) it lands at each position ``r = 0 .. n-1`` with probability ``1 / n``, so
+
+    * ``E[Recall@K] = min(K, n) / n``;
+    * ``E[NDCG@K] = (1 / n) * sum_{r < min(K, n)} 1 / log2(r + 2)``;
+
+    and both are 0 when the target cannot be ranked. Averaged over users. This is what a random
+    recommender scores on average: one random draw on a few thousand users is noisy (on a
+    3,706-item catalog, 2,000 users expect about 5 hits in the top 10).
+    """
+    n = np.asarray(candidates, dtype=np.float64)
+    reachable = np.asarray(reachable, dtype=bool)
+    if n.shape != reachable.shape or (n[reachable] < 1).any():
+        raise FoundationRecError("need one candidate count >= 1 per user whose target is reachable")
+    out = {}
+    for k in ks:
+        top = np.minimum(k, n)
+        gains = np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))  # gains[j]: DCG of a hit anywhere in the first j + 1 positions, summed
+        dcg = gains[np.maximum(top.astype(np.int64) - 1, 0)]
+        out[f"R@{k}"] = float(np.mean(np.where(reachable, top / np.maximum(n, 1), 0.0))) if len(n) else 0.0
+        out[f"N@{k}"] = float(np.mean(np.where(reachable, dcg / np.maximum(n, 1), 0.0))) if len(n) else 0.0
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0] != "R", int(kv[0].split("@")[1]))))
