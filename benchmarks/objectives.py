@@ -29,9 +29,9 @@ from common import environment, write_table
 from train_throughput import keyword_table, timed_trainer
 
 from foundation_rec.backbones import BackboneConfig, load_backbone
+from foundation_rec.bundle import ModelBundle
 from foundation_rec.idgen import IDGenConfig, IDGenerator
 from foundation_rec.pretrain import RunArguments, build_pool
-from foundation_rec.recommender import GenerativeRecommender
 from foundation_rec.train import TrainConfig, Trainer
 
 CONFIGS = (("t5-cpu", "next"), ("causal-cpu", "next"), ("causal-cpu", "sequence"))
@@ -74,16 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     for preset, objective in CONFIGS:
         backbone = load_backbone(BackboneConfig(preset=preset, device="cpu", seed=0), tokenizer_texts=texts)
         config = TrainConfig(rec_objective=objective, rec_batch_size=16, checkpoint_every=10**9, warmup_epochs=0)
-        trainer = Trainer(
-            config,
-            pool,
-            GenerativeRecommender(backbone.model, backbone.tokenizer),
-            generator,
-            Path(tempfile.mkdtemp()),
-            run_config={},
-            save_models=lambda folder: None,
-            progress=False,
-        )
+        trainer = Trainer(config, pool, ModelBundle(backbone, generator), Path(tempfile.mkdtemp()), run_config={}, progress=False)
         trainer.set_ids(table)
         timed_trainer(trainer, "rec", 1)  # warm-up step (allocator, kernels)
         seconds = min(timed_trainer(trainer, "rec", args.batches)[0] for _ in range(2))

@@ -28,7 +28,6 @@ from common import environment, write_table
 
 from foundation_rec.idgen import IDTable, keyword_id
 from foundation_rec.pretrain import RunArguments, build_models, build_pool
-from foundation_rec.recommender import GenerativeRecommender
 from foundation_rec.train import TrainConfig, Trainer
 
 TARGET = 0.85
@@ -126,11 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     from foundation_rec.backbones import resolve_device
 
     device = resolve_device(args.device)
-    rec_backbone, generator, _ = build_models(run, args.preset, device, pool, 0, None)
-    recommender = GenerativeRecommender(rec_backbone.model, rec_backbone.tokenizer)
+    bundle = build_models(run, args.preset, device, pool, 0, None)
     config = TrainConfig(rec_batch_size=16, id_batch_size=8, checkpoint_every=10**9, id_examples="last", warmup_epochs=0)
     out = Path(tempfile.mkdtemp())
-    trainer = Trainer(config, pool, recommender, generator, out, run_config={}, save_models=lambda folder: None, progress=False)
+    trainer = Trainer(config, pool, bundle, out, run_config={}, progress=False)
     trainer.set_ids(keyword_table(pool))
     rows = []
     for kind, batch_size in (("rec", config.rec_batch_size), ("id", config.id_batch_size)):

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from . import atomic, checkpoint
-from .backbones import BackboneConfig, load_backbone
-from .content import ContentNeighbours, item_vectors, load_projection
-from .content_prior import DEFAULT_CONTENT_PRIOR, load_scorer
+from .bundle import ModelBundle
+from .content import ContentNeighbours, item_vectors
+from .content_prior import DEFAULT_CONTENT_PRIOR
 from .corpora import Corpus, load_corpus, load_recipe
 from .errors import FoundationRecError
-from .idgen import IDGenConfig, IDGenerator, encode_ids
+from .idgen import IDGenerator
 from .paths import cache_dir
 from .prompts import PromptBuilder
 from .recommender import CatalogRecommender, GenerativeRecommender, RerankRecommender
@@ -118,15 +118,10 @@ class FoundationRec:
         """Load a checkpoint directory written by ``python -m foundation_rec.pretrain`` (``best/`` or ``checkpoint/``)."""
         path = Path(path)
         config = checkpoint.read_config(path)
-        rec = load_backbone(BackboneConfig(name_or_path=str(path / "recommender"), device=device))
-        gen = load_backbone(BackboneConfig(name_or_path=str(path / "generator"), device=device))
-        gen.tokenizer = rec.tokenizer  # one vocabulary for both (the soft-embedding ID phase needs it)
-        id_config = IDGenConfig.from_run(config.get("run", {}))
-        for model in (rec.hf_model, gen.hf_model):
+        bundle = ModelBundle.from_pretrained(path, device)
+        for model in (bundle.rec.hf_model, bundle.generator.backbone.hf_model):
             model.train(False)  # inference mode (dropout off)
-        content = load_projection(path / "recommender", rec.device)
-        recommender = GenerativeRecommender(rec.hf_model, rec.tokenizer, content, load_scorer(path / "recommender"))
-        return cls(path, config, recommender, IDGenerator(gen, id_config), num_beams=num_beams)
+        return cls(path, config, bundle.recommender, bundle.generator, num_beams=num_beams)
 
     @property
     def pretrained_corpora(self) -> list[str]:
@@ -166,13 +161,10 @@ class FoundationRec:
             item_ids, titles, texts = _records_corpus(list(items), name)
         start = time.perf_counter()
         ids = self._catalog_ids(name, texts, progress)
-        tokenizer = self.recommender.tokenizer
-        with_eos = encode_ids(tokenizer, ids)
-        vocab = int(self.recommender.model.get_output_embeddings().weight.shape[0])
-        trie = Trie.build(with_eos, vocab_size=vocab, eos_token_id=tokenizer.eos_token_id, corpus=name)
+        id_tokens, trie = self.recommender.index_ids(ids, name)
         reads_text = self.recommender.content is not None or self.recommender.scorer is not None
         vectors = item_vectors(texts, f"{name} items", progress) if reads_text else None
-        self.catalog = Catalog(name, platform, item_ids, titles, texts, ids, trie, [t[:-1] for t in with_eos], corpus,
+        self.catalog = Catalog(name, platform, item_ids, titles, texts, ids, trie, id_tokens, corpus,
                                round(time.perf_counter() - start, 3), vectors)
         return self.catalog
 

@@ -103,17 +103,19 @@ def encode_ids(tokenizer, ids: Sequence[str]) -> list[list[int]]:
 
 @dataclass
 class IDGenConfig:
-    """Settings of ID generation (Algorithm 1) and of the generator's inputs."""
+    """Settings of ID generation (Algorithm 1) and of the generator's inputs: the one source of their defaults
+    (``pretrain``'s ``--id-*`` flags take them; :meth:`from_run` maps the flags back; a checkpoint keeps them in
+    ``generator/idgen.json``). ``IDGenConfig() == IDGenConfig.from_run({})``."""
 
     num_beams: int = field(default=6, metadata={"help": "candidates per item (diverse beam search)"})
-    num_beam_groups: int = field(default=3, metadata={"help": "diverse beam search groups"})
+    num_beam_groups: int = field(default=2, metadata={"help": "diverse beam search groups (from_run: 2 for an even beam count, else 1)"})
     diversity_penalty: float = field(default=0.5, metadata={"help": "initial diversity penalty lambda"})
     penalty_step: float = field(default=0.5, metadata={"help": "lambda increase after a collision"})
     max_penalty: float = field(default=2.0, metadata={"help": "largest lambda before the ID gets longer"})
     max_id_tokens: int = field(default=10, metadata={"help": "initial longest ID, in tokens (without EOS)"})
     length_step: int = field(default=2, metadata={"help": "tokens added to the shortest and longest ID per length increase"})
     length_steps: int = field(default=3, metadata={"help": "length increases before the last-resort fallback"})
-    max_input_tokens: int = field(default=64, metadata={"help": "item text is cut to this many tokens"})
+    max_input_tokens: int = field(default=128, metadata={"help": "item text is cut to this many tokens"})
     batch_size: int = field(default=32, metadata={"help": "items per forward pass"})
     extractive: bool = field(default=False, metadata={"help": "an ID may only use tokens of the item's own text (from-scratch generators)"})
 

@@ -32,15 +32,15 @@ from transformers import HfArgumentParser
 
 from . import checkpoint
 from .backbones import PRETRAINED_SPACE_PRESETS, SCRATCH_PRESETS, BackboneConfig, load_backbone, resolve_device
-from .content import MINILM_DIM, ContentProjection, load_projection
-from .content_prior import ScorerConfig, load_scorer, train_on_pool
+from .bundle import ModelBundle, share_tokenizer
+from .content import MINILM_DIM, ContentProjection
+from .content_prior import ScorerConfig, train_on_pool
 from .corpora import load_corpora
 from .errors import FoundationRecError, cli_errors
 from .idgen import IDGenConfig, IDGenerator
 from .paths import writable_dir
 from .pool import Pool, sample_corpus
-from .recommender import GenerativeRecommender
-from .train import TrainConfig, Trainer, share_tokenizer
+from .train import TrainConfig, Trainer
 
 # Training defaults per preset (flags override them). The CPU recipes train one round on 300 users per corpus
 # (3,000 users and their items over the 10 Amazon corpora) with a decoder-only recommender and the sequence
@@ -114,10 +114,11 @@ class RunArguments:
                   "train longer, or fine-tune on other corpora; --preset then only picks the recipe"},
     )
     users_per_corpus: int = field(default=0, metadata={"help": "train on a seeded sample of this many users per corpus and their items (0: all)"})
-    id_beams: int = field(default=6, metadata={"help": "candidates per item when generating IDs (diverse beam search)"})
-    id_max_tokens: int = field(default=10, metadata={"help": "longest generated ID, in tokens"})
-    id_input_tokens: int = field(default=128, metadata={"help": "item text tokens the ID generator reads"})
-    id_gen_batch_size: int = field(default=32, metadata={"help": "items per forward pass when generating IDs (a GPU takes 256 or more)"})
+    # the ID settings' defaults are IDGenConfig's (IDGenConfig.from_run turns these flags into one)
+    id_beams: int = field(default=IDGenConfig.num_beams, metadata={"help": "candidates per item when generating IDs (diverse beam search)"})
+    id_max_tokens: int = field(default=IDGenConfig.max_id_tokens, metadata={"help": "longest generated ID, in tokens"})
+    id_input_tokens: int = field(default=IDGenConfig.max_input_tokens, metadata={"help": "item text tokens the ID generator reads"})
+    id_gen_batch_size: int = field(default=IDGenConfig.batch_size, metadata={"help": "items per forward pass when generating IDs (a GPU takes 256 or more)"})
     id_extractive: str = field(
         default="auto", metadata={"help": "IDs only from the item's own text tokens: yes, no, or auto (yes for the from-scratch presets tiny and t5-cpu)"}
     )
@@ -187,33 +188,26 @@ def build_pool(run: RunArguments, seed: int) -> Pool:
     return Pool([sample_corpus(c, run.users_per_corpus or None, seed) for c in corpora])
 
 
-def build_models(run: RunArguments, preset: str, device: torch.device, pool: Pool, seed: int, saved: Path | None):
-    """``(recommender backbone, ID generator, content projection or None)``: new ones from the preset /
-    backbone, or the ones saved in checkpoint ``saved``."""
-    id_config = IDGenConfig.from_run(dataclasses.asdict(run))
+def build_models(run: RunArguments, preset: str, device: torch.device, pool: Pool, seed: int, saved: Path | None) -> ModelBundle:
+    """The models to train: the ones saved in checkpoint ``saved``, or new ones from the preset / backbone (no content prior yet)."""
     if saved is not None:
-        rec = load_backbone(BackboneConfig(name_or_path=str(saved / "recommender"), device=str(device)))
-        gen = load_backbone(BackboneConfig(name_or_path=str(saved / "generator"), device=str(device)))
-    else:
-        base = {
-            "preset": None if run.backbone else preset,
-            "name_or_path": run.backbone,
-            "lora_r": run.lora_r if run.lora else 0,
-            "load_in_4bit": run.load_in_4bit,
-            "device": str(device),
-        }
-        texts = pool.texts()
-        rec_preset = {"preset": run.rec_preset} if run.rec_preset else {}
-        rec = load_backbone(BackboneConfig(**{**base, **rec_preset}, seed=seed), tokenizer_texts=texts)
-        gen = load_backbone(BackboneConfig(**base, seed=seed + 1), tokenizer_texts=texts)
+        return ModelBundle.from_pretrained(saved, device)
+    base = {
+        "preset": None if run.backbone else preset,
+        "name_or_path": run.backbone,
+        "lora_r": run.lora_r if run.lora else 0,
+        "load_in_4bit": run.load_in_4bit,
+        "device": str(device),
+    }
+    texts = pool.texts()
+    rec_preset = {"preset": run.rec_preset} if run.rec_preset else {}
+    rec = load_backbone(BackboneConfig(**{**base, **rec_preset}, seed=seed), tokenizer_texts=texts)
+    gen = load_backbone(BackboneConfig(**base, seed=seed + 1), tokenizer_texts=texts)
+    width = int(rec.hf_model.get_input_embeddings().weight.shape[1])
+    # started at the scale of the token embeddings (rows of norm ~2 in the MiniLM space), so the history's content is heard from step one
+    content = ContentProjection(MINILM_DIM, width, init_std=2.0 / width**0.5).to(device) if run.content_vectors else None
     share_tokenizer(rec, gen)
-    if saved is not None:
-        content = load_projection(saved / "recommender", device)
-    else:
-        width = int(rec.hf_model.get_input_embeddings().weight.shape[1])
-        # started at the scale of the token embeddings (rows of norm ~2 in the MiniLM space), so the history's content is heard from step one
-        content = ContentProjection(MINILM_DIM, width, init_std=2.0 / width**0.5).to(device) if run.content_vectors else None
-    return rec, IDGenerator(gen, id_config), content
+    return ModelBundle(rec, IDGenerator(gen, IDGenConfig.from_run(dataclasses.asdict(run))), content)
 
 
 @cli_errors
@@ -237,18 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     writable_dir(run.output_dir, "--output-dir")
     pool = build_pool(run, train.seed)
     saved = resume or (Path(run.init_from) if run.init_from else None)
-    rec_backbone, generator, content = build_models(run, preset, device, pool, train.seed, saved)
-    scorer = load_scorer(saved / "recommender") if saved is not None else None
-    if scorer is None and run.content_prior_epochs:
-        scorer = train_on_pool(pool, ScorerConfig(epochs=run.content_prior_epochs, seed=train.seed), progress=run.progress)
-    recommender = GenerativeRecommender(rec_backbone.model, rec_backbone.tokenizer, content, scorer)
+    bundle = build_models(run, preset, device, pool, train.seed, saved)
+    if bundle.scorer is None and run.content_prior_epochs:
+        bundle.scorer = train_on_pool(pool, ScorerConfig(epochs=run.content_prior_epochs, seed=train.seed), progress=run.progress)
     run_config = {"run": {**dataclasses.asdict(run), "resume": None}, "preset": preset, "train": dataclasses.asdict(train), "stats": _stats(pool)}
-
-    def save_models(folder: Path) -> None:
-        rec_backbone.save(folder / "recommender", modules=[m for m in (content, scorer) if m is not None])
-        generator.save(folder / "generator")
-
-    trainer = Trainer(train, pool, recommender, generator, run.output_dir, run_config=run_config, save_models=save_models, progress=run.progress)
+    trainer = Trainer(train, pool, bundle, run.output_dir, run_config=run_config, progress=run.progress)
     if resume is not None:
         trainer.restore(resume)
     result = trainer.run()

@@ -29,6 +29,7 @@ from .content import ContentProjection, content_index
 from .content_prior import ContentScorer
 from .decoding import beam_search, node_log_probs, score_candidates
 from .errors import FoundationRecError
+from .idgen import encode_ids
 from .prompts import EVAL_TEMPLATE, Prompt, PromptBuilder
 from .trie import Trie
 
@@ -133,6 +134,13 @@ class GenerativeRecommender:
             raise FoundationRecError("this recommender reads item content vectors but none were set; index a catalog first")
         vectors = vectors[content[:, 2].cpu()].to(embeds.device, embeds.dtype)
         return embeds.index_put((content[:, 0], content[:, 1]), self.content(vectors).to(embeds.dtype), accumulate=True)
+
+    def index_ids(self, ids: Sequence[str], corpus: str) -> tuple[list[list[int]], Trie]:
+        """One catalog's prompt index and trie, for training and zero-shot alike: each textual ID's tokens
+        (no EOS, what prompts show) and the prefix trie over them with EOS (what generation follows)."""
+        with_eos = encode_ids(self.tokenizer, ids)
+        vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        return [t[:-1] for t in with_eos], Trie.build(with_eos, vocab_size=vocab, eos_token_id=self.eos_token_id, corpus=corpus)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Mean cross-entropy over the label tokens of ``batch`` (teacher forcing)."""

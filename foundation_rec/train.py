@@ -48,24 +48,20 @@ import torch
 from tqdm.auto import tqdm
 
 from . import atomic, checkpoint
-from .backbones import SCRATCH_PRESETS
-from .content import item_vectors, load_projection
+from .bundle import VOCAB_ERROR, ModelBundle
+from .content import item_vectors
 from .errors import FoundationRecError
 from .idgen import IDGenerator, IDTable, build_table, encode_ids, keyword_id, keyword_loss
 from .metrics import leave_one_out_metrics
 from .pool import Pool, PoolExamples
 from .prompts import PromptBuilder, sample_templates, user_textual_ids
-from .recommender import Batch, CatalogRecommender, GenerativeRecommender
+from .recommender import Batch, CatalogRecommender
 from .trie import Trie
 
 ALT_STYLES = ("rec_first", "id_first")
 REC_OBJECTIVES = ("next", "sequence")
 SELECT_METRIC = "N@10"
 MAX_SKIPPED = 10  # non-finite steps a phase may skip before the run stops (and over 5% of its steps)
-_VOCAB_ERROR = (
-    "the ID generator and the recommender use different tokenizers; soft ID embeddings need one shared vocabulary: "
-    "build both from the same --backbone/--preset"
-)
 
 
 @dataclass
@@ -140,21 +136,6 @@ def plan(config: TrainConfig) -> list[tuple[str, int]]:
         for phase in phases:
             stages += [("rec", r), ("valid", r)] if phase == "rec" else [("id", r), ("regen", r + 1)]
     return [*stages, ("test", config.rounds)]
-
-
-def share_tokenizer(source, target) -> None:
-    """Give backbone ``target`` the tokenizer of backbone ``source`` (soft ID embeddings need one vocabulary).
-
-    A from-scratch model whose own tokenizer had another size gets its embedding matrices resized;
-    pretrained backbones must already share a vocabulary.
-    """
-    if target.tokenizer.get_vocab() == source.tokenizer.get_vocab():
-        target.tokenizer = source.tokenizer
-        return
-    if target.config.preset not in SCRATCH_PRESETS:
-        raise FoundationRecError(_VOCAB_ERROR)
-    target.tokenizer = source.tokenizer
-    target.hf_model.resize_token_embeddings(len(source.tokenizer), mean_resizing=False)
 
 
 def _schedule(config: dict) -> dict:
@@ -298,33 +279,33 @@ class LogWindow:
 
 
 class Trainer:
-    """Runs :func:`plan` over a :class:`~foundation_rec.pool.Pool` with a recommender and an ID generator.
+    """Runs :func:`plan` over a :class:`~foundation_rec.pool.Pool` with a :class:`~foundation_rec.bundle.ModelBundle`.
 
-    ``generator`` is an :class:`foundation_rec.idgen.IDGenerator` (its trainable module is
-    ``generator.backbone.model``); IDs are generated with :func:`foundation_rec.idgen.build_table`
-    (unique over the whole pool), the warm-up targets are :func:`foundation_rec.idgen.keyword_id`.
+    The bundle's generator (an :class:`foundation_rec.idgen.IDGenerator`; its trainable module is
+    ``generator.backbone.model``) writes the IDs with :func:`foundation_rec.idgen.build_table` (unique
+    over the whole pool); the warm-up targets are :func:`foundation_rec.idgen.keyword_id`.
     ``run_config`` (JSON) goes into every checkpoint's ``foundation_rec.json`` (the arguments that
-    rebuild the models); ``save_models(folder)`` writes ``folder/recommender`` and ``folder/generator``
-    (e.g. :meth:`foundation_rec.backbones.Backbone.save`); ``output_dir`` receives ``checkpoint/`` (latest), ``best/`` (best validation),
-    ``metrics.jsonl`` and ``results.json``.
+    rebuild the models); every checkpoint holds the bundle (:meth:`ModelBundle.write`).
+    ``output_dir`` receives ``checkpoint/`` (latest), ``best/`` (best validation), ``metrics.jsonl``
+    and ``results.json``.
     """
 
     def __init__(
         self,
         config: TrainConfig,
         pool: Pool,
-        recommender: GenerativeRecommender,
-        generator,
+        bundle: ModelBundle,
         output_dir: str | Path,
         *,
         run_config: dict,
-        save_models: Callable[[Path], None],
         progress: bool = True,
     ):
         config.check()
         self.config = config
         self.pool = pool
-        self.rec = recommender
+        self.bundle = bundle
+        self.rec = recommender = bundle.recommender
+        generator = bundle.generator
         self.dist = Distributed(recommender.device)
         if config.precision == "bf16" and self.dist.device.type != "cuda":
             raise FoundationRecError("--precision bf16 needs a CUDA device; pass --precision fp32 (or auto) on the CPU")
@@ -332,7 +313,6 @@ class Trainer:
         self.gen_model = generator.backbone.model
         self.output_dir = Path(output_dir)
         self.run_config = run_config
-        self.save_models = save_models
         self.progress = progress
         self.stages = plan(config)
         self.log = MetricsLog(self.output_dir / "metrics.jsonl", self.dist.main)
@@ -369,7 +349,7 @@ class Trainer:
     def _check_vocabulary(self) -> None:
         rec_vocab, gen_vocab = self.rec.tokenizer.get_vocab(), self.gen.tokenizer.get_vocab()
         if rec_vocab != gen_vocab:
-            raise FoundationRecError(_VOCAB_ERROR)
+            raise FoundationRecError(VOCAB_ERROR)
 
     def set_ids(self, table: IDTable) -> None:
         """Adopt an ID table: token lists, prompt builder, per-corpus tries and (optionally) user IDs."""
@@ -378,13 +358,9 @@ class Trainer:
                 raise FoundationRecError(f"the ID table does not cover catalog {corpus.name!r}; resume with the same --corpora, sample and --seed")
         self.table = table
         self.id_strings = [i for name in self.pool.names() for i in table.ids[name]]
-        with_eos = encode_ids(self.rec.tokenizer, self.id_strings)
-        self.prompts.set_ids([ids[:-1] for ids in with_eos])
-        vocab = int(self.rec.model.get_output_embeddings().weight.shape[0])
-        self.tries = [
-            Trie.build(with_eos[lo:hi], vocab_size=vocab, eos_token_id=self.rec.eos_token_id, corpus=name)
-            for name, lo, hi in zip(self.pool.names(), self.pool.offsets[:-1], self.pool.offsets[1:], strict=True)
-        ]
+        indexed = [self.rec.index_ids(table.ids[name], name) for name in self.pool.names()]
+        self.prompts.set_ids([tokens for id_tokens, _ in indexed for tokens in id_tokens])
+        self.tries = [trie for _, trie in indexed]
         if self.config.user_ids:
             offsets, values = self.pool.training_prefixes()
             self.user_text = [u or None for u in user_textual_ids(offsets, values, self.id_strings)]
@@ -619,8 +595,8 @@ class Trainer:
             with atomic.staged_dir(self.output_dir / folder) as tmp:
                 config = {**self.run_config, "format_version": checkpoint.FORMAT_VERSION, "corpora": list(self.pool.names()), "step": self.step}
                 atomic.write_json(tmp / checkpoint.CONFIG_NAME, config)
-                self.save_models(tmp)
-                self.table.save(tmp / "ids")
+                self.bundle.table = self.table
+                self.bundle.write(tmp)
                 tensors, state = checkpoint.rng_tensors(), self.state()
                 if self.optimizer is not None:
                     opt_tensors, state["optimizer"] = checkpoint.optimizer_state(self.optimizer, "optimizer")
@@ -629,15 +605,11 @@ class Trainer:
         self.dist.barrier()
 
     def load_models(self, folder: Path) -> None:
-        """Load both models' weights and the ID table of a checkpoint (``checkpoint/`` or ``best/``)."""
+        """Load both models' weights and the ID table of a checkpoint (``checkpoint/`` or ``best/``) in place."""
         checkpoint.read_config(folder)
-        checkpoint.load_weights(self.rec.model, folder / "recommender")
-        if self.rec.content is not None:
-            self.rec.content.load_state_dict(load_projection(folder / "recommender").state_dict())
-        checkpoint.load_weights(self.gen_model, folder / "generator")
-        table = IDTable.load(folder / "ids")
-        if table.ids:
-            self.set_ids(table)
+        self.bundle.load_weights(folder)
+        if self.bundle.table.ids:
+            self.set_ids(self.bundle.table)
 
     def restore(self, folder: str | Path) -> None:
         """Continue from a checkpoint: weights, ID table, schedule position, optimizer moments, RNG."""

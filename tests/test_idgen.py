@@ -267,3 +267,9 @@ def test_run_arguments_set_the_generation_settings():
     assert (config.num_beams, config.num_beam_groups, config.max_id_tokens, config.max_input_tokens) == (4, 2, 6, 64)
     assert config.extractive and config.batch_size == 256
     assert IDGenConfig.from_run({}).batch_size == IDGenConfig.batch_size  # checkpoints written before the flag existed
+
+
+def test_the_id_settings_have_one_set_of_defaults():
+    from foundation_rec.pretrain import RunArguments
+
+    assert IDGenConfig() == IDGenConfig.from_run({}) == IDGenConfig.from_run(dataclasses.asdict(RunArguments(corpora="all")))

@@ -107,9 +107,9 @@ def test_windows_cover_every_training_target_once(fixture_data):
 
 def test_trainer_with_the_sequence_objective_trains_and_evaluates(fixture_data, tmp_path):
     pool = Pool(load_corpora(CORPORA, data_dir=fixture_data))
-    rec, gen, save_models = tiny_models(pool.texts(), 0, decoder_only=True)
+    bundle = tiny_models(pool.texts(), 0, decoder_only=True)
     config = TrainConfig(rec_objective="sequence", rec_batch_size=2, id_batch_size=2, warmup_batch_size=4, checkpoint_every=50)
-    trainer = Trainer(config, pool, rec, gen, tmp_path, run_config={"train": {}}, save_models=save_models, progress=False)
+    trainer = Trainer(config, pool, bundle, tmp_path, run_config={"train": {}}, progress=False)
     assert trainer.prompts.sequence
     examples = trainer.phase("rec").examples
     assert len(examples) == len(trainer.train_examples.last_per_user(pool.max_history)) < len(trainer.train_examples)
@@ -122,9 +122,8 @@ def test_trainer_with_the_sequence_objective_trains_and_evaluates(fixture_data, 
 
 def test_sequence_objective_refuses_an_encoder_decoder(fixture_data, tmp_path):
     pool = Pool(load_corpora(CORPORA, data_dir=fixture_data))
-    rec, gen, save_models = tiny_models(pool.texts())
     with pytest.raises(FoundationRecError, match="decoder-only"):
-        Trainer(TrainConfig(rec_objective="sequence"), pool, rec, gen, tmp_path, run_config={}, save_models=save_models)
+        Trainer(TrainConfig(rec_objective="sequence"), pool, tiny_models(pool.texts()), tmp_path, run_config={})
     with pytest.raises(FoundationRecError, match="rec-objective"):
         TrainConfig(rec_objective="all").check()
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from train_helpers import tiny_models
 
+from foundation_rec.bundle import ModelBundle
 from foundation_rec.corpora import load_corpora
 from foundation_rec.errors import FoundationRecError
 from foundation_rec.pool import Pool, sample_corpus
@@ -25,9 +26,9 @@ def pool(fixture_data) -> Pool:
 
 
 def make_trainer(pool, tmp_path, *, decoder_only=False, seed=0, saved=None, **overrides) -> Trainer:
-    rec, gen, save_models = tiny_models(pool.texts(), seed, decoder_only, saved)
+    bundle = tiny_models(pool.texts(), seed, decoder_only, saved)
     config = TrainConfig(**{"rec_batch_size": 2, "id_batch_size": 2, "warmup_batch_size": 4, "checkpoint_every": 1, **overrides})
-    return Trainer(config, pool, rec, gen, tmp_path, run_config={"test": True}, save_models=save_models, progress=False)
+    return Trainer(config, pool, bundle, tmp_path, run_config={"test": True}, progress=False)
 
 
 def weights(model) -> dict[str, torch.Tensor]:
@@ -117,8 +118,7 @@ def test_regenerated_ids_are_unique_and_the_tries_rebuilt(pool, tmp_path):
 
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(pool, tmp_path):
     config = {"rounds": 2, "rec_epochs": 2, "rec_batch_size": 1, "id_batch_size": 1, "log_every": 1}
-    _, _, save_models = tiny_models(pool.texts())
-    save_models(tmp_path / "init")  # both runs start from the same weights and tokenizer
+    tiny_models(pool.texts()).save_pretrained(tmp_path / "init")  # both runs start from the same weights and tokenizer
     full = make_trainer(pool, tmp_path / "full", saved=tmp_path / "init", **config)
     full_result = full.run()
 
@@ -204,10 +204,9 @@ def test_sampled_corpus_keeps_its_users_items(fixture_data):
 
 
 def test_different_tokenizers_are_refused(pool, tmp_path):
-    rec, _, _ = tiny_models(pool.texts())
-    _, gen, _ = tiny_models(["completely different words"])
+    mixed = ModelBundle(tiny_models(pool.texts()).rec, tiny_models(["completely different words"]).generator)
     with pytest.raises(FoundationRecError, match="shared vocabulary"):
-        Trainer(TrainConfig(), pool, rec, gen, tmp_path, run_config={}, save_models=lambda folder: None)
+        Trainer(TrainConfig(), pool, mixed, tmp_path, run_config={})
 
 
 def poison(trainer, calls: set[int] | None) -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from foundation_rec.backbones import Backbone, BackboneConfig, load_backbone
+from foundation_rec.bundle import ModelBundle, share_tokenizer
 from foundation_rec.idgen import IDGenConfig, IDGenerator
-from foundation_rec.recommender import GenerativeRecommender
-from foundation_rec.train import share_tokenizer
 
 FAST_IDS = IDGenConfig(num_beams=4, num_beam_groups=2, max_id_tokens=4, length_steps=1, max_input_tokens=32)
 
@@ -17,14 +16,9 @@ def tiny_backbone(texts, seed: int, decoder_only: bool = False, saved=None) -> B
     return load_backbone(BackboneConfig(preset="tiny-causal" if decoder_only else "tiny", device="cpu", seed=seed), tokenizer_texts=texts)
 
 
-def tiny_models(texts, seed: int = 0, decoder_only: bool = False, saved=None):
-    """``(recommender, generator, save_models)`` sharing one tokenizer; ``saved``: a checkpoint to load them from."""
+def tiny_models(texts, seed: int = 0, decoder_only: bool = False, saved=None) -> ModelBundle:
+    """A :class:`ModelBundle` of a tiny recommender and generator sharing one tokenizer; ``saved``: a checkpoint to load them from."""
     rec_backbone = tiny_backbone(texts, seed, decoder_only, saved and saved / "recommender")
     gen_backbone = tiny_backbone(texts, seed + 1, saved=saved and saved / "generator")
     share_tokenizer(rec_backbone, gen_backbone)
-
-    def save_models(folder):
-        rec_backbone.save(folder / "recommender")
-        gen_backbone.save(folder / "generator")
-
-    return GenerativeRecommender(rec_backbone.model, rec_backbone.tokenizer), IDGenerator(gen_backbone, FAST_IDS), save_models
+    return ModelBundle(rec_backbone, IDGenerator(gen_backbone, FAST_IDS))
