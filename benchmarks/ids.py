@@ -2,7 +2,7 @@
 
 For a from-scratch preset (``tiny``, ``t5-cpu``) the tokenizer is counted from the pool's texts, the
 generator runs in extractive mode (IDs from each item's own words, as ``pretrain`` sets it) and is
-first warmed up on extractive keyword IDs (timed separately); ``smollm2-135m`` is prompted as is. IDs are then generated with :func:`foundation_rec.idgen.build_table` (Algorithm 1, unique over
+first warmed up on extractive keyword IDs by the trainer's own warm-up phase (timed separately); ``smollm2-135m`` is prompted as is. IDs are then generated with :func:`foundation_rec.idgen.build_table` (Algorithm 1, unique over
 the whole pool, then unique within the target), timed per catalog. Each run is stored under its preset
 in ``results/ids.json``; ``results/ids.md`` tabulates every stored run.
 
@@ -17,15 +17,20 @@ import argparse
 import dataclasses
 import json
 import random
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from common import RESULTS, environment, write_results
 
 from foundation_rec.backbones import BackboneConfig, load_backbone
+from foundation_rec.bundle import ModelBundle, share_tokenizer
 from foundation_rec.corpora import load_corpora, load_corpus
 from foundation_rec.errors import cli_errors
-from foundation_rec.idgen import IDGenConfig, IDGenerator, IDTable, build_table, id_report, warmup
+from foundation_rec.idgen import IDGenConfig, IDGenerator, IDTable, build_table, id_report
+from foundation_rec.pool import Pool
+from foundation_rec.train import TrainConfig, Trainer
 
 SCRATCH = ("tiny", "t5-cpu")
 
@@ -123,6 +128,22 @@ def markdown(runs: dict) -> str:
     return "\n".join(lines)
 
 
+def trainer_warmup(generator: IDGenerator, corpora, args) -> str:
+    """The keyword warm-up exactly as ``pretrain`` runs it (``Trainer.train_phase("warmup")``: a seeded sample of
+    ``--warmup-items`` pool items, keyword targets, AdamW with its schedule and clip), with a throw-away recommender."""
+    config = TrainConfig(warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr, warmup_items=args.warmup_items, checkpoint_every=10**9)
+    recommender = load_backbone(BackboneConfig(preset=args.preset, device=args.device), tokenizer_texts=[t for c in corpora for t in c.items["text"]])
+    share_tokenizer(generator.backbone, recommender)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(config, Pool(list(corpora)), ModelBundle(recommender, generator), out, run_config={}, progress=True)
+        start = time.perf_counter()
+        trainer.train_phase("warmup", 0)
+        seconds = time.perf_counter() - start
+        losses = [json.loads(line)["loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    items = min(args.warmup_items or 10**12, len(trainer.texts))
+    return f"{items:,} items x {args.warmup_epochs} epoch(s) in {seconds:.1f} s (the trainer's warm-up), loss {losses[0]:.2f} -> {losses[-1]:.2f}"
+
+
 @cli_errors
 def main() -> None:
     args = parse_args()
@@ -141,10 +162,7 @@ def main() -> None:
     run["load_seconds"] = round(time.perf_counter() - start, 2)
     run["config"] = dataclasses.asdict(generator.config)
     if args.preset in SCRATCH and args.warmup_epochs:
-        warm_texts = random.Random(1).sample(texts, min(args.warmup_items, len(texts)))
-        start = time.perf_counter()
-        losses = warmup(generator, warm_texts, args.warmup_epochs, lr=args.warmup_lr)
-        run["warmup"] = f"{len(warm_texts):,} items x {args.warmup_epochs} epoch(s) in {time.perf_counter() - start:.1f} s, loss {losses[0]:.2f} -> {losses[-1]:.2f}"
+        run["warmup"] = trainer_warmup(generator, pool_all, args)
     start = time.perf_counter()
     table = build_table(generator, pool)
     run["pool"] = summary(table, pool, backbone.tokenizer, time.perf_counter() - start)

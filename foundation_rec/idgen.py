@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import re
 import unicodedata
 from collections import Counter
@@ -419,56 +418,6 @@ def keyword_loss(generator: IDGenerator, texts: Sequence[str], targets: Sequence
     logits, mask = generator.logits(texts, targets)
     gold = torch.nn.utils.rnn.pad_sequence([torch.tensor(t) for t in targets], batch_first=True).to(logits.device)
     return torch.nn.functional.cross_entropy(logits.float()[mask], gold[mask]), int(mask.sum())
-
-
-def warmup(
-    generator: IDGenerator,
-    texts: Sequence[str],
-    epochs: int = 1,
-    *,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    min_words: int = 2,
-    max_words: int = 4,
-    seed: int = 0,
-    progress: bool = True,
-) -> list[float]:
-    """Teach a from-scratch generator extractive IDs; returns the mean loss of each epoch.
-
-    Each step's target for a text is :func:`keyword_id` with a word count drawn (seeded) between
-    ``min_words`` and ``max_words``, so the model learns to copy the title's informative words in
-    order and to stop after a few of them. Trains every trainable parameter with AdamW on the
-    cross-entropy of the target tokens (EOS included).
-    """
-    if not texts:
-        raise FoundationRecError("warm-up needs item texts; pass the catalog's texts")
-    if not 1 <= min_words <= max_words:
-        raise FoundationRecError(f"need 1 <= min_words <= max_words, got {min_words} and {max_words}")
-    model = generator.backbone.model
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    rng = random.Random(seed)
-    model.train()
-    losses = []
-    with tqdm(total=epochs * -(-len(texts) // batch_size), desc="ID warm-up", unit="step", disable=not progress) as bar:
-        for _ in range(epochs):
-            order = list(range(len(texts)))
-            rng.shuffle(order)
-            total = 0.0
-            for start in range(0, len(order), batch_size):
-                batch = [texts[i] for i in order[start : start + batch_size]]
-                targets = encode_ids(generator.tokenizer, [keyword_id(t, rng.randint(min_words, max_words)) or "item" for t in batch])
-                loss, _ = keyword_loss(generator, batch, targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                total += loss.item() * len(batch)
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            losses.append(total / len(texts))
-    model.train(False)
-    return losses
 
 
 # --------------------------------------------------------------------------------- the ID table

@@ -120,3 +120,58 @@ def test_demo_in_a_headless_browser(tiny_checkpoint, items_file, tmp_path, fixtu
     assert all(row[1] in titles for row in result["recommendations"])
     assert [row[1] for row in result["matches"]] == ["The Hobbit", "Dune", "Frankenstein"]
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+
+
+def test_demo_server_answers_20_concurrent_requests_without_mixing_catalogs(tiny_checkpoint, tmp_path, fixture_data):
+    """20 requests at once against a local server, alternating two catalogs: each answer is complete and from its own catalog."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from demo_screenshot import demo_server
+    from gradio_client import Client
+
+    from foundation_rec.corpora import load_corpus
+
+    catalogs = {name: load_corpus(name, fixture_data).items["title"] for name in ("steam", "yelp")}
+    histories = {name: "\n".join(titles[:3]) for name, titles in catalogs.items()}
+    args = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--num-beams", "16", "--data-dir", str(fixture_data), "--catalog", "steam"]
+    with demo_server(args, log=tmp_path / "demo.log") as url:
+        client = Client(url, verbose=False)
+        names = [("steam", "yelp")[i % 2] for i in range(20)]
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            jobs = [pool.submit(lambda n: client.predict(n, None, histories[n], api_name="/recommend"), name) for name in names]
+            answers = [job.result(timeout=300) for job in jobs]
+    for name, (matches, recs, message) in zip(names, answers, strict=True):
+        rows = recs["data"] if isinstance(recs, dict) else recs
+        assert f"recommendations from **{name}**" in message, message
+        assert len(rows) == min(10, len(catalogs[name])) and all(row[1] in set(catalogs[name]) for row in rows), (name, rows)
+        assert [row[1] for row in (matches["data"] if isinstance(matches, dict) else matches)] == list(catalogs[name][:3])
+
+
+def test_ctrl_c_while_indexing_a_catalog_leaves_no_partial_cache_entry(tiny_checkpoint, tmp_path, monkeypatch):
+    """Ctrl-C during ID generation, or while the cache file is being written: nothing is left that a later run would read."""
+    import os
+
+    from foundation_rec.idgen import IDGenerator
+
+    monkeypatch.setenv("FOUNDATION_REC_CACHE", str(tmp_path / "cache"))
+    model = FoundationRec.from_pretrained(tiny_checkpoint, device="cpu", num_beams=16)
+    cache = tmp_path / "cache" / "catalog_ids"
+    real_assign, real_fsync = IDGenerator.assign, os.fsync
+
+    def interrupted(self, texts, *args, **kwargs):
+        real_assign(self, texts[:3], *args, **kwargs)  # part of the work is done ...
+        raise KeyboardInterrupt  # ... when the user presses Ctrl-C
+
+    def interrupted_write(fd):
+        raise KeyboardInterrupt  # Ctrl-C while the cache file is half written
+
+    for patch in ((IDGenerator, "assign", interrupted), (os, "fsync", interrupted_write)):
+        monkeypatch.setattr(*patch)
+        with pytest.raises(KeyboardInterrupt):
+            model.index_catalog(RECORDS, name="bookshop", progress=False)
+        monkeypatch.setattr(IDGenerator, "assign", real_assign)
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        assert not cache.is_dir() or list(cache.iterdir()) == []  # no entry, complete or partial
+    catalog = model.index_catalog(RECORDS, name="bookshop", progress=False)  # the next run builds a complete entry
+    assert [p.suffix for p in cache.iterdir()] == [".json"] and len(set(catalog.ids)) == len(RECORDS)
+    assert model.catalog_id_record(catalog)["items"] == len(RECORDS)

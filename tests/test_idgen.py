@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -25,8 +26,8 @@ from foundation_rec.idgen import (
     field_values,
     id_report,
     keyword_id,
+    keyword_loss,
     normalize_id,
-    warmup,
 )
 
 TEXTS = [
@@ -70,10 +71,32 @@ def rigged() -> IDGenerator:
     return generator
 
 
+def keyword_warmup(generator: IDGenerator, texts: list[str], epochs: int, batch_size: int, lr: float) -> list[float]:
+    """The trainer's warm-up targets and loss (keyword_id, keyword_loss) in a bare loop; the mean loss per epoch."""
+    params = [p for p in generator.backbone.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    targets = encode_ids(generator.tokenizer, [keyword_id(t) or "item" for t in texts])
+    generator.backbone.model.train()
+    losses = []
+    for epoch in range(epochs):
+        order = np.random.default_rng(epoch).permutation(len(texts))
+        total = 0.0
+        for lo in range(0, len(order), batch_size):
+            idx = order[lo : lo + batch_size]
+            loss, _ = keyword_loss(generator, [texts[i] for i in idx], [targets[i] for i in idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        losses.append(total / len(texts))
+    generator.backbone.model.train(False)
+    return losses
+
+
 @pytest.fixture(scope="module")
 def warm() -> tuple[IDGenerator, list[float]]:
     generator = tiny_generator()
-    losses = warmup(generator, TEXTS, epochs=40, batch_size=6, lr=1e-2, progress=False)
+    losses = keyword_warmup(generator, TEXTS, epochs=40, batch_size=6, lr=1e-2)
     return generator, losses
 
 
