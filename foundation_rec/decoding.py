@@ -3,7 +3,8 @@
 :func:`beam_search` runs a Hugging Face seq2seq (T5-style: encoder once, decoder with a KV cache)
 or decoder-only model (left-padded prompts, KV cache) and follows the selection rules of
 ``transformers``' own beam search, so with a trie its results equal ``model.generate(num_beams=k,
-num_return_sequences=k, prefix_allowed_tokens_fn=...)`` (:func:`reference_beam_search`):
+num_return_sequences=k, prefix_allowed_tokens_fn=...)`` (the reference in ``benchmarks/reference_decoding.py``, which the
+tests compare against):
 
 * each step keeps the best ``2 * beams`` continuations; one ending the sequence (EOS, or the last
   allowed step) is *finished* only when it ranks among the best ``beams``; the best ``beams``
@@ -284,6 +285,7 @@ class _Search:
                 f"bad_token_mask must be a bool tensor of shape [{self.vocab}] or [{self.batch}, {self.vocab}] (the model's logits)"
             )
         self.arange_b = torch.arange(self.batch, device=self.device)[:, None]
+        self.neg_inf = torch.tensor(NEG_INF, device=self.device)
 
     def start(self) -> tuple[_Running, _Finished]:
         """One running beam per prompt and group (at the root, score 0), and no finished sequence."""
@@ -370,7 +372,7 @@ class _Search:
         seqs = run.tokens[:, g][self.arange_b, beam]  # [B, k, T]
         seqs[:, :, step] = token
         self.finish(g, fin, torch.where(ends & (torch.arange(k, device=self.device) < self.size), top_scores, NEG_INF), seqs, node, step)
-        neg_inf = torch.tensor(NEG_INF, device=self.device)
+        neg_inf = self.neg_inf
         keep = torch.cat([torch.where(ends, neg_inf, top_scores), neg_inf.expand(self.batch, max(self.size - k, 0))], dim=1).topk(self.size, dim=1)
         pick, dead = keep.indices.clamp(max=k - 1), keep.values == NEG_INF
         fin.improvable[:, g] &= keep.values[:, 0] > fin.scores[:, g].min(dim=1).values
