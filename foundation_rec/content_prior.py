@@ -123,12 +123,28 @@ def right_aligned(histories: list[np.ndarray], length: int) -> torch.Tensor:
     return out
 
 
-def _batch_loss(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each example's next item against every item of its own corpus."""
+def own_corpus_logits(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch.Tensor, owner: torch.Tensor):
+    """For each corpus among examples ``idx``: ``(logits [n, corpus items], target rows [n])`` of its examples,
+    scored against that corpus's items only (the next item competes with its own platform's catalog).
+
+    ``owner`` ``[items]`` is each item's corpus, in contiguous blocks; histories never leave their corpus.
+    Scoring one corpus's slice gives the same logits as scoring the whole pool and masking the rest.
+    """
     histories = right_aligned([examples.history(int(i)) for i in idx], scorer.max_history)
     targets = torch.tensor([examples.target(int(i)) for i in idx])
-    logits = scorer(histories, vectors).masked_fill(owner[None, :] != owner[targets][:, None], -torch.inf)
-    return torch.nn.functional.cross_entropy(logits, targets)
+    corpus = owner[targets]
+    for c in corpus.unique():
+        lo, hi = (int(torch.searchsorted(owner, c, right=right)) for right in (False, True))
+        mine = corpus == c
+        local = torch.where(histories[mine] >= 0, histories[mine] - lo, -1)
+        yield scorer(local, vectors[lo:hi]), targets[mine] - lo
+
+
+def _batch_loss(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of each example's next item against every item of its own corpus."""
+    losses = [torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+              for logits, targets in own_corpus_logits(scorer, examples, idx, vectors, owner)]
+    return torch.stack(losses).sum() / len(idx)
 
 
 def scorer_ndcg(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: torch.Tensor, k: int = 10) -> float:
@@ -137,19 +153,19 @@ def scorer_ndcg(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: t
     with torch.no_grad():
         for lo in range(0, len(examples), 512):
             idx = np.arange(lo, min(lo + 512, len(examples)))
-            histories = right_aligned([examples.history(int(i)) for i in idx], scorer.max_history)
-            targets = torch.tensor([examples.target(int(i)) for i in idx])
-            logits = scorer(histories, vectors).masked_fill(owner[None, :] != owner[targets][:, None], -torch.inf)
-            rank = (logits > logits.gather(1, targets[:, None])).sum(1)
-            total += float(torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2), 0.0).sum())
+            for logits, targets in own_corpus_logits(scorer, examples, idx, vectors, owner):
+                rank = (logits > logits.gather(1, targets[:, None])).sum(1)
+                total += float(torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2), 0.0).sum())
     return total / max(len(examples), 1)
 
 
-def train_scorer(vectors: torch.Tensor, owner: torch.Tensor, train, valid, config: ScorerConfig, max_history: int, log=print) -> ContentScorer:
-    """Fit a :class:`ContentScorer` on ``train`` examples (pool :class:`~foundation_rec.pool.PoolExamples`), items
-    ``vectors`` ``[items, dim]`` of corpus ``owner`` ``[items]``; keep the epoch best on ``valid``."""
+def train_scorer(vectors: torch.Tensor, owner: torch.Tensor, train, valid, config: ScorerConfig, max_history: int, log=print,
+                 model: ContentScorer | None = None) -> ContentScorer:
+    """Fit a :class:`ContentScorer` (or ``model``, a subclass) on ``train`` examples (pool
+    :class:`~foundation_rec.pool.PoolExamples`), items ``vectors`` ``[items, dim]`` of corpus
+    ``owner`` ``[items]``; keep the epoch best on ``valid``."""
     generator = torch.Generator().manual_seed(config.seed)
-    scorer = ContentScorer(vectors.shape[1], max_history)
+    scorer = model if model is not None else ContentScorer(vectors.shape[1], max_history)
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=config.lr, weight_decay=0.0)
     best = scorer_ndcg(scorer, valid, vectors, owner)
     history = [{"epoch": 0, "valid_N@10": round(best, 5)}]
