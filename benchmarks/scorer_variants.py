@@ -128,8 +128,7 @@ def main() -> None:
         corpus = load_corpus(target, args.data_dir)
         users = None if args.max_users == 0 else args.max_users
         target_vectors = item_vectors(corpus.items.data.column("text").to_pylist(), f"{target} items", False)
-        for row in evaluate_methods(corpus, ["text-knn"], max_users=users, seed=args.seed, exclude_history=(False, True), progress=False):
-            rows.append(row)
+        rows.extend(evaluate_methods(corpus, ["text-knn"], max_users=users, seed=args.seed, exclude_history=(False, True), progress=False))
         for name, scorer in trained.items():
             for row in evaluate_settings(corpus, PriorRanking(scorer, target_vectors), name, (False, True), max_users=users, seed=args.seed, progress=False):
                 row["pool_valid_N@10"] = scorer.record["best_valid_N@10"]

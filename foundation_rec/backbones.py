@@ -42,6 +42,8 @@ import dataclasses
 import functools
 import importlib.util
 import json
+import logging
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -463,6 +465,27 @@ def _cache_converted(model, tokenizer) -> None:
 
 def _with_lora(backbone: Backbone, config: BackboneConfig, quantized: bool) -> Backbone:
     """Attach saved adapters (a directory with ``adapter/``) or new LoRA adapters (``lora_r > 0``)."""
+    with _quiet_libraries():
+        return _attach_lora(backbone, config, quantized)
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Silence what peft's import and wrapping print on a CPU that is not a problem for the user: bitsandbytes'
+    logged notes about optional kernels it cannot find (it is imported by peft), and transformers'
+    ``is_gradient_checkpointing`` deprecation (called by peft). Errors still surface as exceptions."""
+    logger = logging.getLogger("bitsandbytes")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _attach_lora(backbone: Backbone, config: BackboneConfig, quantized: bool) -> Backbone:
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     saved = Path(config.name_or_path or "") / "adapter"

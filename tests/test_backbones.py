@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -110,3 +113,13 @@ def test_quantization_on_cpu_is_a_clear_error():
 def test_user_errors(config, message):
     with pytest.raises(FoundationRecError, match=message):
         load_backbone(config)
+
+
+def test_lora_load_is_quiet_on_cpu():
+    """Attaching LoRA imports peft (and through it bitsandbytes); neither may print notes a user reads as errors."""
+    code = ("from foundation_rec.backbones import BackboneConfig, load_backbone\n"
+            "load_backbone(BackboneConfig(preset='tiny-causal', lora_r=4), tokenizer_texts=['a b c', 'd e f'])\n"
+            "import sys; assert 'peft' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "", done.stderr
