@@ -12,6 +12,7 @@ as ``benchmarks/transfer.py`` (text-kNN in the same run). The variants:
 * ``multi``: plus a multi-interest term, a soft maximum over the history items of each item's
   cosine to them (``tau * logsumexp(cos / tau)``), mixed with the mean by a learned weight;
 * ``bias``: plus a learned item term ``u . v_j`` (a direction of "likely next" items in text space);
+* ``central``: plus a learned weight on each item's cosine to its catalog's mean text vector;
 * ``more-users``: ``base`` trained also on every other user of each Amazon corpus, their sequences
   cut to the pool's items (more examples, no new item texts to encode), selected on the same
   validation users.
@@ -70,6 +71,20 @@ class BiasScorer(ContentScorer):
         return super().forward(histories, vectors) + vectors @ self.item_bias
 
 
+class CentralScorer(ContentScorer):
+    """ContentScorer plus a learned weight on each item's cosine to its catalog's mean vector (how typical of
+    the catalog an item's text is; computed from the target's item texts alone, so still zero-shot)."""
+
+    def __init__(self, dim: int, max_history: int):
+        super().__init__(dim, max_history)
+        self.centrality = torch.nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, histories, vectors):
+        unit = torch.nn.functional.normalize(vectors, dim=-1)
+        typical = unit @ torch.nn.functional.normalize(unit.mean(0), dim=0)
+        return super().forward(histories, vectors) + self.centrality * typical / self.log_temperature.exp()
+
+
 def with_other_users(sampled: Corpus, full: Corpus) -> Corpus:
     """``sampled`` plus every other user of ``full``, their sequences cut to ``sampled``'s items (length >= 3 kept)."""
     id_to_row = {i: r for r, i in enumerate(sampled.items.data.column("item_id").to_pylist())}
@@ -94,7 +109,7 @@ def with_other_users(sampled: Corpus, full: Corpus) -> Corpus:
 
 
 def train_variant(name: str, pool: Pool, vectors, owner, config: ScorerConfig, data_dir):
-    factories = {"base": ContentScorer, "multi": MultiInterestScorer, "bias": BiasScorer, "more-users": ContentScorer}
+    factories = {"base": ContentScorer, "multi": MultiInterestScorer, "bias": BiasScorer, "more-users": ContentScorer, "central": CentralScorer}
     train = pool.examples("train")
     if name == "more-users":
         bigger = Pool([with_other_users(c, load_corpus(c.name, data_dir)) for c in pool.corpora], pool.max_history)
