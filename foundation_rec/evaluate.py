@@ -59,6 +59,7 @@ class Examples:
     users_total: int
     users_excluded: int
     sampled: bool
+    users: list | None = None  # per-example user text for recommenders that take it (the Trainer's user-ID prompts)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -141,35 +142,53 @@ def evaluate_settings(
     start = time.perf_counter()
     ex = examples(corpus, split, max_users, seed, max_history)
     n_items = len(corpus.items)
+    desc = f"eval {method} on {corpus.name} ({split})"
+    metrics = evaluate_examples(ex, recommender, method, n_items, exclude_history, max_history=max_history, ks=ks,
+                                batch_size=batch_size, progress=progress, desc=desc)
+    seconds = round(time.perf_counter() - start, 2)
+    return [{
+        "corpus": corpus.name,
+        "platform": corpus.platform,
+        "method": method,
+        "split": split,
+        "metrics": m,
+        "users_evaluated": len(ex),
+        "users_total": ex.users_total,
+        "users_excluded": ex.users_excluded,
+        "sampled": ex.sampled,
+        "sample_seed": seed if ex.sampled else None,
+        "catalog_size": n_items,
+        "max_history": max_history,
+        "exclude_history": exclude,
+        "seconds": seconds,
+    } for exclude, m in zip(exclude_history, metrics, strict=True)]  # fmt: skip
+
+
+def evaluate_examples(ex: Examples, recommender: Recommender, method: str, n_items: int, exclude_history: tuple[bool, ...] = (False,), *,
+                      max_history: int = MAX_HISTORY, ks: tuple[int, ...] = KS, batch_size: int = 512, progress: bool = False,
+                      desc: str = "eval", gather=None) -> list[dict]:
+    """The metrics of pre-built examples ``ex`` (one dict per ``exclude_history`` setting), from one ranking pass.
+
+    With ``ex.users`` the recommender is called as ``recommend(histories, k, users)``. ``gather`` (a
+    function concatenating per-process lists, e.g. the Trainer's DDP ``gather``) combines examples
+    sharded over processes before scoring; every process then returns the metrics of all of them.
+    """
     k = max(ks) + (max_history if any(exclude_history) else 0)
     parts = []
-    with tqdm(total=len(ex), unit="user", desc=f"eval {method} on {corpus.name} ({split})", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(ex), unit="user", desc=desc, disable=not progress, leave=False) as bar:
         for lo in range(0, len(ex), batch_size):
             batch = ex.histories[lo : lo + batch_size]
-            parts.append(_check(recommender.recommend(batch, k), len(batch), k, n_items, method))
+            extra = (ex.users[lo : lo + batch_size],) if ex.users is not None else ()
+            parts.append(_check(recommender.recommend(batch, k, *extra), len(batch), k, n_items, method))
             bar.update(len(batch))
-    ranked = np.concatenate(parts)
-    seconds = round(time.perf_counter() - start, 2)
-    results = []
-    for exclude in exclude_history:
-        recommended = (_drop_history(ranked, ex.histories) if exclude else ranked)[:, : max(ks)]
-        results.append({
-            "corpus": corpus.name,
-            "platform": corpus.platform,
-            "method": method,
-            "split": split,
-            "metrics": leave_one_out_metrics(recommended, ex.targets, ks),
-            "users_evaluated": len(ex),
-            "users_total": ex.users_total,
-            "users_excluded": ex.users_excluded,
-            "sampled": ex.sampled,
-            "sample_seed": seed if ex.sampled else None,
-            "catalog_size": n_items,
-            "max_history": max_history,
-            "exclude_history": exclude,
-            "seconds": seconds,
-        })
-    return results
+    ranked = np.concatenate(parts) if parts else np.zeros((0, k), np.int64)
+    histories, targets = ex.histories, np.asarray(ex.targets)
+    if gather is not None:
+        rows = gather(list(zip(ranked.tolist(), targets.tolist(), [np.asarray(h).tolist() for h in histories], strict=True)))
+        ranked = np.asarray([r[0] for r in rows], dtype=np.int64).reshape(len(rows), k)
+        targets = np.asarray([r[1] for r in rows], dtype=np.int64)
+        histories = [np.asarray(r[2], dtype=np.int64) for r in rows]
+    return [leave_one_out_metrics((_drop_history(ranked, histories) if exclude else ranked)[:, : max(ks)], targets, ks) for exclude in exclude_history]
 
 
 def expected_random(corpus, exclude_history: tuple[bool, ...] = (False, True), *, split: str = "test", max_users: int | None = None,

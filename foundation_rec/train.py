@@ -51,8 +51,8 @@ from . import atomic, checkpoint
 from .bundle import VOCAB_ERROR, ModelBundle
 from .content import item_vectors
 from .errors import FoundationRecError
+from .evaluate import Examples, evaluate_examples
 from .idgen import IDGenerator, IDTable, build_table, encode_ids, keyword_id, keyword_loss
-from .metrics import leave_one_out_metrics
 from .pool import Pool, PoolExamples
 from .prompts import PromptBuilder, sample_templates, user_textual_ids
 from .recommender import Batch, CatalogRecommender
@@ -553,26 +553,24 @@ class Trainer:
         self.log.write({"step": self.step, "phase": "regen", "unique_ids": len(set(self.id_strings)), "items": len(self.id_strings), "fallbacks": fallbacks})
 
     def evaluate(self, split: str) -> dict:
-        """Recall/NDCG@5,10 per corpus (and pooled) on ``split``'s examples, users sharded over processes."""
+        """Recall/NDCG@5,10 per corpus (and pooled) on ``split``'s examples, through the evaluation harness
+        (:func:`foundation_rec.evaluate.evaluate_examples`), users sharded over processes."""
         examples = self.valid_examples if split == "valid" else self.test_examples
-        results, hits = {}, []
+        results = {}
         for c, name in enumerate(self.pool.names()):
-            mine = np.flatnonzero(examples.corpus == c)[self.dist.rank :: self.dist.world]
-            view = CatalogRecommender(
-                self.rec, self.prompts, self.tries[c], int(self.pool.offsets[c]), num_beams=self.config.eval_beams, batch_size=self.config.eval_batch_size
-            )
-            histories = [examples.history(i) - self.pool.offsets[c] for i in mine]
-            users = [self._user(examples, i) for i in mine]
-            recommended = view.recommend(histories, 10, users) if len(mine) else np.zeros((0, 10), np.int64)
-            targets = [examples.target(i) - int(self.pool.offsets[c]) for i in mine]
-            pairs = self.dist.gather(list(zip(recommended.tolist(), targets, strict=True)))
-            if pairs:
-                rec_rows, truth = np.asarray([p[0] for p in pairs]), np.asarray([p[1] for p in pairs])
-                results[name] = {**leave_one_out_metrics(rec_rows, truth), "users": len(pairs), "catalog": len(self.pool.corpora[c].items)}
-                hits.append((rec_rows, truth))
-        if hits:
-            pooled = leave_one_out_metrics(np.concatenate([h[0] for h in hits]), np.concatenate([h[1] for h in hits]))
-            results["pooled"] = {**pooled, "users": sum(len(h[1]) for h in hits)}
+            everyone = np.flatnonzero(examples.corpus == c)
+            if not len(everyone):
+                continue
+            mine, offset = everyone[self.dist.rank :: self.dist.world], int(self.pool.offsets[c])
+            view = CatalogRecommender(self.rec, self.prompts, self.tries[c], offset, num_beams=self.config.eval_beams, batch_size=self.config.eval_batch_size)
+            ex = Examples(split, [examples.history(i) - offset for i in mine], np.asarray([examples.target(i) - offset for i in mine], dtype=np.int64),
+                          users_total=len(mine), users_excluded=0, sampled=False, users=[self._user(examples, i) for i in mine])
+            metrics = evaluate_examples(ex, view, name, len(self.pool.corpora[c].items), batch_size=max(len(ex), 1), gather=self.dist.gather)[0]
+            results[name] = {**metrics, "users": len(everyone), "catalog": len(self.pool.corpora[c].items)}
+        if results:  # every metric is a mean over users: the pooled one is the user-weighted mean
+            total = sum(r["users"] for r in results.values())
+            keys = [k for k in next(iter(results.values())) if k not in ("users", "catalog")]
+            results["pooled"] = {**{k: sum(r[k] * r["users"] for r in results.values()) / total for k in keys}, "users": total}
         return results
 
     # ----------------------------------------------------------------------------- checkpoints

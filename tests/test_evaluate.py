@@ -10,7 +10,7 @@ import pytest
 
 from foundation_rec.corpora import load_corpus
 from foundation_rec.errors import FoundationRecError
-from foundation_rec.evaluate import evaluate, examples, write_report
+from foundation_rec.evaluate import Examples, evaluate, evaluate_examples, examples, write_report
 
 
 class HistoryFirst:
@@ -101,3 +101,29 @@ def test_one_ranking_pass_gives_both_history_settings(fixture_data):
     assert kept["metrics"] == evaluate(corpus, model, "popularity", progress=False)["metrics"]
     assert excluded["metrics"] == evaluate(corpus, model, "popularity", exclude_history=True, progress=False)["metrics"]
     assert (kept["exclude_history"], excluded["exclude_history"]) == (False, True)
+
+
+class ByUser:
+    """Recommends item ``users[i]`` first (the harness must pass each example's own user), then row order."""
+
+    def recommend(self, histories, k, users):
+        return np.asarray([[u] + [j for j in range(k + 1) if j != u][: k - 1] for u in users])
+
+
+def test_evaluate_examples_passes_users_and_gathers_shards():
+    """Pre-built examples: users reach the recommender in order; a gather of two shards scores both, by hand."""
+    shard = Examples("test", [np.array([5]), np.array([6])], np.array([2, 0]), users_total=2, users_excluded=0, sampled=False, users=[2, 3])
+    # example 0: item 2 is ranked first (hit at rank 1); example 1: user 3 first, then 0 -> hit at rank 2
+    alone = evaluate_examples(shard, ByUser(), "by-user", n_items=30)[0]
+    assert alone["R@5"] == 1.0 and alone["N@5"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
+    twice = evaluate_examples(shard, ByUser(), "by-user", n_items=30, gather=lambda rows: rows + rows)[0]
+    assert twice == pytest.approx(alone)
+    other = Examples("test", [np.array([5]), np.array([5])], np.array([9, 10]), users_total=2, users_excluded=0, sampled=False, users=[1, 1])
+    mixed = evaluate_examples(shard, ByUser(), "by-user", n_items=30, gather=lambda rows: rows + evaluate_rows(other))[0]
+    # the other shard ranks [1, 0, 2, ..., 9]: item 9 is a hit at rank 10, item 10 a miss
+    assert mixed["R@10"] == pytest.approx(3 / 4) and mixed["N@10"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(11)) / 4)
+
+
+def evaluate_rows(ex):
+    ranked = ByUser().recommend(ex.histories, 10, ex.users)
+    return [(r.tolist(), int(t), h.tolist()) for r, t, h in zip(ranked, ex.targets, ex.histories)]
