@@ -40,8 +40,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def demo_server(demo_args: list[str], timeout: float = 180.0, log: Path | None = None):
-    """Run ``python -m foundation_rec.demo`` with ``demo_args`` on a free port; yields its URL once it answers."""
+def demo_server(demo_args: list[str], timeout: float = 180.0, log: Path | None = None, pid: list | None = None):
+    """Run ``python -m foundation_rec.demo`` with ``demo_args`` on a free port; yields its URL once it answers
+    (and appends the server's process id to ``pid`` when given)."""
     import urllib.request
 
     port = free_port()
@@ -49,6 +50,8 @@ def demo_server(demo_args: list[str], timeout: float = 180.0, log: Path | None =
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     proc = subprocess.Popen([sys.executable, "-m", "foundation_rec.demo", *demo_args, "--port", str(port)],
                             stdout=out, stderr=subprocess.STDOUT, env=env)
+    if pid is not None:
+        pid.append(proc.pid)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + timeout

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,6 +147,26 @@ def test_demo_server_answers_20_concurrent_requests_without_mixing_catalogs(tiny
         assert f"recommendations from **{name}**" in message, message
         assert len(rows) == min(10, len(catalogs[name])) and all(row[1] in set(catalogs[name]) for row in rows), (name, rows)
         assert [row[1] for row in (matches["data"] if isinstance(matches, dict) else matches)] == list(catalogs[name][:3])
+
+
+def test_an_idle_demo_server_uses_almost_no_cpu(tiny_checkpoint, tmp_path, fixture_data):
+    """Nobody on the page: the server process uses under 1.5% of a core (gradio's default 1 ms polling used about 4%)."""
+    from demo_screenshot import demo_server
+
+    def cpu_seconds(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    pid: list[int] = []
+    args = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--num-beams", "16", "--data-dir", str(fixture_data), "--catalog", "steam"]
+    with demo_server(args, log=tmp_path / "demo.log", pid=pid):
+        if not Path(f"/proc/{pid[0]}/stat").is_file():
+            pytest.skip("needs /proc to read a process's CPU time")
+        time.sleep(3)  # start-up work done
+        before, start = cpu_seconds(pid[0]), time.monotonic()
+        time.sleep(6)
+        used = (cpu_seconds(pid[0]) - before) / (time.monotonic() - start)
+    assert used < 0.015, f"idle demo used {used:.1%} of a core"
 
 
 def test_ctrl_c_while_indexing_a_catalog_leaves_no_partial_cache_entry(tiny_checkpoint, tmp_path, monkeypatch):
