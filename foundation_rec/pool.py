@@ -62,7 +62,7 @@ class PoolExamples:
 
     def target(self, i: int) -> int:
         c = int(self.corpus[i])
-        return int(self.splits[c].targets[int(self.index[i])] + self.offsets[c])
+        return self.splits[c].target(int(self.index[i])) + int(self.offsets[c])
 
     def user(self, i: int) -> int:
         """Global user index (``user_offsets[c] + sequence row``)."""

@@ -59,6 +59,10 @@ class Split:
         """Target item of every example (item row indices into the corpus's item table)."""
         return self.values[self.offsets[self.rows] + self.positions]
 
+    def target(self, i: int) -> int:
+        """Example ``i``'s target item (``targets[i]`` without building the whole array)."""
+        return int(self.values[self.offsets[self.rows[i]] + self.positions[i]])
+
     def history(self, i: int) -> np.ndarray:
         """Items before example ``i``'s target, oldest first, at most ``max_history``."""
         start = self.offsets[self.rows[i]]

@@ -23,6 +23,7 @@ def test_hand_checked_examples():
     test = leave_one_out(SEQS, "test")
     assert test.targets.tolist() == [4, 7, 9] and test.rows.tolist() == [0, 1, 2]
     assert [test.history(i).tolist() for i in range(len(test))] == [[0, 1, 2, 3], [5, 6], [8]]
+    assert [test.target(i) for i in range(len(test))] == [4, 7, 9] and [valid.target(i) for i in range(len(valid))] == [3, 6]
 
 
 def test_history_window_is_capped():
