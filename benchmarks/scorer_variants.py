@@ -1,18 +1,19 @@
 """Content-prior variants: which scorer design transfers best, chosen on the pool, reported on the targets.
 
-    python benchmarks/scorer_variants.py --variants base,multi,bias,more-users [--max-users 2000]
+    python benchmarks/scorer_variants.py [--variants base,typicality,multi,bias,more-users] [--max-users 2000]
 
 Every variant is trained on the same pre-training pool as ``pretrain --corpora all`` (300 seeded
 users per Amazon corpus, seed 42) with the same recipe (4 epochs, lr 1e-2, the best epoch on the
 pool's validation items), then ranks each target's whole catalog on the same fixed-seed test users
 as ``benchmarks/transfer.py`` (text-kNN in the same run). The variants:
 
-* ``base``: :class:`foundation_rec.content_prior.ContentScorer` as shipped (mean of the history's
-  reweighted vectors, cosine to each item);
+* ``base``: :class:`foundation_rec.content_prior.ContentScorer` without its typicality term (mean
+  of the history's reweighted vectors, cosine to each item): the scorer of sessions 9-10;
+* ``typicality``: the scorer as shipped now, ``base`` plus a learned weight on each item's cosine to
+  its catalog's mean text vector (how typical of the catalog the item's text is);
 * ``multi``: plus a multi-interest term, a soft maximum over the history items of each item's
   cosine to them (``tau * logsumexp(cos / tau)``), mixed with the mean by a learned weight;
 * ``bias``: plus a learned item term ``u . v_j`` (a direction of "likely next" items in text space);
-* ``central``: plus a learned weight on each item's cosine to its catalog's mean text vector;
 * ``more-users``: ``base`` trained also on every other user of each Amazon corpus, their sequences
   cut to the pool's items (more examples, no new item texts to encode), selected on the same
   validation users.
@@ -23,6 +24,7 @@ Results: ``results/scorer_variants.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 
@@ -44,7 +46,7 @@ class MultiInterestScorer(ContentScorer):
     """ContentScorer plus a soft maximum over the history items' cosines to each item."""
 
     def __init__(self, dim: int, max_history: int):
-        super().__init__(dim, max_history)
+        super().__init__(dim, max_history, typicality=False)
         self.mix_logit = torch.nn.Parameter(torch.tensor(-2.0))
         self.log_tau = torch.nn.Parameter(torch.tensor(math.log(0.1)))
 
@@ -64,25 +66,11 @@ class BiasScorer(ContentScorer):
     """ContentScorer plus a learned linear item term ``u . v_j``."""
 
     def __init__(self, dim: int, max_history: int):
-        super().__init__(dim, max_history)
+        super().__init__(dim, max_history, typicality=False)
         self.item_bias = torch.nn.Parameter(torch.zeros(dim))
 
     def forward(self, histories, vectors):
         return super().forward(histories, vectors) + vectors @ self.item_bias
-
-
-class CentralScorer(ContentScorer):
-    """ContentScorer plus a learned weight on each item's cosine to its catalog's mean vector (how typical of
-    the catalog an item's text is; computed from the target's item texts alone, so still zero-shot)."""
-
-    def __init__(self, dim: int, max_history: int):
-        super().__init__(dim, max_history)
-        self.centrality = torch.nn.Parameter(torch.tensor(0.0))
-
-    def forward(self, histories, vectors):
-        unit = torch.nn.functional.normalize(vectors, dim=-1)
-        typical = unit @ torch.nn.functional.normalize(unit.mean(0), dim=0)
-        return super().forward(histories, vectors) + self.centrality * typical / self.log_temperature.exp()
 
 
 def with_other_users(sampled: Corpus, full: Corpus) -> Corpus:
@@ -109,7 +97,8 @@ def with_other_users(sampled: Corpus, full: Corpus) -> Corpus:
 
 
 def train_variant(name: str, pool: Pool, vectors, owner, config: ScorerConfig, data_dir):
-    factories = {"base": ContentScorer, "multi": MultiInterestScorer, "bias": BiasScorer, "more-users": ContentScorer, "central": CentralScorer}
+    without = functools.partial(ContentScorer, typicality=False)
+    factories = {"base": without, "multi": MultiInterestScorer, "bias": BiasScorer, "more-users": without, "typicality": ContentScorer}
     train = pool.examples("train")
     if name == "more-users":
         bigger = Pool([with_other_users(c, load_corpus(c.name, data_dir)) for c in pool.corpora], pool.max_history)
@@ -120,7 +109,7 @@ def train_variant(name: str, pool: Pool, vectors, owner, config: ScorerConfig, d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="base,multi,bias,more-users")
+    parser.add_argument("--variants", default="base,typicality,multi,bias,more-users")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--max-users", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0, help="seed of the target users' sample (transfer.py's)")

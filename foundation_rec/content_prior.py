@@ -4,12 +4,17 @@ A :class:`ContentScorer` reads the frozen all-MiniLM-L6-v2 vectors of a user's h
 cached vectors as :mod:`foundation_rec.content` and text-kNN) and scores every catalog item::
 
     q      = a * sum_i w_i v_i           w = softmax(position logits), recency-aware
-    s(j)   = cos(q, b * v_j) / T          v_j: item j's text vector, * per dimension
+    s(j)   = (cos(q, b * v_j) + c * cos(v_j, m)) / T
+             v_j: item j's text vector, * per dimension; m: the mean of the ranked catalog's vectors
 
-``a`` and ``b`` (one weight per MiniLM dimension) start at one, the position logits at zero and
-``T`` at 0.05, so an untrained scorer ranks exactly as text-kNN does (cosine to the mean history
-vector). It has ``2 * 384 + 20 + 1`` parameters: a reweighting of the text space and a recency
-profile, too few to memorise the pre-training catalogues. (Full ``384 x 384`` maps, and rank-16
+``a`` and ``b`` (one weight per MiniLM dimension) start at one, the position logits and ``c`` at
+zero and ``T`` at 0.05, so an untrained scorer ranks exactly as text-kNN does (cosine to the mean
+history vector). ``cos(v_j, m)`` is how typical of its catalog an item's text is, computed from the
+catalog's own item texts (so still zero-shot); on the pool it learns a positive weight: typical
+items are the likelier next items on every platform (benchmarks/scorer_variants.py: it lifted
+zero-shot N@10 on all five targets, and pool validation chose it). It has ``2 * 384 + 20 + 2``
+parameters: a reweighting of the text space, a recency profile and a typicality weight, too few
+to memorise the pre-training catalogues. (Full ``384 x 384`` maps, and rank-16
 updates of the identity, fit the pool better but transferred worse in the session-9 probe:
 Steam N@10 .0016-.0026 against text-kNN's .0060; see benchmarks/RESULTS.md.) :func:`train_scorer`
 fits them on the pool's training examples with a full softmax over the example's own corpus (the
@@ -56,13 +61,17 @@ class ScorerConfig:
 class ContentScorer(torch.nn.Module):
     """History text vectors -> a score for every item's text vector (see the module docstring)."""
 
-    def __init__(self, dim: int, max_history: int):
+    def __init__(self, dim: int, max_history: int, typicality: bool = True):
         super().__init__()
         self.dim, self.max_history = dim, max_history
         self.query_scale = torch.nn.Parameter(torch.ones(dim))
         self.item_scale = torch.nn.Parameter(torch.ones(dim))
         self.position = torch.nn.Parameter(torch.zeros(max_history))
         self.log_temperature = torch.nn.Parameter(torch.tensor(math.log(0.05)))
+        if typicality:
+            self.typicality = torch.nn.Parameter(torch.tensor(0.0))
+        else:  # scorers saved before the term existed: it stays off, and their files load unchanged
+            self.register_buffer("typicality", torch.tensor(0.0), persistent=False)
         self.record: dict = {}
 
     def query(self, histories: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -73,9 +82,11 @@ class ContentScorer(torch.nn.Module):
         return torch.nn.functional.normalize(pooled * self.query_scale, dim=-1)
 
     def forward(self, histories: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        """``[B, items]`` scores of every row of ``vectors`` for each history."""
+        """``[B, items]`` scores of every row of ``vectors`` (the whole catalog: its mean is ``m``) for each history."""
         items = torch.nn.functional.normalize(vectors * self.item_scale, dim=-1)
-        return self.query(histories, vectors) @ items.T / self.log_temperature.exp()
+        unit = torch.nn.functional.normalize(vectors, dim=-1)
+        typical = unit @ torch.nn.functional.normalize(unit.mean(0), dim=0)
+        return (self.query(histories, vectors) @ items.T + self.typicality * typical) / self.log_temperature.exp()
 
     def log_prior(self, histories: list[np.ndarray], vectors: torch.Tensor) -> torch.Tensor:
         """``[B, items]`` log-probabilities over the catalog (the rows of ``vectors``) for item-row histories."""
@@ -85,17 +96,17 @@ class ContentScorer(torch.nn.Module):
     def save(self, folder: Path) -> None:
         """Write ``scorer.safetensors`` and ``scorer.json`` into ``folder`` (an already staged directory)."""
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / FILE))
-        info = {"dim": self.dim, "max_history": self.max_history, **self.record}
+        info = {"dim": self.dim, "max_history": self.max_history, "typicality": isinstance(self.typicality, torch.nn.Parameter), **self.record}
         (folder / INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
 def load_scorer(folder: str | Path) -> ContentScorer | None:
     """The scorer saved in a recommender folder, or None when the checkpoint has none."""
-    loaded = load_module(Path(folder), FILE, INFO, lambda info: ContentScorer(int(info["dim"]), int(info["max_history"])))
+    loaded = load_module(Path(folder), FILE, INFO, lambda info: ContentScorer(int(info["dim"]), int(info["max_history"]), bool(info.get("typicality", False))))
     if loaded is None:
         return None
     scorer, info = loaded
-    scorer.record = {k: v for k, v in info.items() if k not in ("dim", "max_history")}
+    scorer.record = {k: v for k, v in info.items() if k not in ("dim", "max_history", "typicality")}
     scorer.train(False)
     return scorer
 

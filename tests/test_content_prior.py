@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -94,3 +96,39 @@ def test_save_load_and_damaged_file(tmp_path):
     with pytest.raises(FoundationRecError, match="scorer.safetensors is unreadable") as err:
         load_scorer(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_typicality_term_by_hand_and_learned():
+    """s(j) = (cos(q, v_j) + c * cos(v_j, m)) / T with m the ranked catalog's mean vector, checked by hand;
+    on a task where the next item is always the catalog's most typical one, training makes c positive."""
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    scorer = ContentScorer(2, 20)
+    with torch.no_grad():
+        scorer.typicality.fill_(0.5)
+    m = torch.nn.functional.normalize(vectors.mean(0), dim=0)
+    expected = (vectors @ vectors[0] + 0.5 * vectors @ m) / 0.05  # history [0]: q = v_0
+    assert torch.allclose(scorer(right_aligned([np.array([0])], 20), vectors)[0], expected, atol=1e-4)
+    # a different catalog changes m, hence the scores: the term is computed from the ranked catalog
+    assert not torch.allclose(scorer(right_aligned([np.array([0])], 20), vectors[:2])[0], expected[:2], atol=1e-3)
+    cluster = unit_vectors(60, 8, 7) + torch.tensor([2.0] + [0.0] * 7)  # most items near one direction
+    vectors = torch.nn.functional.normalize(torch.cat([cluster, unit_vectors(20, 8, 8)]), dim=-1)
+    typical = int((vectors @ torch.nn.functional.normalize(vectors.mean(0), dim=0)).argmax())
+    rng = np.random.default_rng(0)
+    task = _Examples([rng.choice(80, 4, replace=False) for _ in range(300)], [typical] * 300)
+    trained = train_scorer(vectors, torch.zeros(80, dtype=torch.long), task, task, ScorerConfig(epochs=3, lr=5e-2, batch_size=32), 20, log=lambda _: None)
+    assert float(trained.typicality) > 0.1
+
+
+def test_scorer_saved_without_typicality_loads_and_keeps_it_off(tmp_path):
+    """A scorer file from before the typicality term (no key in scorer.json or the weights) loads, with the term off."""
+    old = ContentScorer(8, 20, typicality=False)
+    with torch.no_grad():
+        old.query_scale.mul_(2.0)
+    old.save(tmp_path)
+    info = json.loads((tmp_path / "scorer.json").read_text())
+    info.pop("typicality")
+    (tmp_path / "scorer.json").write_text(json.dumps(info))
+    loaded = load_scorer(tmp_path)
+    assert not isinstance(loaded.typicality, torch.nn.Parameter) and float(loaded.typicality) == 0.0
+    vectors = unit_vectors(30, 8, 5)
+    assert torch.equal(loaded.log_prior([np.array([1, 2])], vectors), old.log_prior([np.array([1, 2])], vectors))
