@@ -10,9 +10,11 @@ cached vectors as :mod:`foundation_rec.content` and text-kNN) and scores every c
 ``a`` and ``b`` (one weight per MiniLM dimension) start at one, the position logits and ``c`` at
 zero and ``T`` at 0.05, so an untrained scorer ranks exactly as text-kNN does (cosine to the mean
 history vector). ``cos(v_j, m)`` is how typical of its catalog an item's text is, computed from the
-catalog's own item texts (so still zero-shot); on the pool it learns a positive weight: typical
-items are the likelier next items on every platform (benchmarks/scorer_variants.py: it lifted
-zero-shot N@10 on all five targets, and pool validation chose it). It has ``2 * 384 + 20 + 2``
+catalog's own item texts (so still zero-shot). On the pool ``c`` comes out negative (-0.45 in the
+default run): it is a hubness correction, as CSLS is for cross-lingual word retrieval. Items near
+the catalog's centre have a high cosine to every history and crowd every user's list; discounting
+them lifted zero-shot N@10 on all five targets, and pool validation chose it
+(benchmarks/scorer_variants.py). It has ``2 * 384 + 20 + 2``
 parameters: a reweighting of the text space, a recency profile and a typicality weight, too few
 to memorise the pre-training catalogues. (Full ``384 x 384`` maps, and rank-16
 updates of the identity, fit the pool better but transferred worse in the session-9 probe:
