@@ -146,7 +146,7 @@ def main() -> None:
 
 def markdown(payload: dict, targets: list[str], variants: list[str]) -> str:
     lines = [f"# Content-prior variants\n\n`{payload['command']}`\n\n{provenance(payload['environment'])}\n",
-             "N@10, history kept (in brackets: as a multiple of text-kNN's on the same users); pool valid N@10 chose nothing here, it is shown next to each.\n",
+             "N@10, history kept (in brackets: as a multiple of text-kNN's on the same users); pool valid N@10 (the choice of the variant to ship) next to each.\n",
              "| variant | pool valid N@10 | " + " | ".join(targets) + " | geo-mean / text-kNN |", "|---|---|" + "---|" * (len(targets) + 1)]
     rows = payload["results"]
 
