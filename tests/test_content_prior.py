@@ -116,7 +116,7 @@ def test_typicality_term_by_hand_and_learned():
     rng = np.random.default_rng(0)
     task = _Examples([rng.choice(80, 4, replace=False) for _ in range(300)], [typical] * 300)
     trained = train_scorer(vectors, torch.zeros(80, dtype=torch.long), task, task, ScorerConfig(epochs=3, lr=5e-2, batch_size=32), 20, log=lambda _: None)
-    assert float(trained.typicality) > 0.1
+    assert float(trained.typicality.detach()) > 0.1
 
 
 def test_scorer_saved_without_typicality_loads_and_keeps_it_off(tmp_path):
