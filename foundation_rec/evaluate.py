@@ -183,11 +183,12 @@ def evaluate_examples(ex: Examples, recommender: Recommender, method: str, n_ite
             bar.update(len(batch))
     ranked = np.concatenate(parts) if parts else np.zeros((0, k), np.int64)
     histories, targets = ex.histories, np.asarray(ex.targets)
-    if gather is not None:
-        rows = gather(list(zip(ranked.tolist(), targets.tolist(), [np.asarray(h).tolist() for h in histories], strict=True)))
+    if gather is not None:  # histories travel only when a setting drops them
+        sent = [np.asarray(h).tolist() for h in histories] if any(exclude_history) else [None] * len(targets)
+        rows = gather(list(zip(ranked.tolist(), targets.tolist(), sent, strict=True)))
         ranked = np.asarray([r[0] for r in rows], dtype=np.int64).reshape(len(rows), k)
         targets = np.asarray([r[1] for r in rows], dtype=np.int64)
-        histories = [np.asarray(r[2], dtype=np.int64) for r in rows]
+        histories = [np.asarray(r[2], dtype=np.int64) for r in rows] if any(exclude_history) else []
     return [leave_one_out_metrics((_drop_history(ranked, histories) if exclude else ranked)[:, : max(ks)], targets, ks) for exclude in exclude_history]
 
 

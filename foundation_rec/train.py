@@ -565,6 +565,7 @@ class Trainer:
             view = CatalogRecommender(self.rec, self.prompts, self.tries[c], offset, num_beams=self.config.eval_beams, batch_size=self.config.eval_batch_size)
             ex = Examples(split, [examples.history(i) - offset for i in mine], np.asarray([examples.target(i) - offset for i in mine], dtype=np.int64),
                           users_total=len(mine), users_excluded=0, sampled=False, users=[self._user(examples, i) for i in mine])
+            # one harness batch: the view batches its prompts itself (eval_batch_size), as before
             metrics = evaluate_examples(ex, view, name, len(self.pool.corpora[c].items), batch_size=max(len(ex), 1), gather=self.dist.gather)[0]
             results[name] = {**metrics, "users": len(everyone), "catalog": len(self.pool.corpora[c].items)}
         if results:  # every metric is a mean over users: the pooled one is the user-weighted mean
