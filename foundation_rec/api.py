@@ -15,6 +15,7 @@ nothing is a one-line error, never a guess.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -107,10 +108,12 @@ class FoundationRec:
         # gamma of generation's content prior (see CatalogRecommender): the default where the checkpoint has a scorer
         self.content_prior = DEFAULT_CONTENT_PRIOR if recommender.scorer is not None else 0.0
         self.catalog: Catalog | None = None
-        # the generator's files (name, size, mtime) too: a run retrained into the same directory gets new IDs
+        # the generator's files (name, size, mtime) too: a run retrained into the same directory gets new IDs;
+        # and its generation settings as used (they have defaults a saved idgen.json may predate, e.g. softmax)
         weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in (path / "generator").glob("*") if f.is_file())
+        settings = json.dumps(dataclasses.asdict(generator.config), sort_keys=True)
         self._fingerprint = hashlib.blake2b(
-            (json.dumps(config, sort_keys=True) + str(path.resolve()) + repr(weights)).encode(), digest_size=8
+            (json.dumps(config, sort_keys=True) + str(path.resolve()) + repr(weights) + settings).encode(), digest_size=8
         ).hexdigest()
 
     @classmethod

@@ -42,6 +42,12 @@ Options of :func:`beam_search`:
   in prompt ``b``'s ``text_tokens`` (padded with -1); after a token that the text always continues
   with a piece, only such a piece may come (no EOS, no new word), and the length limit never cuts a
   word;
+* ``vocab_subset`` (``[B, L]`` token ids, padded with -1) gives each prompt its own output
+  vocabulary: those tokens and EOS. The output layer runs over the batch's union of them only, and
+  each step's softmax normalises over the prompt's tokens that ``bad_token_mask`` allows (the
+  model's distribution restricted to them, as the ID generator is trained in extractive mode), so
+  a step costs a few hundred logits per row instead of the whole vocabulary. The search runs on
+  per-prompt indices and returns real token ids; it needs ``trie=None``;
 * ``inputs_embeds`` ([B, T, D], the embeddings of ``input_ids``, e.g. with content vectors added)
   replaces the prompt's token embeddings;
 * ``node_bias`` (``[trie.num_nodes]``) is added to a step's log-probability when it enters trie node
@@ -81,6 +87,73 @@ class BeamSearchOutput:
     items: torch.Tensor
 
 
+@dataclass
+class _Subset:
+    """Per-prompt output vocabularies (``vocab_subset``): ``tokens`` [B, L] maps each prompt's local index to
+    a token (EOS at 0, then its distinct tokens in id order, -1 for padding); ``union`` [U] holds the
+    batch's distinct tokens, the only rows of the output layer computed, and ``to_union`` [B, L] the
+    position of each local token in it."""
+
+    tokens: torch.Tensor
+    union: torch.Tensor
+    to_union: torch.Tensor
+
+    @classmethod
+    def build(cls, vocab_subset: torch.Tensor, eos_token_id: int) -> _Subset:
+        rows = vocab_subset.masked_fill(vocab_subset == eos_token_id, -1).sort(dim=1).values
+        repeated = torch.zeros_like(rows, dtype=torch.bool)
+        repeated[:, 1:] = rows[:, 1:] == rows[:, :-1]
+        tokens = torch.cat([torch.full_like(rows[:, :1], eos_token_id), rows.masked_fill(repeated, -1)], dim=1)
+        union = tokens[tokens >= 0].unique()
+        return cls(tokens, union, torch.searchsorted(union, tokens.clamp(min=0)).clamp(max=len(union) - 1))
+
+    def bad(self, bad_token_mask: torch.Tensor | None) -> torch.Tensor:
+        """Bool [B, L]: padding, and the tokens ``bad_token_mask`` (global, [V] or [B, V]) forbids."""
+        index = self.tokens.clamp(min=0)
+        if bad_token_mask is None:
+            return self.tokens < 0
+        bad = bad_token_mask[index] if bad_token_mask.dim() == 1 else bad_token_mask.gather(1, index)
+        return bad | (self.tokens < 0)
+
+    def local_pieces(self, word_pieces: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``word_pieces`` in local indices: each text token's index in its prompt's row (-1 when absent), and
+        the continuation flags per prompt, [B, L]."""
+        text, continuation = word_pieces
+        hit = (text[:, :, None] == self.tokens[:, None, :]) & (text[:, :, None] >= 0)
+        local = torch.where(hit.any(-1), hit.float().argmax(-1), -1)
+        return local, continuation[self.tokens.clamp(min=0)] & (self.tokens >= 0)
+
+    def to_tokens(self, local: torch.Tensor, rows: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+        """Token ids of local indices ``local`` [N, ...] of prompts ``rows`` [N]; index ``L`` (padding) maps to ``pad_token_id``."""
+        table = torch.cat([self.tokens, torch.full_like(self.tokens[:, :1], pad_token_id)], dim=1)[rows]
+        return table.gather(1, local.flatten(1)).view_as(local)
+
+
+def _subset_head(head, subset: _Subset, origin: torch.Tensor) -> list:
+    """Hooks making the output layer ``head`` (a linear layer) return, for each row, the logits of its
+    prompt's tokens only (``[rows, t, L]``; ``origin``: the prompt of each row); calls from other
+    threads pass unchanged."""
+    owner, hidden_states = threading.get_ident(), []
+    weight = head.weight.index_select(0, subset.union)
+    bias = None if getattr(head, "bias", None) is None else head.bias.index_select(0, subset.union)
+
+    def before(_module, args):
+        if threading.get_ident() != owner:
+            return None
+        hidden, *rest = args
+        hidden_states.append(hidden)
+        return (hidden[..., :0, :], *rest)  # the full layer runs on no position
+
+    def after(_module, _args, _out):
+        if threading.get_ident() != owner:
+            return None
+        logits = torch.nn.functional.linear(hidden_states.pop(), weight, bias)  # [rows, t, U]
+        index = subset.to_union[origin][:, None, :].expand(-1, logits.shape[1], -1)
+        return logits.gather(2, index)
+
+    return [head.register_forward_pre_hook(before), head.register_forward_hook(after)]
+
+
 MAX_TAIL_POSITIONS = 256  # CPU: the most path tokens one call scores for the beams' remaining paths (see _score_tails)
 
 
@@ -91,8 +164,9 @@ class _IncrementalModel:
     previous call it continues, so finished, dead and hopeless beams cost no compute.
     """
 
-    def __init__(self, model, input_ids, attention_mask, decoder_start_token_id, inputs_embeds=None):
+    def __init__(self, model, input_ids, attention_mask, decoder_start_token_id, inputs_embeds=None, subset: _Subset | None = None):
         self.model = model
+        self.subset = subset
         self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         params = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
@@ -116,8 +190,13 @@ class _IncrementalModel:
         and returns their logits ``[selected, V]`` in row-major order: the output layer is most of a
         call's work, and padding positions need none.
         """
-        head = self.model.get_output_embeddings() if select is not None else None
-        hook = head.register_forward_pre_hook(_only_positions(select)) if head is not None else None
+        head = self.model.get_output_embeddings() if select is not None or self.subset is not None else None
+        if head is None:
+            hooks = []
+        elif self.subset is not None:
+            hooks = _subset_head(head, self.subset, self.origin)
+        else:
+            hooks = [head.register_forward_pre_hook(_only_positions(select))]
         try:
             if self.seq2seq:
                 states, mask = self.encoder
@@ -127,12 +206,15 @@ class _IncrementalModel:
                 given = {"inputs_embeds": tokens} if tokens.is_floating_point() else {"input_ids": tokens}  # embeddings: a prompt with content vectors
                 out = self.model(**given, use_cache=True, **last, **kwargs)
         finally:
-            if hook is not None:
+            for hook in hooks:
                 hook.remove()
         self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        logits = out.logits
+        if self.subset is not None and head is None:  # no known output layer: the whole vocabulary's logits, then each row's tokens
+            logits = logits.gather(2, self.subset.tokens.clamp(min=0)[self.origin][:, None, :].expand(-1, logits.shape[1], -1))
         if select is not None:  # without a known output layer, every position was computed: pick the selected ones
-            return (out.logits[0] if hook is not None else out.logits[:, -keep:][select]).float()
-        logits = out.logits[:, -keep:, :].float()
+            return (logits[0] if hooks else logits[:, -keep:][select]).float()
+        logits = logits[:, -keep:, :].float()
         return logits[:, 0] if keep == 1 else logits
 
     def first(self) -> torch.Tensor:
@@ -150,8 +232,8 @@ class _IncrementalModel:
         ``select`` (bool ``[N, width]``) the logits ``[selected, V]`` of the selected positions.
         """
         tokens = tokens[:, None] if tokens.dim() == 1 else tokens
-        self.cache.reorder_cache(source)
         origin, start = self.origin[source], self.steps
+        self.cache.reorder_cache(source)
         self.steps += tokens.shape[1]
         cache = {self.cache_arg: self.cache}
         if self.seq2seq:
@@ -271,6 +353,7 @@ class _Search:
     node_bias: torch.Tensor | None
     node_prior: torch.Tensor | None
     device: torch.device
+    local: bool = False  # vocab_subset: indices are per prompt, and the softmax runs over the allowed ones
 
     def __post_init__(self):
         move = lambda x: x.to(self.device) if x is not None else None
@@ -312,7 +395,11 @@ class _Search:
         if tail is None:
             if step < self.min_new_tokens:
                 logits = logits.index_fill(1, torch.tensor([self.eos_token_id], device=logits.device), NEG_INF)
-            log_probs = torch.log_softmax(logits, dim=-1)
+            if self.local:  # normalise over the allowed tokens; a row with none left is all -inf, not NaN
+                logits = logits.masked_fill(self.bad_token_mask[rows.prompt], NEG_INF)
+                log_probs = torch.log_softmax(logits, dim=-1).nan_to_num(nan=NEG_INF)
+            else:
+                log_probs = torch.log_softmax(logits, dim=-1)
         else:
             tail_tokens, tail_scores, at = tail
             log_probs = torch.full((len(tail_tokens), self.vocab), NEG_INF, device=self.device)
@@ -324,7 +411,7 @@ class _Search:
             log_probs = log_probs.scatter(1, rows.tokens, NEG_INF)
         if self.word_pieces is not None:
             text_tokens, continuation = self.word_pieces
-            closing = step == self.max_new_tokens - 1
+            closing, continuation = step == self.max_new_tokens - 1, continuation[rows.prompt] if self.local else continuation
             log_probs = log_probs.masked_fill(_unfollowable(continuation, text_tokens, rows.prompt, rows.last, self.eos_token_id, closing), NEG_INF)
         return log_probs
 
@@ -454,6 +541,7 @@ def beam_search(
     inputs_embeds: torch.Tensor | None = None,
     node_bias: torch.Tensor | None = None,
     node_prior: torch.Tensor | None = None,
+    vocab_subset: torch.Tensor | None = None,
 ) -> BeamSearchOutput:
     """Beam search over ``model`` for each prompt row of ``input_ids`` (left-padded for decoder-only);
     ``num_beams`` results per prompt, best first. The module docstring gives the selection rules, the
@@ -461,11 +549,17 @@ def beam_search(
     start = _check_args(
         model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, decoder_start_token_id, node_prior
     )
-    stepper = _IncrementalModel(model, input_ids, attention_mask, start, inputs_embeds)
+    subset = _check_subset(model, input_ids, vocab_subset, trie, bad_token_mask, eos_token_id)
+    stepper = _IncrementalModel(model, input_ids, attention_mask, start, inputs_embeds, subset)
     logits = stepper.first()
+    eos, pad, bad, pieces = eos_token_id, pad_token_id, bad_token_mask, word_pieces
+    if subset is not None:  # the search runs on per-prompt indices: EOS is 0, padding L
+        eos, pad, bad = 0, subset.tokens.shape[1], subset.bad(bad_token_mask)
+        pieces = None if word_pieces is None else subset.local_pieces(tuple(x.to(input_ids.device) for x in word_pieces))
     search = _Search(
-        len(input_ids), logits.shape[-1], num_beam_groups, num_beams // num_beam_groups, max_new_tokens, eos_token_id, pad_token_id, trie,
-        diversity_penalty, length_penalty, min_new_tokens, bad_token_mask, no_repeat_tokens, word_pieces, node_bias, node_prior, input_ids.device,
+        len(input_ids), logits.shape[-1], num_beam_groups, num_beams // num_beam_groups, max_new_tokens, eos, pad, trie,
+        diversity_penalty, length_penalty, min_new_tokens, bad, no_repeat_tokens, pieces, node_bias, node_prior, input_ids.device,
+        local=subset is not None,
     )  # fmt: skip
     run, fin = search.start()
     rows, tail = _Rows(prompt=torch.arange(len(input_ids), device=input_ids.device)), None
@@ -483,8 +577,26 @@ def beam_search(
         elif use_tails:
             tail = _score_tails(stepper, search.trie, nodes, source, tokens, search.vocab)
         if tail is None:
-            logits = stepper.next(source, tokens)
-    return search.merge(fin)
+            logits = stepper.next(source, tokens if subset is None else subset.tokens[rows.prompt, tokens])
+    out = search.merge(fin)
+    if subset is not None:
+        out.sequences = subset.to_tokens(out.sequences, torch.arange(len(input_ids), device=input_ids.device), pad_token_id)
+    return out
+
+
+def _check_subset(model, input_ids, vocab_subset, trie, bad_token_mask, eos_token_id) -> _Subset | None:
+    """The :class:`_Subset` of ``vocab_subset`` (None without one), or a one-line FoundationRecError for unusable arguments."""
+    if vocab_subset is None:
+        return None
+    if trie is not None:
+        raise FoundationRecError("vocab_subset needs trie=None: a trie already names the tokens each step may take")
+    if vocab_subset.ndim != 2 or len(vocab_subset) != len(input_ids) or vocab_subset.is_floating_point():
+        raise FoundationRecError(f"vocab_subset must be an integer tensor [{len(input_ids)}, L] (token ids per prompt, -1 padding)")
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0] if head is not None else model.config.vocab_size
+    if int(vocab_subset.max()) >= vocab or (bad_token_mask is not None and bad_token_mask.shape[-1] != vocab):
+        raise FoundationRecError(f"vocab_subset and bad_token_mask must use the model's {vocab} token ids")
+    return _Subset.build(vocab_subset.to(input_ids.device), eos_token_id)
 
 
 def _score_tails(stepper: _IncrementalModel, trie: Trie, nodes: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor, vocab: int):
@@ -515,7 +627,8 @@ def _score_tails(stepper: _IncrementalModel, trie: Trie, nodes: torch.Tensor, so
 def _unfollowable(
     continuation: torch.Tensor, text_tokens: torch.Tensor, row_prompt: torch.Tensor, row_last: torch.Tensor | None, eos_token_id: int, closing: bool
 ) -> torch.Tensor:
-    """Bool ``[rows, V]``: the tokens ``word_pieces`` forbids next in each row (see :func:`beam_search`).
+    """Bool ``[rows, V]``: the tokens ``word_pieces`` forbids next in each row (see :func:`beam_search`);
+    ``continuation`` is ``[V]``, or ``[rows, V]`` for one vocabulary per row (``vocab_subset``).
 
     A continuation piece may not start the output and may follow the row's last token only where it
     follows it in the text. After a token that, wherever it stands in the text, is followed by a
@@ -523,9 +636,10 @@ def _unfollowable(
     word. At the ``closing`` (last) step, where every beam ends, no such token may come either.
     """
     text = text_tokens[row_prompt]  # [rows, L]
-    rows, vocab = len(text), continuation.shape[0]
+    rows, vocab = len(text), continuation.shape[-1]
     following = torch.cat([text[:, 1:], torch.full_like(text[:, :1], -1)], dim=1)  # token after each position, -1 at the end
-    word_end = (text >= 0) & ((following < 0) | ~continuation[following.clamp(min=0)])
+    continues = continuation[following.clamp(min=0)] if continuation.dim() == 1 else continuation.gather(1, following.clamp(min=0))
+    word_end = (text >= 0) & ((following < 0) | ~continues)
 
     def scatter(where: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:  # [rows, V]: True at `tokens` where `where`
         hit = torch.zeros(rows, vocab + 1, dtype=torch.bool, device=text.device)

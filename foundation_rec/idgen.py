@@ -23,7 +23,10 @@ Starting point, before any recommendation training:
   (``IDGenConfig.extractive``): each item's ID may only use tokens of its own text's field values
   (a per-item ``[B, V]`` mask inside the batched beam search and on the training logits, no token
   twice in one ID, and a sub-word piece only after the piece it follows in the item's text), so even
-  an untrained model writes IDs made of the item's own words. It is
+  an untrained model writes IDs made of the item's own words. Each step's softmax runs over those
+  tokens only (``IDGenConfig.softmax = "text"``, as :meth:`IDGenerator.logits` normalises in
+  training), so the output layer computes a few dozen logits per beam instead of the whole
+  vocabulary (``vocab_subset`` of :func:`~foundation_rec.decoding.beam_search`). It is
   also taught extractive IDs with :func:`warmup` (the first informative words of the title,
   :func:`keyword_id`), which teaches it which of those words to pick and in what order.
 
@@ -117,6 +120,9 @@ class IDGenConfig:
     max_input_tokens: int = field(default=128, metadata={"help": "item text is cut to this many tokens"})
     batch_size: int = field(default=32, metadata={"help": "items per forward pass"})
     extractive: bool = field(default=False, metadata={"help": "an ID may only use tokens of the item's own text (from-scratch generators)"})
+    softmax: str = field(default="text", metadata={"help": "extractive mode: each step's softmax runs over the item's own tokens ('text': "
+                                                            "as training normalises, and the output layer computes only them) or the "
+                                                            "whole vocabulary ('vocab': how IDs were generated before this option, several times slower)"})
 
     @classmethod
     def from_run(cls, run: Mapping[str, Any]) -> IDGenConfig:
@@ -160,6 +166,8 @@ class IDGenerator:
             raise FoundationRecError(
                 f"num_beams={self.config.num_beams} is not a multiple of num_beam_groups={self.config.num_beam_groups}"
             )
+        if self.config.softmax not in ("text", "vocab"):
+            raise FoundationRecError(f"softmax={self.config.softmax!r} is not an ID softmax; use 'text' or 'vocab'")
         self._bad_tokens: torch.Tensor | None = None
         self._continuation: torch.Tensor | None = None
 
@@ -233,10 +241,7 @@ class IDGenerator:
         if not self._continuation.any():
             return None
         rows = self.value_tokens(texts) if rows is None else rows
-        tokens = torch.full((len(rows), max(1, *map(len, rows))), -1, dtype=torch.long)
-        for b, ids in enumerate(rows):
-            tokens[b, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-        return tokens, self._continuation
+        return _padded(rows), self._continuation
 
     # ----------------------------------------------------------------------------- generation
 
@@ -250,6 +255,11 @@ class IDGenerator:
         progress: bool = False,
     ) -> list[list[str]]:
         """Up to ``num_beams`` distinct normalised candidate IDs per text, best first (batched, in length order)."""
+        unique = list(dict.fromkeys(texts))
+        if len(unique) < len(texts):  # e.g. a chain's branches: one search per distinct text
+            kwargs = {"diversity_penalty": diversity_penalty, "min_new_tokens": min_new_tokens, "max_new_tokens": max_new_tokens}
+            found = dict(zip(unique, self.candidates(unique, **kwargs, progress=progress), strict=True))
+            return [list(found[text]) for text in texts]
         cfg = self.config
         penalty = cfg.diversity_penalty if diversity_penalty is None else diversity_penalty
         max_new = cfg.max_id_tokens if max_new_tokens is None else max_new_tokens
@@ -264,6 +274,7 @@ class IDGenerator:
             batch = order[start : start + cfg.batch_size]
             batch_texts = [texts[i] for i in batch]
             rows = self.value_tokens(batch_texts) if cfg.extractive else None
+            per_item = cfg.extractive and cfg.softmax == "text"  # each item's own tokens are its output vocabulary
             result = beam_search(
                 model,
                 **self._inputs(batch_texts),
@@ -274,9 +285,10 @@ class IDGenerator:
                 min_new_tokens=min_new_tokens,
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,
-                bad_token_mask=self.text_token_mask(batch_texts, rows=rows) if cfg.extractive else self.bad_token_mask(),
+                bad_token_mask=self.text_token_mask(batch_texts, rows=rows) if cfg.extractive and not per_item else self.bad_token_mask(),
                 no_repeat_tokens=cfg.extractive,
                 word_pieces=self.word_pieces(batch_texts, rows=rows) if cfg.extractive else None,
+                vocab_subset=_padded(rows).to(self.backbone.device) if per_item else None,
             )
             finite = (result.scores > float("-inf")).tolist()
             decoded = tok.batch_decode(result.sequences.flatten(0, 1).tolist(), skip_special_tokens=True)
@@ -386,6 +398,14 @@ class IDGenerator:
             raise FoundationRecError(f"{path} is not a saved ID generator (no {CONFIG_FILE}); pass the directory IDGenerator.save wrote")
         backbone = load_backbone(BackboneConfig(name_or_path=str(path), device=device))
         return cls(backbone, IDGenConfig(**json.loads(file.read_text(encoding="utf-8"))))
+
+
+def _padded(rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``[len(rows), longest]`` token ids, padded with -1."""
+    tokens = torch.full((len(rows), max(1, *map(len, rows))), -1, dtype=torch.long)
+    for b, ids in enumerate(rows):
+        tokens[b, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+    return tokens
 
 
 def _prompt(tokenizer, text: str) -> str:

@@ -377,6 +377,46 @@ def test_word_pieces_keep_sub_words_in_their_text_order(t5):
     assert seen_piece  # the rule was exercised, not vacuous
 
 
+@pytest.mark.parametrize("model_name", ["t5", "llama"])
+def test_vocab_subset_equals_the_model_restricted_to_each_prompts_tokens(request, model_name):
+    """With ``vocab_subset`` each prompt decodes as if the model's logits outside its tokens (and EOS, minus
+    ``bad_token_mask``) were -inf: prompt by prompt, the same sequences and scores as the full-vocabulary
+    search of a model masked that way, with groups, no repeats, word pieces and a minimum length on."""
+    model = request.getfixturevalue(model_name)
+    ids, mask = prompts(5, left_pad=model_name == "llama")
+    continuation = torch.zeros(V, dtype=torch.bool)
+    continuation[60:] = True
+    text = torch.tensor([[5, 61, 62, 7, 63, 5, 40], [8, 64, 9, EOS, 65, 66, 10], [11, 12, 67, 3, -1, -1, -1]])  # a repeat, an EOS
+    bad = torch.zeros(V, dtype=torch.bool)
+    bad[40] = True  # in prompt 0's text, never allowed
+    kw = {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.7, "max_new_tokens": 5, "min_new_tokens": 2,
+          "eos_token_id": EOS, "pad_token_id": PAD, "no_repeat_tokens": True, "bad_token_mask": bad}
+    out = beam_search(model, ids, mask, word_pieces=(text, continuation), vocab_subset=text, **kw)
+    head = model.get_output_embeddings()
+    for b in range(3):
+        allowed = torch.zeros(V, dtype=torch.bool)
+        allowed[[t for t in text[b].tolist() if t >= 0] + [EOS]] = True
+        hook = head.register_forward_hook(lambda _m, _a, logits, allowed=allowed & ~bad: logits.masked_fill(~allowed, float("-inf")))
+        try:
+            alone = beam_search(model, ids[b : b + 1], mask[b : b + 1], word_pieces=(text[b : b + 1], continuation), **kw)
+        finally:
+            hook.remove()
+        width = alone.sequences.shape[-1]
+        assert torch.equal(out.sequences[b, :, :width], alone.sequences[0]), b
+        assert torch.allclose(out.scores[b], alone.scores[0], atol=1e-5), b
+        assert (out.sequences[b, :, width:] == PAD).all()
+        assert torch.isfinite(out.scores[b]).sum() >= 2  # real sequences were compared, not padding
+        found = {t for row in out.sequences[b].tolist() for t in row} - {PAD, EOS}
+        assert found <= set(text[b].tolist()) - {40}
+    with pytest.raises(FoundationRecError, match="vocab_subset needs trie=None"):
+        beam_search(model, ids, mask, num_beams=2, max_new_tokens=8, eos_token_id=EOS, pad_token_id=PAD, vocab_subset=text,
+                    trie=Trie.build([[5, EOS]], vocab_size=V, eos_token_id=EOS))
+    with pytest.raises(FoundationRecError, match=r"vocab_subset must be an integer tensor \[3, L\]"):
+        beam_search(model, ids, mask, num_beams=2, max_new_tokens=3, eos_token_id=EOS, pad_token_id=PAD, vocab_subset=text[:2])
+    with pytest.raises(FoundationRecError, match="must use the model's 120 token ids"):
+        beam_search(model, ids, mask, num_beams=2, max_new_tokens=3, eos_token_id=EOS, pad_token_id=PAD, vocab_subset=text + V)
+
+
 def test_word_piece_mask_by_hand():
     """The mask behind ``word_pieces``, on a hand-worked text: 'the runn ##ing man ##go' as tokens 2 3 10 4 11."""
     continuation = torch.zeros(12, dtype=torch.bool)

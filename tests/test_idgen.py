@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from foundation_rec import idgen
 from foundation_rec.backbones import Backbone, BackboneConfig, load_backbone
 from foundation_rec.corpora import load_corpus
 from foundation_rec.decoding import beam_search
@@ -21,6 +22,7 @@ from foundation_rec.idgen import (
     IDGenerator,
     IDTable,
     _fallback,
+    _padded,
     build_table,
     encode_ids,
     field_values,
@@ -283,6 +285,40 @@ def test_extractive_ids_use_only_the_items_own_words(cold):
     allowed = ~generator.text_token_mask(TEXTS[:3], targets)
     assert probs.sum(-1)[probs.sum(-1) > 0].allclose(torch.ones(1))
     assert (probs * ~allowed[:, None, :]).abs().max() == 0
+
+
+def test_extractive_beam_scores_are_the_training_distributions(cold):
+    """Extractive generation normalises each step over the item's own tokens (``softmax="text"``), as training does:
+    a found ID's beam score (length penalty 0: the sum of log p) is the log-probability token_distributions gives it."""
+    generator = IDGenerator(cold.backbone, dataclasses.replace(FAST, extractive=True))
+    tok, texts = generator.tokenizer, TEXTS[:4]
+    rows = generator.value_tokens(texts)
+    out = beam_search(
+        generator.backbone.hf_model, **generator._inputs(texts), num_beams=2, max_new_tokens=4, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, length_penalty=0.0, bad_token_mask=generator.bad_token_mask(), no_repeat_tokens=True,
+        vocab_subset=_padded(rows),
+    )  # fmt: skip
+    seqs = [row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row for row in out.sequences[:, 0].tolist()]
+    probs = generator.token_distributions(texts, seqs)
+    for b, seq in enumerate(seqs):
+        assert set(seq) <= set(rows[b]) | {tok.eos_token_id}
+        assert torch.isclose(probs[b, torch.arange(len(seq)), seq].log().sum(), out.scores[b, 0], atol=1e-4)
+    vocab = IDGenerator(cold.backbone, dataclasses.replace(FAST, extractive=True, softmax="vocab"))
+    assert vocab.assign(texts, progress=False).ids  # the full-vocabulary softmax still runs
+    with pytest.raises(FoundationRecError, match="softmax='all' is not an ID softmax; use 'text' or 'vocab'"):
+        IDGenerator(cold.backbone, dataclasses.replace(FAST, softmax="all"))
+
+
+def test_identical_texts_are_searched_once(cold, monkeypatch):
+    """A chain's branches share a text: candidates runs one search per distinct text and gives each copy the same list."""
+    prompts = []
+    search = idgen.beam_search
+    monkeypatch.setattr(idgen, "beam_search", lambda model, input_ids, **kw: prompts.append(len(input_ids)) or search(model, input_ids, **kw))
+    texts = [TEXTS[0], TEXTS[1], TEXTS[0], TEXTS[0]]
+    found = cold.candidates(texts)
+    assert sum(prompts) == 2
+    assert found[0] == found[2] == found[3] == cold.candidates([TEXTS[0]])[0] and found[1] == cold.candidates([TEXTS[1]])[0]
+    assert found[0] is not found[2]  # copies: assign may change one without the others
 
 
 def test_run_arguments_set_the_generation_settings():
