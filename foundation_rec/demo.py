@@ -99,7 +99,10 @@ class DemoApp:
         self.model: FoundationRec | None = None
         self.load_error = ""
         self.catalogs: dict[str, Catalog] = {}
-        self.lock = threading.Lock()  # one model: indexing and recommending take turns
+        # recommendations take turns on the recommender; a catalog indexes on the generator meanwhile, one at a time,
+        # so a newcomer can use a small catalog while a large one gets its IDs
+        self.lock = threading.Lock()
+        self.index_lock = threading.Lock()
         try:
             self.model = FoundationRec.from_pretrained(args.checkpoint, device=args.device, num_beams=max(args.num_beams, TOP_K))
         except FoundationRecError as err:
@@ -130,8 +133,9 @@ class DemoApp:
             key, name = choice, choice
         if key not in self.catalogs:  # read and index once; suggestions call this on every keystroke
             source = read_items_file(upload) if choice == UPLOAD_CHOICE else choice
-            with self.lock:
-                self.catalogs[key] = model.index_catalog(source, name=name, data_dir=self.args.data_dir, progress=True)
+            with self.index_lock:
+                if key not in self.catalogs:  # not indexed by a request that held the lock before this one
+                    self.catalogs[key] = model.index_catalog(source, name=name, data_dir=self.args.data_dir, progress=True)
         return self.catalogs[key]
 
     def load_catalog(self, choice: str, upload: str | None, progress=gr.Progress(track_tqdm=True)) -> str:  # noqa: B008 (Gradio's API)

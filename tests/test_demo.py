@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,6 +100,31 @@ def test_demo_handlers_explain_bad_input_in_the_page(tiny_checkpoint, items_file
     missing = DemoApp(DemoArguments(checkpoint=str(tmp_path / "none"), device="cpu"))
     assert missing.status().startswith("**No model:**") and "--checkpoint DIR" in missing.status()
     assert "**Error:**" in missing.recommend("yelp", None, "Dune")[2]
+
+
+def test_a_catalog_that_is_indexing_does_not_hold_up_recommendations_on_another(tiny_checkpoint, items_file, fixture_data):
+    """While a large catalog gets its IDs (here: held until the recommendation is done), an indexed one still recommends."""
+    app = DemoApp(DemoArguments(checkpoint=str(tiny_checkpoint), device="cpu", num_beams=16, data_dir=str(fixture_data)))
+    assert "14 items" in app.load_catalog(UPLOAD_CHOICE, str(items_file))
+    started, release, index = threading.Event(), threading.Event(), app.model.index_catalog
+
+    def slow_index(*args, **kwargs):
+        started.set()
+        assert release.wait(60), "the recommendation never finished while the catalog indexed"
+        return index(*args, **kwargs)
+
+    app.model.index_catalog = slow_index
+    loading = threading.Thread(target=lambda: app.load_catalog("steam", None))
+    loading.start()
+    try:
+        assert started.wait(30)
+        _, recs, message = app.recommend(UPLOAD_CHOICE, str(items_file), "The Hobbit\nDune\n")
+        assert len(recs) == 10 and message.startswith("10 recommendations from **bookshop**")
+        assert loading.is_alive()  # the other catalog was still indexing
+    finally:
+        release.set()
+        loading.join(120)
+    assert "steam" in app.catalogs and not loading.is_alive()
 
 
 def test_read_items_file_rejects_records_without_title(tmp_path):
