@@ -49,7 +49,9 @@ Options of :func:`beam_search`:
   a step costs a few hundred logits per row instead of the whole vocabulary. The search runs on
   per-prompt indices and returns real token ids; it needs ``trie=None``;
 * ``inputs_embeds`` ([B, T, D], the embeddings of ``input_ids``, e.g. with content vectors added)
-  replaces the prompt's token embeddings;
+  replaces the prompt's token embeddings; ``encoder_states`` ([B, T, D], encoder-decoder models)
+  are the encoder's outputs for the prompts, already computed (e.g. by an earlier search of the
+  same texts), and skip the encoder;
 * ``node_bias`` (``[trie.num_nodes]``) is added to a step's log-probability when it enters trie node
   ``n`` (e.g. minus a prior's log-probability, see :func:`node_log_probs`), so a finished sequence
   scores ``sum(log p + bias) / length ** length_penalty``;
@@ -65,13 +67,16 @@ still feeds (``compact``) and the merge of the groups (``merge``).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers.modeling_outputs import BaseModelOutput
 
+from . import cross_attention
 from .errors import FoundationRecError
 from .trie import Trie
 
@@ -164,7 +169,7 @@ class _IncrementalModel:
     previous call it continues, so finished, dead and hopeless beams cost no compute.
     """
 
-    def __init__(self, model, input_ids, attention_mask, decoder_start_token_id, inputs_embeds=None, subset: _Subset | None = None):
+    def __init__(self, model, input_ids, attention_mask, decoder_start_token_id, inputs_embeds=None, subset: _Subset | None = None, encoder_states=None):
         self.model = model
         self.subset = subset
         self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
@@ -176,8 +181,13 @@ class _IncrementalModel:
         self.steps = 0  # generated tokens fed so far
         if self.seq2seq:
             prompt = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
-            self.prompt_states = model.get_encoder()(**prompt, attention_mask=attention_mask, return_dict=True)
+            if encoder_states is None:
+                self.prompt_states = model.get_encoder()(**prompt, attention_mask=attention_mask, return_dict=True)
+            else:
+                self.prompt_states = BaseModelOutput(last_hidden_state=encoder_states)
             self.encoder = (self.prompt_states, attention_mask)  # for the current rows
+            # one cross-attention cache row per prompt (cross_attention.py), when the model allows it
+            self.cross = cross_attention.cross_modules(model) if cross_attention.enable(model) else None
             self.first_input = torch.full((len(input_ids), 1), decoder_start_token_id, device=input_ids.device)
         else:
             self.first_input = input_ids if inputs_embeds is None else inputs_embeds
@@ -200,7 +210,8 @@ class _IncrementalModel:
         try:
             if self.seq2seq:
                 states, mask = self.encoder
-                out = self.model(encoder_outputs=states, attention_mask=mask, decoder_input_ids=tokens, use_cache=True, **kwargs)
+                with cross_attention.grouped(self.cross, self.origin) if self.cross else contextlib.nullcontext():
+                    out = self.model(encoder_outputs=states, attention_mask=mask, decoder_input_ids=tokens, use_cache=True, **kwargs)
             else:
                 last = {self.keep_arg: keep} if self.keep_arg else {}
                 given = {"inputs_embeds": tokens} if tokens.is_floating_point() else {"input_ids": tokens}  # embeddings: a prompt with content vectors
@@ -233,12 +244,14 @@ class _IncrementalModel:
         """
         tokens = tokens[:, None] if tokens.dim() == 1 else tokens
         origin, start = self.origin[source], self.steps
-        self.cache.reorder_cache(source)
+        (self.cache.self_attention_cache if self.seq2seq and self.cross else self.cache).reorder_cache(source)
         self.steps += tokens.shape[1]
         cache = {self.cache_arg: self.cache}
         if self.seq2seq:
             if not torch.equal(origin, self.origin):
-                states = self.prompt_states.last_hidden_state.index_select(0, origin)
+                states = self.prompt_states.last_hidden_state
+                # grouped: the states only give the decoder its rows' shape (the cache holds the keys): a view, no copy
+                states = states[:1].expand(len(origin), -1, -1) if self.cross else states.index_select(0, origin)
                 self.encoder = (type(self.prompt_states)(last_hidden_state=states), self.prompt_mask.index_select(0, origin))
             self.origin = origin
             return self._forward(tokens, tokens.shape[1], select, **cache)
@@ -542,6 +555,7 @@ def beam_search(
     node_bias: torch.Tensor | None = None,
     node_prior: torch.Tensor | None = None,
     vocab_subset: torch.Tensor | None = None,
+    encoder_states: torch.Tensor | None = None,
 ) -> BeamSearchOutput:
     """Beam search over ``model`` for each prompt row of ``input_ids`` (left-padded for decoder-only);
     ``num_beams`` results per prompt, best first. The module docstring gives the selection rules, the
@@ -550,7 +564,7 @@ def beam_search(
         model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, decoder_start_token_id, node_prior
     )
     subset = _check_subset(model, input_ids, vocab_subset, trie, bad_token_mask, eos_token_id)
-    stepper = _IncrementalModel(model, input_ids, attention_mask, start, inputs_embeds, subset)
+    stepper = _IncrementalModel(model, input_ids, attention_mask, start, inputs_embeds, subset, encoder_states)
     logits = stepper.first()
     eos, pad, bad, pieces = eos_token_id, pad_token_id, bad_token_mask, word_pieces
     if subset is not None:  # the search runs on per-prompt indices: EOS is 0, padding L

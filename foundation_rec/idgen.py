@@ -253,11 +253,16 @@ class IDGenerator:
         min_new_tokens: int = 1,
         max_new_tokens: int | None = None,
         progress: bool = False,
+        encoded: dict[str, torch.Tensor] | None = None,
     ) -> list[list[str]]:
-        """Up to ``num_beams`` distinct normalised candidate IDs per text, best first (batched, in length order)."""
+        """Up to ``num_beams`` distinct normalised candidate IDs per text, best first (batched, in length order).
+
+        ``encoded`` (encoder-decoder generators; text -> encoder outputs) is read for texts already
+        in it and filled for the others, so the rounds of :meth:`assign` encode each text once.
+        """
         unique = list(dict.fromkeys(texts))
         if len(unique) < len(texts):  # e.g. a chain's branches: one search per distinct text
-            kwargs = {"diversity_penalty": diversity_penalty, "min_new_tokens": min_new_tokens, "max_new_tokens": max_new_tokens}
+            kwargs = {"diversity_penalty": diversity_penalty, "min_new_tokens": min_new_tokens, "max_new_tokens": max_new_tokens, "encoded": encoded}
             found = dict(zip(unique, self.candidates(unique, **kwargs, progress=progress), strict=True))
             return [list(found[text]) for text in texts]
         cfg = self.config
@@ -275,9 +280,11 @@ class IDGenerator:
             batch_texts = [texts[i] for i in batch]
             rows = self.value_tokens(batch_texts) if cfg.extractive else None
             per_item = cfg.extractive and cfg.softmax == "text"  # each item's own tokens are its output vocabulary
+            inputs = self._inputs(batch_texts)
             result = beam_search(
                 model,
-                **self._inputs(batch_texts),
+                **inputs,
+                encoder_states=self._encoder_states(batch_texts, inputs, encoded) if encoded is not None and self.backbone.seq2seq else None,
                 num_beams=cfg.num_beams,
                 num_beam_groups=cfg.num_beam_groups,
                 diversity_penalty=penalty,
@@ -299,6 +306,28 @@ class IDGenerator:
         model.train(was_training)
         return out
 
+    def _encoder_states(self, texts: Sequence[str], inputs: dict[str, torch.Tensor], encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The encoder's outputs ``[B, T, d]`` for a batch: read from ``encoded`` when every text is
+        there (padding positions zero: the mask hides them), else computed and added to it while it
+        holds under :data:`ENCODED_BYTES`."""
+        mask = inputs["attention_mask"]
+        if all(t in encoded for t in texts):
+            first = encoded[texts[0]]
+            states = first.new_zeros(len(texts), mask.shape[1], first.shape[-1])
+            for b, text in enumerate(texts):
+                states[b, : len(encoded[text])] = encoded[text]
+            return states
+        encoder, step = self.backbone.hf_model.get_encoder(), ENCODER_CHUNK
+        with torch.inference_mode():  # in chunks: activations under glibc's mmap threshold are reused, not faulted in again
+            states = torch.cat([encoder(**{k: v[i : i + step] for k, v in inputs.items()}).last_hidden_state for i in range(0, len(texts), step)])
+        held = sum(x.numel() * x.element_size() for x in encoded.values())
+        for b, length in enumerate(mask.sum(1).tolist()):
+            if held > ENCODED_BYTES:
+                break
+            encoded[texts[b]] = states[b, :length].clone()
+            held += encoded[texts[b]].numel() * states.element_size()
+        return states
+
     def assign(self, texts: Sequence[str], taken: set[str] | None = None, *, progress: bool = True) -> Assignment:
         """A unique ID for every text (Algorithm 1, batched; see the module docstring).
 
@@ -308,6 +337,7 @@ class IDGenerator:
         taken = set() if taken is None else taken
         result = Assignment(ids=[""] * len(texts))
         pending, first_choice = list(range(len(texts))), {}
+        encoded: dict[str, torch.Tensor] | None = {} if self.backbone.seq2seq else None  # encoder outputs of the pending texts
         rounds = tqdm(self.config.schedule(), desc="ID rounds", unit="round", disable=not progress)
         for penalty, min_new, max_new in rounds:
             if not pending:
@@ -318,6 +348,7 @@ class IDGenerator:
                 min_new_tokens=min_new,
                 max_new_tokens=max_new,
                 progress=progress,
+                encoded=encoded,
             )
             still = []
             for item, options in zip(pending, cands, strict=True):
@@ -338,6 +369,8 @@ class IDGenerator:
                 }
             )
             pending = still
+            if encoded is not None:
+                encoded = {texts[i]: encoded[texts[i]] for i in pending if texts[i] in encoded}
             rounds.set_postfix(pending=len(pending))
         for item in pending:
             result.ids[item] = _fallback(first_choice[item] or keyword_id(texts[item]) or "item", texts[item], taken)
@@ -398,6 +431,10 @@ class IDGenerator:
             raise FoundationRecError(f"{path} is not a saved ID generator (no {CONFIG_FILE}); pass the directory IDGenerator.save wrote")
         backbone = load_backbone(BackboneConfig(name_or_path=str(path), device=device))
         return cls(backbone, IDGenConfig(**json.loads(file.read_text(encoding="utf-8"))))
+
+
+ENCODER_CHUNK = 64  # prompts per encoder call (a 256 x 64-token batch's feed-forward activations are 64 MiB)
+ENCODED_BYTES = 1 << 30  # assign: the most encoder outputs kept between rounds (Yelp's 19k distinct texts: ~0.5 GiB)
 
 
 def _padded(rows: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "foundation_rec"
 MAX_FUNCTION_LINES = 80
@@ -33,3 +36,17 @@ def test_no_test_or_benchmark_calls_a_private_method_of_the_trainer():
                 if isinstance(node, ast.Attribute) and node.attr in private:
                     calls.append(f"{folder}/{path.name}:{node.lineno} .{node.attr}")
     assert not calls, "private Trainer methods used outside the package: " + "; ".join(calls)
+
+
+def test_glibc_allocator_settings_apply_on_import_unless_opted_out():
+    import os
+    import platform
+    import subprocess
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("the allocator settings are for glibc")
+    code = "import foundation_rec, foundation_rec.allocator as a; print(a._done)"
+    env = {k: v for k, v in os.environ.items() if k != "FOUNDATION_REC_MALLOC"}
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    off = subprocess.run([sys.executable, "-c", code], env={**env, "FOUNDATION_REC_MALLOC": "system"}, capture_output=True, text=True, check=True).stdout.strip()
+    assert (on, off) == ("True", "False")

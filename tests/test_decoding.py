@@ -518,3 +518,53 @@ def test_node_prior_is_added_after_length_normalisation(llama, catalog):
     with pytest.raises(FoundationRecError, match="node_prior must be"):
         beam_search(llama, ids, mask, num_beams=6, max_new_tokens=catalog.max_depth, eos_token_id=EOS, pad_token_id=PAD,
                     trie=catalog, node_prior=torch.zeros(catalog.num_nodes))
+
+
+def _stepper_logits(model, grouped: bool, width: int) -> list[torch.Tensor]:
+    """Logits of a T5 stepper fed uneven beams per prompt (2, 1 and 3 rows), then compacted to 4 rows."""
+    from foundation_rec import cross_attention, decoding
+
+    ids, mask = prompts(5, left_pad=False)
+    enable = cross_attention.enable
+    cross_attention.enable = enable if grouped else (lambda _model: False)
+    try:
+        with torch.inference_mode():
+            stepper = decoding._IncrementalModel(model, ids, mask, PAD)
+            out = [stepper.first()]
+            tokens = torch.randint(3, V, (6, width), generator=torch.Generator().manual_seed(1))
+            out.append(stepper.next(torch.tensor([0, 0, 1, 2, 2, 2]), tokens if width > 1 else tokens[:, 0]))
+            out.append(stepper.next(torch.tensor([1, 3, 5, 5]), torch.tensor([5, 6, 7, 8])))
+            cross_rows = stepper.cache.cross_attention_cache.layers[0].keys.shape[0]
+    finally:
+        cross_attention.enable = enable
+    return out, cross_rows
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_one_cross_attention_row_per_prompt_equals_one_per_beam(width):
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=V, d_model=64, d_ff=128, num_layers=2, num_heads=4, d_kv=16, decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS)
+    model = T5ForConditionalGeneration(config).train(False)
+    copied, copied_rows = _stepper_logits(model, grouped=False, width=width)
+    model.set_attn_implementation("sdpa")
+    grouped, grouped_rows = _stepper_logits(model, grouped=True, width=width)
+    assert (copied_rows, grouped_rows) == (4, 3)  # the grouped cache keeps one row per prompt, the other one per beam
+    for a, b in zip(copied, grouped, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_grouped_cross_attention_is_for_its_own_thread_only(t5):
+    from foundation_rec import cross_attention
+
+    ids, mask = prompts(6, left_pad=False)
+    cross_attention.enable(t5)
+    decoder_ids = torch.full((3, 1), PAD)
+    with torch.inference_mode():
+        expected = t5(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+        seen = {}
+        # this thread's grouping maps every row to prompt 0; a call from another thread must not see it
+        with cross_attention.grouped(cross_attention.cross_modules(t5), torch.zeros(3, dtype=torch.long)):
+            worker = threading.Thread(target=lambda: seen.update(out=t5(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits))
+            worker.start()
+            worker.join()
+    torch.testing.assert_close(seen["out"], expected, rtol=0, atol=1e-6)

@@ -332,3 +332,21 @@ def test_the_id_settings_have_one_set_of_defaults():
     from foundation_rec.pretrain import RunArguments
 
     assert IDGenConfig() == IDGenConfig.from_run({}) == IDGenConfig.from_run(dataclasses.asdict(RunArguments(corpora="all")))
+
+
+def test_rounds_encode_each_text_once_and_give_the_same_ids(cold, monkeypatch):
+    """assign keeps the encoder outputs of pending texts between rounds: same IDs as re-encoding them each round."""
+    texts = list(dict.fromkeys(TEXTS))
+    taken = {c for options in cold.candidates(texts) for c in options}  # every text collides in round 1
+    encoded_rows = []
+    hook = cold.backbone.hf_model.get_encoder().register_forward_hook(lambda _m, args, kwargs, out: encoded_rows.append(len(kwargs["input_ids"])), with_kwargs=True)
+    try:
+        kept = cold.assign(texts, set(taken), progress=False)
+        rows_kept = sum(encoded_rows)
+        monkeypatch.setattr(idgen, "ENCODED_BYTES", -1)  # keep nothing: every round encodes again
+        encoded_rows.clear()
+        again = cold.assign(texts, set(taken), progress=False)
+    finally:
+        hook.remove()
+    assert len(kept.rounds) > 1 and kept.ids == again.ids
+    assert rows_kept == len(texts) < sum(encoded_rows)
