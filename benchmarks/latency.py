@@ -6,8 +6,9 @@ For each target: index the catalog through the Python API (``FoundationRec.index
 it. The first indexing of a catalog generates its IDs (Algorithm 1 over every item); later ones load
 them from the cache. Both are reported: ``cold`` is the generation time this machine recorded in
 the cache when the IDs were generated (in this run, or an earlier one such as
-``benchmarks/zeroshot.py``; the record says which), ``warm`` the indexing time measured here with
-the IDs cached (trie build included). Then ``--users`` fixed-seed test users are recommended one at
+``benchmarks/zeroshot.py``; the record says which), ``warm`` the time of a second indexing in this
+run, with the IDs cached (trie build included). With a fresh ``FOUNDATION_REC_CACHE`` every cold
+figure is this run's. Then ``--users`` fixed-seed test users are recommended one at
 a time (``FoundationRec.recommend(history, k=10)``, the demo's call) after one untimed warm-up call;
 p50/p95/mean are over those calls.
 
@@ -26,6 +27,7 @@ from foundation_rec.evaluate import examples
 
 
 def measure(model: FoundationRec, target: str, users: int, seed: int, data_dir) -> dict:
+    model.index_catalog(target, data_dir=data_dir, progress=True)  # generates the IDs when they are not cached
     start = time.perf_counter()
     catalog = model.index_catalog(target, data_dir=data_dir, progress=True)
     warm = time.perf_counter() - start
