@@ -35,6 +35,7 @@ from transformers import HfArgumentParser
 
 from .api import MAX_HISTORY_LINES, Catalog, FoundationRec
 from .corpora import recipe_names
+from .corpora.readers import check_utf8
 from .errors import FoundationRecError, cli_errors
 from .resolve import MAX_LINE_CHARS
 
@@ -59,24 +60,23 @@ class DemoArguments:
 
 
 def read_items_file(path: str | Path) -> list[dict]:
-    """Records of an uploaded ``items.jsonl``; a malformed file is a one-line error naming the line."""
+    """Records of an uploaded ``items.jsonl``; a malformed file is a one-line error naming the line (and the byte of
+    a file that is not UTF-8)."""
+    data = Path(path).read_bytes()
+    check_utf8(data, f"the items file {Path(path).name}")
     records = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for n, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                if len(records) >= MAX_UPLOAD_ITEMS:
-                    raise FoundationRecError(f"the items file has more than {MAX_UPLOAD_ITEMS:,} items; upload a smaller catalog")
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise FoundationRecError(f"items file line {n} is not JSON ({err.msg}); upload one JSON object per line") from None
-                if not isinstance(record, dict) or "item_id" not in record or not str(record.get("title", "")).strip():
-                    raise FoundationRecError(f"items file line {n} needs an object with item_id and title; fix that line")
-                records.append(record)
-    except UnicodeDecodeError:
-        raise FoundationRecError("the items file is not UTF-8 text; upload a .jsonl file") from None
+    for n, line in enumerate(data.decode("utf-8").split("\n"), 1):
+        if not line.strip():
+            continue
+        if len(records) >= MAX_UPLOAD_ITEMS:
+            raise FoundationRecError(f"the items file has more than {MAX_UPLOAD_ITEMS:,} items; upload a smaller catalog")
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise FoundationRecError(f"items file line {n} is not JSON ({err.msg}); upload one JSON object per line") from None
+        if not isinstance(record, dict) or "item_id" not in record or not str(record.get("title", "")).strip():
+            raise FoundationRecError(f"items file line {n} needs an object with item_id and title; fix that line")
+        records.append(record)
     if not records:
         raise FoundationRecError("the items file has no items; upload one JSON object per line")
     return records

@@ -94,6 +94,10 @@ def test_demo_handlers_explain_bad_input_in_the_page(tiny_checkpoint, items_file
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"item_id": "a", "title": "A"}\n{"item_id": "b", "title": \n', encoding="utf-8")
     assert "items file line 2 is not JSON" in app.load_catalog(UPLOAD_CHOICE, str(bad))
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"item_id": "a", "title": "A"}\n{"item_id": "b", "title": "Caf\u00e9"}\n'.encode("latin-1"))
+    message = app.load_catalog(UPLOAD_CHOICE, str(latin))
+    assert "the items file latin.jsonl:2: byte 61 (0xe9) is not UTF-8; save the file as UTF-8" in message and "\n" not in message.strip()
     assert app.suggest(UPLOAD_CHOICE, str(items_file), "Dune\npride")["choices"][0] == "Pride and Prejudice"
     assert app.apply_suggestion("Dune\npride", "Pride and Prejudice") == "Dune\nPride and Prejudice\n"
 
