@@ -69,6 +69,8 @@ def grouped(modules: set[int], origin: torch.Tensor) -> Iterator[None]:
 def _attention(module, query, key, value, attention_mask, **kwargs):
     group = getattr(_state, "group", None)
     if group is None or id(module) not in group[0]:
+        if _math_applies(module, query, kwargs):  # the encoder's self-attention, at inference
+            return _math(query, key, value, _additive(attention_mask, kwargs.get("position_bias"), key), kwargs.get("scaling")), None
         return _sdpa(module, query, key, value, attention_mask, **kwargs)
     origin = group[1]
     rows, heads, t, dim = query.shape
@@ -82,13 +84,48 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     packed = query.new_zeros(prompts, heads, slots, t, dim)
     packed[origin, :, slot] = query
     any_row = torch.zeros(prompts, dtype=torch.long, device=origin.device).scatter_(0, origin, torch.arange(rows, device=origin.device))
-    mask = None if attention_mask is None else _tile(_per_prompt(attention_mask, any_row), slots, t)  # a row's mask is its prompt's
-    bias = kwargs.pop("position_bias", None)
+    mask = None if attention_mask is None else _per_prompt(attention_mask, any_row)  # a row's mask is its prompt's
+    bias = kwargs.get("position_bias")
+    bias = _additive(mask, None if bias is None else _per_prompt(bias, any_row), key)  # [n, 1|h, t|1, T]
+    if _math_applies(module, query, kwargs, grouped=True):
+        out = _math(packed.view(prompts, heads, slots * t, dim), key, value, bias, kwargs.get("scaling"), slots)
+    else:
+        bias = None if bias is None else _tile(bias, slots, t)
+        kwargs = {**kwargs, "is_causal": False, "position_bias": None}
+        out, _ = _sdpa(module, packed.view(prompts, heads, slots * t, dim), key, value, bias, **kwargs)
+    return out.view(prompts, slots, t, heads, -1)[origin, slot], None
+
+
+def _math_applies(module, query, kwargs, grouped: bool = False) -> bool:
+    """Plain matmul-softmax-matmul instead of sdpa: on a CPU at inference (no dropout), for attention that is not
+    causal (the encoder's, and grouped cross-attention). There, sdpa's kernel with a float mask (T5's position
+    bias) is 2-5x slower for these short sequences."""
+    inference = query.device.type == "cpu" and not torch.is_grad_enabled() and not kwargs.get("dropout")
+    return inference and (grouped or not getattr(module, "is_decoder", True))
+
+
+def _additive(mask: torch.Tensor | None, bias: torch.Tensor | None, key: torch.Tensor) -> torch.Tensor | None:
+    """One float mask to add to the attention logits: ``bias`` where ``mask`` (bool, or additive float) lets a
+    query attend, the dtype's minimum elsewhere (as ``sdpa_attention_forward`` combines them)."""
+    if mask is None or bias is None:
+        if mask is not None and mask.dtype == torch.bool:
+            return torch.zeros((), dtype=key.dtype, device=key.device).masked_fill(~mask, torch.finfo(key.dtype).min)
+        return mask if bias is None else bias
+    if mask.dtype == torch.bool:
+        return torch.where(mask, bias, torch.finfo(key.dtype).min)
+    return bias + mask
+
+
+def _math(query, key, value, bias, scaling, slots: int = 1) -> torch.Tensor:
+    """``softmax(q k^T * scaling + bias) v`` as ``[b, t, h, d]``; with ``slots`` > 1 the queries are ``slots``
+    blocks sharing one ``bias`` ``[b, h|1, t|1, T]``."""
+    weights = torch.matmul(query, key.transpose(2, 3))
+    if scaling is not None and scaling != 1.0:
+        weights = weights * scaling
     if bias is not None:
-        bias = _tile(_per_prompt(bias, any_row), slots, t)
-    kwargs["is_causal"] = False
-    out, weights = _sdpa(module, packed.view(prompts, heads, slots * t, dim), key, value, mask, position_bias=bias, **kwargs)
-    return out.view(prompts, slots, t, heads, -1)[origin, slot], weights
+        b, h, q, k = weights.shape
+        weights = (weights.view(b, h, slots, q // slots, k) + bias[:, :, None]).view(b, h, q, k) if slots > 1 else weights + bias
+    return torch.matmul(torch.softmax(weights, dim=-1), value).transpose(1, 2).contiguous()
 
 
 def _per_prompt(mask: torch.Tensor, any_row: torch.Tensor) -> torch.Tensor:

@@ -181,13 +181,14 @@ class _IncrementalModel:
         self.steps = 0  # generated tokens fed so far
         if self.seq2seq:
             prompt = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+            # one cross-attention cache row per prompt (cross_attention.py), when the model allows it; switched
+            # on before the encoder runs, so its attention is computed as for every later prompt
+            self.cross = cross_attention.cross_modules(model) if cross_attention.enable(model) else None
             if encoder_states is None:
                 self.prompt_states = model.get_encoder()(**prompt, attention_mask=attention_mask, return_dict=True)
             else:
                 self.prompt_states = BaseModelOutput(last_hidden_state=encoder_states)
             self.encoder = (self.prompt_states, attention_mask)  # for the current rows
-            # one cross-attention cache row per prompt (cross_attention.py), when the model allows it
-            self.cross = cross_attention.cross_modules(model) if cross_attention.enable(model) else None
             self.first_input = torch.full((len(input_ids), 1), decoder_start_token_id, device=input_ids.device)
         else:
             self.first_input = input_ids if inputs_embeds is None else inputs_embeds

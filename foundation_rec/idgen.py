@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import atomic
+from . import atomic, cross_attention
 from .backbones import Backbone, BackboneConfig, load_backbone
 from .decoding import beam_search
 from .errors import FoundationRecError
@@ -317,6 +317,7 @@ class IDGenerator:
             for b, text in enumerate(texts):
                 states[b, : len(encoded[text])] = encoded[text]
             return states
+        cross_attention.enable(self.backbone.hf_model)  # as beam_search computes it (cross_attention.py)
         encoder, step = self.backbone.hf_model.get_encoder(), ENCODER_CHUNK
         with torch.inference_mode():  # in chunks: activations under glibc's mmap threshold are reused, not faulted in again
             states = torch.cat([encoder(**{k: v[i : i + step] for k, v in inputs.items()}).last_hidden_state for i in range(0, len(texts), step)])
