@@ -52,6 +52,15 @@ Options of :func:`beam_search`:
   replaces the prompt's token embeddings; ``encoder_states`` ([B, T, D], encoder-decoder models)
   are the encoder's outputs for the prompts, already computed (e.g. by an earlier search of the
   same texts), and skip the encoder;
+* ``record_first_group`` returns group 0's search as a :class:`FirstGroup` (``BeamSearchOutput.first_group``):
+  the tokens its beams chose at each step and its finished sequences. Group 0 never sees a penalty,
+  so a later search of the same prompts with the same lengths and masks and any
+  ``diversity_penalty`` can take it as ``first_group`` instead of running it: only groups ``1..G-1``
+  are fed to the model (half the rows with two groups) and the result is the same (up to float
+  rounding when the replayed search ran in a batch of other prompts: 2 of Yelp's 20,033 IDs
+  swap between two near-identical items). Algorithm 1's
+  retries at a higher lambda (:meth:`foundation_rec.idgen.IDGenerator.assign`) do this; it needs
+  ``trie=None`` and ``num_beam_groups > 1``;
 * ``node_bias`` (``[trie.num_nodes]``) is added to a step's log-probability when it enters trie node
   ``n`` (e.g. minus a prior's log-probability, see :func:`node_log_probs`), so a finished sequence
   scores ``sum(log p + bias) / length ** length_penalty``;
@@ -90,6 +99,31 @@ class BeamSearchOutput:
     sequences: torch.Tensor
     scores: torch.Tensor
     items: torch.Tensor
+    first_group: FirstGroup | None = None
+
+
+@dataclass
+class FirstGroup:
+    """Group 0 of a diverse beam search, per prompt: ``steps`` [B, T, size], the token each of its beams
+    chose at each step (-1: none, the beam was dead or not fed), and its finished sequences
+    ``tokens`` [B, size, T] (-1 after their end), ``scores`` [B, size] and ``lengths`` [B, size].
+    Tokens are those the search ran on (per-prompt indices with ``vocab_subset``). Index it by prompt
+    (``first_group[rows]``) and stack rows of several calls with :meth:`stack`."""
+
+    steps: torch.Tensor
+    tokens: torch.Tensor
+    scores: torch.Tensor
+    lengths: torch.Tensor
+
+    def to(self, device) -> FirstGroup:
+        return FirstGroup(*(getattr(self, f).to(device) for f in ("steps", "tokens", "scores", "lengths")))
+
+    def __getitem__(self, rows) -> FirstGroup:
+        return FirstGroup(self.steps[rows], self.tokens[rows], self.scores[rows], self.lengths[rows])
+
+    @staticmethod
+    def stack(parts: Sequence[FirstGroup]) -> FirstGroup:
+        return FirstGroup(*(torch.stack([getattr(p, f) for p in parts]) for f in ("steps", "tokens", "scores", "lengths")))
 
 
 @dataclass
@@ -124,9 +158,20 @@ class _Subset:
         """``word_pieces`` in local indices: each text token's index in its prompt's row (-1 when absent), and
         the continuation flags per prompt, [B, L]."""
         text, continuation = word_pieces
-        hit = (text[:, :, None] == self.tokens[:, None, :]) & (text[:, :, None] >= 0)
-        local = torch.where(hit.any(-1), hit.float().argmax(-1), -1)
-        return local, continuation[self.tokens.clamp(min=0)] & (self.tokens >= 0)
+        return self.local_index(text), continuation[self.tokens.clamp(min=0)] & (self.tokens >= 0)
+
+    def local_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Each prompt's local index of token ids ``tokens`` [B, ...] (-1: not in its vocabulary, or -1 given)."""
+        flat = tokens.flatten(1)
+        hit = (flat[:, :, None] == self.tokens[:, None, :]) & (flat[:, :, None] >= 0)
+        return torch.where(hit.any(-1), hit.float().argmax(-1), -1).view_as(tokens)
+
+    def first_group(self, group: FirstGroup, *, local: bool) -> FirstGroup:
+        """``group`` with its tokens as local indices (``local``) or as token ids: a prompt's local
+        indices depend on the rest of its batch (the padding of ``vocab_subset``), token ids do not."""
+        rows = torch.arange(len(self.tokens), device=self.tokens.device)
+        convert = self.local_index if local else lambda t: self.to_tokens(t.clamp(min=0), rows, -1).masked_fill(t < 0, -1)
+        return FirstGroup(convert(group.steps), convert(group.tokens), group.scores, group.lengths)
 
     def to_tokens(self, local: torch.Tensor, rows: torch.Tensor, pad_token_id: int) -> torch.Tensor:
         """Token ids of local indices ``local`` [N, ...] of prompts ``rows`` [N]; index ``L`` (padding) maps to ``pad_token_id``."""
@@ -368,6 +413,8 @@ class _Search:
     node_prior: torch.Tensor | None
     device: torch.device
     local: bool = False  # vocab_subset: indices are per prompt, and the softmax runs over the allowed ones
+    first_group: FirstGroup | None = None  # group 0 replayed from an earlier search instead of run
+    record: bool = False  # keep group 0's chosen tokens per step (self.steps) for a later replay
 
     def __post_init__(self):
         move = lambda x: x.to(self.device) if x is not None else None
@@ -383,6 +430,7 @@ class _Search:
             )
         self.arange_b = torch.arange(self.batch, device=self.device)[:, None]
         self.neg_inf = torch.tensor(NEG_INF, device=self.device)
+        self.steps = torch.full((self.batch, self.max_new_tokens, self.size), -1, dtype=torch.long, device=self.device) if self.record else None
 
     def start(self) -> tuple[_Running, _Finished]:
         """One running beam per prompt and group (at the root, score 0), and no finished sequence."""
@@ -400,7 +448,26 @@ class _Search:
             nodes=torch.full((b, g, s), -1, dtype=torch.long, device=dev),
             improvable=torch.ones(b, g, dtype=torch.bool, device=dev),
         )
+        if self.first_group is not None:  # group 0's results are known: it is never fed
+            old = self.first_group.to(dev)
+            fin.scores[:, 0], fin.lengths[:, 0] = old.scores, old.lengths
+            fin.tokens[:, 0] = old.tokens.masked_fill(old.tokens < 0, self.pad_token_id)
+            fin.improvable[:, 0] = False
         return run, fin
+
+    def recorded(self, fin: _Finished) -> FirstGroup:
+        """Group 0 of this search (``record=True``), as :class:`FirstGroup`."""
+        ended = torch.arange(self.max_new_tokens, device=self.device) >= fin.lengths[:, 0, :, None]
+        return FirstGroup(self.steps, fin.tokens[:, 0].masked_fill(ended, -1), fin.scores[:, 0].clone(), fin.lengths[:, 0].clone())
+
+    def replayed(self, run: _Running, step: int, chosen: torch.Tensor | None) -> tuple:
+        """Group 0's step read from ``first_group``: its chosen tokens count in ``chosen``; its beams stay dead."""
+        token = self.first_group.steps[:, step].to(self.device)
+        if chosen is not None:
+            chosen.scatter_add_(1, token.clamp(min=0), (token >= 0).float())
+        dead = torch.full(token.shape, NEG_INF, device=self.device)
+        seqs = torch.full((self.batch, self.size, self.max_new_tokens), self.pad_token_id, dtype=torch.long, device=self.device)
+        return torch.zeros_like(token), token.clamp(min=0), dead, seqs, None
 
     def log_probs(self, logits: torch.Tensor | None, tail, step: int, rows: _Rows) -> torch.Tensor:
         """``[rows, V]``: the step's log-probabilities, from the model's logits or the scored ``tail``, with
@@ -480,6 +547,8 @@ class _Search:
         token = token.gather(1, pick)
         if chosen is not None:
             chosen.scatter_add_(1, token, (~dead).float())
+        if g == 0 and self.steps is not None:
+            self.steps[:, step] = token.masked_fill(dead, -1)
         return (run.rows[:, g].gather(1, beam.gather(1, pick)), token, running.gather(1, top_index).gather(1, pick).masked_fill(dead, NEG_INF),
                 seqs[self.arange_b, pick], None if node is None else node.gather(1, pick).masked_fill(dead, -1))  # fmt: skip
 
@@ -496,7 +565,8 @@ class _Search:
     def advance(self, log_probs: torch.Tensor, run: _Running, fin: _Finished, step: int) -> _Running:
         """One step of every group, in order (diverse beam search: later groups see earlier groups' choices)."""
         chosen = torch.zeros(self.batch, log_probs.shape[-1], device=self.device) if self.diversity_penalty else None
-        parts = [self.select(g, run, self.candidates(log_probs, run, g, chosen), fin, step, chosen) for g in range(self.groups)]
+        parts = [self.replayed(run, step, chosen) if g == 0 and self.first_group is not None else
+                 self.select(g, run, self.candidates(log_probs, run, g, chosen), fin, step, chosen) for g in range(self.groups)]  # fmt: skip
         source, last, scores, tokens, nodes = (torch.stack(x, dim=1) if x[0] is not None else None for x in zip(*parts))
         return _Running(scores, tokens, run.nodes if nodes is None else nodes, run.rows, run.every_row, source, last)
 
@@ -557,6 +627,8 @@ def beam_search(
     node_prior: torch.Tensor | None = None,
     vocab_subset: torch.Tensor | None = None,
     encoder_states: torch.Tensor | None = None,
+    first_group: FirstGroup | None = None,
+    record_first_group: bool = False,
 ) -> BeamSearchOutput:
     """Beam search over ``model`` for each prompt row of ``input_ids`` (left-padded for decoder-only);
     ``num_beams`` results per prompt, best first. The module docstring gives the selection rules, the
@@ -571,10 +643,16 @@ def beam_search(
     if subset is not None:  # the search runs on per-prompt indices: EOS is 0, padding L
         eos, pad, bad = 0, subset.tokens.shape[1], subset.bad(bad_token_mask)
         pieces = None if word_pieces is None else subset.local_pieces(tuple(x.to(input_ids.device) for x in word_pieces))
+    if first_group is not None:
+        shape = (len(input_ids), max_new_tokens, num_beams // num_beam_groups)
+        if trie is not None or num_beam_groups < 2 or first_group.steps.shape != shape:
+            raise FoundationRecError(f"first_group must come from a search of the same {len(input_ids)} prompts with max_new_tokens={max_new_tokens}, "
+                                     f"{num_beam_groups} groups of {shape[2]} beams and no trie")  # fmt: skip
+        first_group = first_group.to(input_ids.device) if subset is None else subset.first_group(first_group.to(input_ids.device), local=True)
     search = _Search(
         len(input_ids), logits.shape[-1], num_beam_groups, num_beams // num_beam_groups, max_new_tokens, eos, pad, trie,
         diversity_penalty, length_penalty, min_new_tokens, bad, no_repeat_tokens, pieces, node_bias, node_prior, input_ids.device,
-        local=subset is not None,
+        local=subset is not None, first_group=first_group, record=record_first_group,
     )  # fmt: skip
     run, fin = search.start()
     rows, tail = _Rows(prompt=torch.arange(len(input_ids), device=input_ids.device)), None
@@ -594,6 +672,9 @@ def beam_search(
         if tail is None:
             logits = stepper.next(source, tokens if subset is None else subset.tokens[rows.prompt, tokens])
     out = search.merge(fin)
+    out.first_group = search.recorded(fin) if record_first_group else None
+    if subset is not None and out.first_group is not None:
+        out.first_group = subset.first_group(out.first_group, local=False)
     if subset is not None:
         out.sequences = subset.to_tokens(out.sequences, torch.arange(len(input_ids), device=input_ids.device), pad_token_id)
     return out

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from . import atomic, cross_attention
 from .backbones import Backbone, BackboneConfig, load_backbone
-from .decoding import beam_search
+from .decoding import FirstGroup, beam_search
 from .errors import FoundationRecError
 
 TABLE_FILE = "ids.json"
@@ -254,15 +254,20 @@ class IDGenerator:
         max_new_tokens: int | None = None,
         progress: bool = False,
         encoded: dict[str, torch.Tensor] | None = None,
+        first_groups: dict[str, FirstGroup] | None = None,
     ) -> list[list[str]]:
         """Up to ``num_beams`` distinct normalised candidate IDs per text, best first (batched, in length order).
 
         ``encoded`` (encoder-decoder generators; text -> encoder outputs) is read for texts already
         in it and filled for the others, so the rounds of :meth:`assign` encode each text once.
+        ``first_groups`` (text -> group 0 of its diverse beam search, :class:`~foundation_rec.decoding.FirstGroup`)
+        works the same way for searches with the same ``min_new_tokens`` and ``max_new_tokens``:
+        group 0 does not depend on the penalty, so a retry at a higher lambda replays it.
         """
         unique = list(dict.fromkeys(texts))
         if len(unique) < len(texts):  # e.g. a chain's branches: one search per distinct text
-            kwargs = {"diversity_penalty": diversity_penalty, "min_new_tokens": min_new_tokens, "max_new_tokens": max_new_tokens, "encoded": encoded}
+            kwargs = {"diversity_penalty": diversity_penalty, "min_new_tokens": min_new_tokens, "max_new_tokens": max_new_tokens, "encoded": encoded,
+                      "first_groups": first_groups}
             found = dict(zip(unique, self.candidates(unique, **kwargs, progress=progress), strict=True))
             return [list(found[text]) for text in texts]
         cfg = self.config
@@ -281,6 +286,7 @@ class IDGenerator:
             rows = self.value_tokens(batch_texts) if cfg.extractive else None
             per_item = cfg.extractive and cfg.softmax == "text"  # each item's own tokens are its output vocabulary
             inputs = self._inputs(batch_texts)
+            replay = first_groups is not None and cfg.num_beam_groups > 1 and all(t in first_groups for t in batch_texts)
             result = beam_search(
                 model,
                 **inputs,
@@ -296,7 +302,11 @@ class IDGenerator:
                 no_repeat_tokens=cfg.extractive,
                 word_pieces=self.word_pieces(batch_texts, rows=rows) if cfg.extractive else None,
                 vocab_subset=_padded(rows).to(self.backbone.device) if per_item else None,
+                first_group=FirstGroup.stack([first_groups[t] for t in batch_texts]) if replay else None,
+                record_first_group=first_groups is not None and cfg.num_beam_groups > 1 and not replay,
             )
+            if result.first_group is not None:
+                first_groups.update((t, result.first_group[b]) for b, t in enumerate(batch_texts))
             finite = (result.scores > float("-inf")).tolist()
             decoded = tok.batch_decode(result.sequences.flatten(0, 1).tolist(), skip_special_tokens=True)
             for b, item in enumerate(batch):
@@ -339,10 +349,14 @@ class IDGenerator:
         result = Assignment(ids=[""] * len(texts))
         pending, first_choice = list(range(len(texts))), {}
         encoded: dict[str, torch.Tensor] | None = {} if self.backbone.seq2seq else None  # encoder outputs of the pending texts
+        first_groups: dict[str, FirstGroup] = {}  # group 0 of the pending texts' searches at this round's lengths
         rounds = tqdm(self.config.schedule(), desc="ID rounds", unit="round", disable=not progress)
+        lengths = None
         for penalty, min_new, max_new in rounds:
             if not pending:
                 break
+            if (min_new, max_new) != lengths:  # a longer ID: group 0 searches again
+                first_groups, lengths = {}, (min_new, max_new)
             cands = self.candidates(
                 [texts[i] for i in pending],
                 diversity_penalty=penalty,
@@ -350,6 +364,7 @@ class IDGenerator:
                 max_new_tokens=max_new,
                 progress=progress,
                 encoded=encoded,
+                first_groups=first_groups,
             )
             still = []
             for item, options in zip(pending, cands, strict=True):
@@ -372,6 +387,7 @@ class IDGenerator:
             pending = still
             if encoded is not None:
                 encoded = {texts[i]: encoded[texts[i]] for i in pending if texts[i] in encoded}
+            first_groups = {texts[i]: first_groups[texts[i]] for i in pending if texts[i] in first_groups}
             rounds.set_postfix(pending=len(pending))
         for item in pending:
             result.ids[item] = _fallback(first_choice[item] or keyword_id(texts[item]) or "item", texts[item], taken)

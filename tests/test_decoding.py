@@ -417,6 +417,37 @@ def test_vocab_subset_equals_the_model_restricted_to_each_prompts_tokens(request
         beam_search(model, ids, mask, num_beams=2, max_new_tokens=3, eos_token_id=EOS, pad_token_id=PAD, vocab_subset=text + V)
 
 
+@pytest.mark.parametrize("model_name", ["t5", "llama"])
+@pytest.mark.parametrize("subset", [False, True])
+def test_replayed_first_group_gives_the_search_it_replaces(request, model_name, subset):
+    """Group 0 recorded at one penalty and replayed at another, for the same prompts in a batch of a
+    different size and order (so their per-prompt indices differ with ``vocab_subset``), gives the
+    sequences and scores of running the whole search at the second penalty; the replay feeds fewer rows."""
+    model = request.getfixturevalue(model_name)
+    ids, mask = prompts(5, left_pad=model_name == "llama")
+    text = torch.tensor([[5, 61, 62, 7, 63, 5, 40], [8, 64, 9, EOS, 65, 66, 10], [11, 12, 67, 3, -1, -1, -1]])
+    kw = {"num_beams": 4, "num_beam_groups": 2, "max_new_tokens": 5, "min_new_tokens": 1, "eos_token_id": EOS, "pad_token_id": PAD,
+          "no_repeat_tokens": True}
+    extra = (lambda rows: {"vocab_subset": text[rows]}) if subset else (lambda rows: {})
+    recorded = beam_search(model, ids, mask, diversity_penalty=0.5, record_first_group=True, **kw, **extra([0, 1, 2]))
+    assert (recorded.first_group.steps[:, 0] >= 0).all()  # group 0 chose tokens at the first step
+    rows = [2, 0]  # a smaller batch, another order: prompt 0's subset is no longer the widest row's neighbour
+    full = beam_search(model, ids[rows], mask[rows], diversity_penalty=2.0, **kw, **extra(rows))
+    fed = []
+    hook = model.register_forward_pre_hook(lambda _m, args, kwargs: fed.append(next(
+        v.shape[0] for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim() >= 2)), with_kwargs=True)
+    try:
+        replayed = beam_search(model, ids[rows], mask[rows], diversity_penalty=2.0, first_group=recorded.first_group[rows], **kw, **extra(rows))
+    finally:
+        hook.remove()
+    assert torch.equal(replayed.sequences, full.sequences)
+    assert torch.allclose(replayed.scores, full.scores, atol=1e-6)
+    assert not torch.equal(full.sequences, beam_search(model, ids[rows], mask[rows], diversity_penalty=0.5, **kw, **extra(rows)).sequences)
+    assert max(fed[1:]) <= len(rows) * 2  # after the first step only group 1's beams (2 per prompt) are fed
+    with pytest.raises(FoundationRecError, match="first_group must come from a search of the same 2 prompts"):
+        beam_search(model, ids[rows], mask[rows], diversity_penalty=2.0, first_group=recorded.first_group, **kw, **extra(rows))
+
+
 def test_word_piece_mask_by_hand():
     """The mask behind ``word_pieces``, on a hand-worked text: 'the runn ##ing man ##go' as tokens 2 3 10 4 11."""
     continuation = torch.zeros(12, dtype=torch.bool)

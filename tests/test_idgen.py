@@ -350,3 +350,24 @@ def test_rounds_encode_each_text_once_and_give_the_same_ids(cold, monkeypatch):
         hook.remove()
     assert len(kept.rounds) > 1 and kept.ids == again.ids
     assert rows_kept == len(texts) < sum(encoded_rows)
+
+
+@pytest.mark.parametrize("family", ["t5", "causal"])
+def test_retries_replay_group_zero_and_give_the_same_ids(family, cold, monkeypatch):
+    """assign replays group 0 (penalty-free) in the retries at a higher lambda of the same length: the same
+    IDs and rounds as running every group each round, with group 0 searched only once per length."""
+    generator = cold if family == "t5" else causal_generator()
+    texts = list(dict.fromkeys(TEXTS))
+    taken = {c for options in generator.candidates(texts) for c in options}  # every text collides in round 1
+    calls = []
+    search = idgen.beam_search
+    monkeypatch.setattr(idgen, "beam_search", lambda model, input_ids, **kw: calls.append(kw["first_group"] is not None) or search(model, input_ids, **kw))
+    replayed = generator.assign(texts, set(taken), progress=False)
+    used = list(calls)
+    candidates = generator.candidates
+    monkeypatch.setattr(generator, "candidates", lambda texts, **kw: candidates(texts, **{**kw, "first_groups": None}))
+    plain = generator.assign(texts, set(taken), progress=False)
+    assert replayed.ids == plain.ids and replayed.rounds == plain.rounds
+    retries = [r for r, previous in zip(replayed.rounds[1:], replayed.rounds) if (r["min_tokens"], r["max_tokens"]) == (previous["min_tokens"], previous["max_tokens"])]
+    assert retries and sum(used) >= len(retries)  # every retry at the same length replayed group 0
+    assert not any(calls[len(used):])  # the plain run never did
