@@ -87,8 +87,10 @@ def checkpoint_run(doc: str, users_flag: str, users_default: int, extra=None):
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--data-dir", default=None, help="data directory (default: the package's search order)")
+    parser.add_argument("--id-precision", default="fp32", choices=("fp32", "int8"), help="arithmetic of catalog ID generation")
     if extra is not None:
         extra(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    return args, FoundationRec.from_pretrained(args.checkpoint, device=args.device, num_beams=args.num_beams)
+    return args, FoundationRec.from_pretrained(args.checkpoint, device=args.device, num_beams=args.num_beams,
+                                                                                   id_precision=args.id_precision)

@@ -65,6 +65,8 @@ class ZeroShotArguments:
     baselines: str = field(default="", metadata={"help": f"comma list of baselines to run on the same users: {', '.join(METHODS)}, or 'all'"})
     allow_seen_platform: bool = field(default=False, metadata={"help": "evaluate even if the target's platform was pre-trained on (labelled so)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    id_precision: str = field(default="fp32", metadata={"help": "arithmetic of the target's ID generation: fp32, or int8 (CPU only, about 1.5x "
+                                                                "faster cold IDs; a few near-tied IDs differ, see benchmarks/RESULTS.md)"})
     out: str = field(default="runs/zeroshot", metadata={"help": "folder for <target>.json and <target>.md"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
@@ -94,6 +96,7 @@ def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list
             pretrained_corpora=model.pretrained_corpora,
             setting="seen platform" if seen else "zero-shot",
             index_seconds=index_seconds,
+            id_precision=args.id_precision,
             unique_ids=len(set(catalog.ids)) == len(catalog.ids),
             num_beams=args.num_beams,
             calibration=args.calibration,
@@ -123,13 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         raise FoundationRecError(f"--max-users {args.max_users} must be positive; leave it out to evaluate every user")
     if args.content_prior is not None and args.content_prior < 0:
         raise FoundationRecError(f"--content-prior {args.content_prior:g} must be >= 0 (0: plain generation)")
+    if args.id_precision not in ("fp32", "int8"):
+        raise FoundationRecError(f"--id-precision {args.id_precision!r} is not one of fp32, int8")
     names = resolve_names(args.target)
     writable_dir(args.out, "--out")
     read_config(args.checkpoint)
     if args.content_prior and not (Path(args.checkpoint) / "recommender" / SCORER_INFO).is_file():
         raise FoundationRecError(f"--content-prior {args.content_prior:g} needs a checkpoint with a content scorer, and {args.checkpoint} has none "
                                  "(pre-train with --content-prior-epochs 4, or pass --content-prior 0)")
-    model = FoundationRec.from_pretrained(args.checkpoint, device=args.device, num_beams=args.num_beams)
+    model = FoundationRec.from_pretrained(args.checkpoint, device=args.device, num_beams=args.num_beams, id_precision=args.id_precision)
     if args.content_prior is None:
         args.content_prior = model.content_prior
     for name in names:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from foundation_rec import int8
 from foundation_rec.api import FoundationRec
 from foundation_rec.demo import UPLOAD_CHOICE, DemoApp, DemoArguments, read_items_file
 from foundation_rec.errors import FoundationRecError
@@ -81,6 +82,7 @@ def test_api_recommends_from_free_text_history(model):
 def test_demo_handlers_explain_bad_input_in_the_page(tiny_checkpoint, items_file, tmp_path):
     app = DemoApp(DemoArguments(checkpoint=str(tiny_checkpoint), device="cpu", num_beams=16))
     assert "pre-trained on amazon2014-beauty, amazon2018-office" in app.status()
+    assert app.status().endswith(f"new catalogs get {'int8' if int8.available() else 'fp32'} IDs.")  # --id-precision auto, on a CPU
     assert "14 items with unique textual IDs" in app.load_catalog(UPLOAD_CHOICE, str(items_file))
     matches, recs, message = app.recommend(UPLOAD_CHOICE, str(items_file), "The Hobbit\nquarterly tax form 1099\nDune\n")
     assert len(recs) == 10 and message.startswith("10 recommendations from **bookshop**") and "1 unmatched line(s) left out" in message
@@ -227,3 +229,11 @@ def test_ctrl_c_while_indexing_a_catalog_leaves_no_partial_cache_entry(tiny_chec
     catalog = model.index_catalog(RECORDS, name="bookshop", progress=False)  # the next run builds a complete entry
     assert [p.suffix for p in cache.iterdir()] == [".json"] and len(set(catalog.ids)) == len(RECORDS)
     assert model.catalog_id_record(catalog)["items"] == len(RECORDS)
+
+
+def test_an_unknown_id_precision_stops_the_demo_with_one_line(tiny_checkpoint, capsys):
+    from foundation_rec.demo import main as demo_main
+
+    with pytest.raises(SystemExit):
+        demo_main(["--checkpoint", str(tiny_checkpoint), "--id-precision", "half"])
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --id-precision 'half' is not one of fp32, int8, auto"]

@@ -123,3 +123,26 @@ def test_content_prior_errors_are_one_line(tiny_checkpoint, tmp_path, capsys, va
         zeroshot_main(["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--content-prior", value])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_int8_ids_get_their_own_cache_entry_and_the_fp32_entry_is_kept(tiny_checkpoint, fixture_data, tmp_path):
+    """--id-precision int8 writes its IDs to a cache file of its own (recorded as int8), next to fp32's, which it never replaces."""
+    base = ["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(fixture_data), "--num-beams", "10", "--progress", "false"]
+    assert zeroshot_main([*base, "--out", str(tmp_path / "fp32")]) == 0
+    from foundation_rec.paths import cache_dir
+
+    files = sorted((cache_dir() / "catalog_ids").glob("yelp-*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["precision"] == "fp32"
+    fp32_bytes = files[0].read_bytes()
+    assert zeroshot_main([*base, "--out", str(tmp_path / "int8"), "--id-precision", "int8"]) == 0
+    records = {f: json.loads(f.read_text()) for f in (cache_dir() / "catalog_ids").glob("yelp-*.json")}
+    assert sorted(r["precision"] for r in records.values()) == ["fp32", "int8"] and files[0].read_bytes() == fp32_bytes
+    result = json.loads((tmp_path / "int8" / "yelp.json").read_text())["results"][0]
+    assert result["id_precision"] == "int8" and result["unique_ids"]
+
+
+def test_an_unknown_id_precision_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        zeroshot_main(["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--id-precision", "fp16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --id-precision 'fp16' is not one of fp32, int8"]
