@@ -75,8 +75,8 @@ def report(payload: dict) -> str:
         (f"{provenance(env)} Checkpoint `{payload['checkpoint']}`, "
          f"{payload['num_beams']} beams, k = 10."),
         "",
-        "| target | items | ID precision | index cold (s) | cold items/s | first indexing in this run (s) | index warm (s) | users | mean history | "
-        "p50 (ms) | p95 (ms) | mean (ms) |",
+        ("| target | items | ID precision | index cold (s) | cold items/s | first indexing in this run (s) | index warm (s) | users | mean history | "
+         "p50 (ms) | p95 (ms) | mean (ms) |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",

@@ -13,7 +13,10 @@ allowed, so the model has to write more words) and ``lambda`` restarts from its 
 still colliding after ``length_steps`` longer lengths get the best candidate plus a word of their own
 text not yet in the ID, or else a counter (``2``, ``3``, ...): this last resort cannot fail, and
 :class:`Assignment` counts how often it was used. The ``taken`` set can be shared between calls, so
-IDs are unique across a whole pre-training pool (:func:`build_table`).
+IDs are unique across a whole pre-training pool (:func:`build_table`). With two or more beam groups,
+a retry at a higher ``lambda`` replays group 0 of the first search at the same lengths (the penalty
+never touches group 0; :class:`~foundation_rec.decoding.FirstGroup`), so retries feed half the rows.
+``IDGenConfig.precision = "int8"`` runs generation with int8 linear layers on a CPU (:mod:`foundation_rec.int8`).
 
 Starting point, before any recommendation training:
 

@@ -1,6 +1,6 @@
 """Int8 inference copies of a model's linear layers, for ID generation on a CPU.
 
-Cold IDs of a 20k-item catalog are the model's arithmetic: about 8 TFLOP of fp32 matrix products
+Cold IDs of a 20k-item catalog are the model's arithmetic: about 7 TFLOP of fp32 matrix products
 for Yelp, which 2 CPU cores run at 100-150 GFLOP/s (``benchmarks/RESULTS.md``, *Cold IDs*). An int8
 matrix product (``torch._int_mm``) runs about 5x faster there. :func:`quantize` returns a copy of a
 model whose encoder and decoder linear layers are :class:`Int8Linear`: weights rounded to int8 with
