@@ -32,7 +32,7 @@ from .content import ContentNeighbours, item_vectors
 from .content_prior import DEFAULT_CONTENT_PRIOR
 from .corpora import Corpus, load_corpus, load_recipe
 from .errors import FoundationRecError
-from .idgen import IDGenerator
+from .idgen import PRECISIONS, IDGenerator
 from .paths import cache_dir
 from .prompts import PromptBuilder
 from .recommender import CatalogRecommender, GenerativeRecommender, RerankRecommender
@@ -111,9 +111,7 @@ class FoundationRec:
         # the generator's files (name, size, mtime) too: a run retrained into the same directory gets new IDs;
         # and its generation settings as used (they have defaults a saved idgen.json may predate, e.g. softmax)
         weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in (path / "generator").glob("*") if f.is_file())
-        settings = dataclasses.asdict(generator.config)
-        if settings["precision"] == "fp32":  # older caches predate the setting: fp32 keys them as before
-            del settings["precision"]
+        settings = {k: v for k, v in dataclasses.asdict(generator.config).items() if k != "precision"}  # read per lookup: _ids_file
         settings = json.dumps(settings, sort_keys=True)
         self._fingerprint = hashlib.blake2b(
             (json.dumps(config, sort_keys=True) + str(path.resolve()) + repr(weights) + settings).encode(), digest_size=8
@@ -127,7 +125,7 @@ class FoundationRec:
         <foundation_rec.idgen.IDGenConfig.precision>`): ``"int8"`` (CPU only) generates a cold catalog's
         IDs about 1.5x faster and keys its own ID cache; a few near-tied IDs differ from ``"fp32"``'s.
         ``"auto"``: int8 when the model is on a CPU that has the kernel (the demo's default), else fp32."""
-        if id_precision not in ("fp32", "int8", "auto"):
+        if id_precision not in (*PRECISIONS, "auto"):
             raise FoundationRecError(f"id_precision {id_precision!r} is not one of 'fp32', 'int8', 'auto'")
         path = Path(path)
         config = checkpoint.read_config(path)
@@ -189,7 +187,8 @@ class FoundationRec:
 
     def _ids_file(self, name: str, texts: list[str]) -> Path:
         """Cache file of a catalog's IDs, keyed by this checkpoint and every item text."""
-        digest = hashlib.blake2b(self._fingerprint.encode(), digest_size=8)
+        precision = self.generator.config.precision  # fp32 keys as before the setting existed
+        digest = hashlib.blake2b((self._fingerprint + ("" if precision == "fp32" else f":{precision}")).encode(), digest_size=8)
         for text in texts:
             digest.update(text.encode("utf-8") + b"\0")
         return cache_dir() / "catalog_ids" / f"{name}-{digest.hexdigest()}.json"

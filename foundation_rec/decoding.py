@@ -80,7 +80,7 @@ import contextlib
 import inspect
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from transformers.modeling_outputs import BaseModelOutput
@@ -115,15 +115,18 @@ class FirstGroup:
     scores: torch.Tensor
     lengths: torch.Tensor
 
+    def _map(self, f) -> FirstGroup:
+        return FirstGroup(*(f(getattr(self, x.name)) for x in fields(self)))
+
     def to(self, device) -> FirstGroup:
-        return FirstGroup(*(getattr(self, f).to(device) for f in ("steps", "tokens", "scores", "lengths")))
+        return self._map(lambda t: t.to(device))
 
     def __getitem__(self, rows) -> FirstGroup:
-        return FirstGroup(self.steps[rows], self.tokens[rows], self.scores[rows], self.lengths[rows])
+        return self._map(lambda t: t[rows])
 
     @staticmethod
     def stack(parts: Sequence[FirstGroup]) -> FirstGroup:
-        return FirstGroup(*(torch.stack([getattr(p, f) for p in parts]) for f in ("steps", "tokens", "scores", "lengths")))
+        return FirstGroup(*(torch.stack([getattr(p, x.name) for p in parts]) for x in fields(FirstGroup)))
 
 
 @dataclass

@@ -37,6 +37,7 @@ from .api import MAX_HISTORY_LINES, Catalog, FoundationRec
 from .corpora import recipe_names
 from .corpora.readers import check_utf8
 from .errors import FoundationRecError, cli_errors
+from .idgen import PRECISIONS
 from .resolve import MAX_LINE_CHARS
 
 TOP_K = 10
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FoundationRecError(f"--port {args.port} is out of range; use 1 to 65535")
     if args.num_beams < TOP_K:
         raise FoundationRecError(f"--num-beams {args.num_beams} is below {TOP_K}; use at least {TOP_K} beams for a top-{TOP_K} list")
-    if args.id_precision not in ("fp32", "int8", "auto"):
+    if args.id_precision not in (*PRECISIONS, "auto"):
         raise FoundationRecError(f"--id-precision {args.id_precision!r} is not one of fp32, int8, auto")
     app = DemoApp(args)
     print(app.status().replace("**", ""), file=sys.stderr)

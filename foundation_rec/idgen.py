@@ -60,6 +60,7 @@ from .decoding import FirstGroup, beam_search
 from .errors import FoundationRecError
 
 TABLE_FILE = "ids.json"
+PRECISIONS = ("fp32", "int8")  # IDGenConfig.precision
 CONFIG_FILE = "idgen.json"
 SYSTEM_PROMPT = "You write a short tag of two to five words that names an item. Answer with the tag only."
 # few-shot turns shown to an instruct model before the item (candidates equal to an answer are dropped)
@@ -174,7 +175,7 @@ class IDGenerator:
             )
         if self.config.softmax not in ("text", "vocab"):
             raise FoundationRecError(f"softmax={self.config.softmax!r} is not an ID softmax; use 'text' or 'vocab'")
-        if self.config.precision not in ("fp32", "int8"):
+        if self.config.precision not in PRECISIONS:
             raise FoundationRecError(f"precision={self.config.precision!r} is not an ID precision; use 'fp32' or 'int8'")
         self._int8: tuple[int, nn.Module] | None = None  # (weights' version, int8 copy) of the backbone's model
         self._bad_tokens: torch.Tensor | None = None
@@ -306,7 +307,8 @@ class IDGenerator:
             rows = self.value_tokens(batch_texts) if cfg.extractive else None
             per_item = cfg.extractive and cfg.softmax == "text"  # each item's own tokens are its output vocabulary
             inputs = self._inputs(batch_texts)
-            replay = first_groups is not None and cfg.num_beam_groups > 1 and all(t in first_groups for t in batch_texts)
+            replayable = first_groups is not None and cfg.num_beam_groups > 1
+            replay = replayable and all(t in first_groups for t in batch_texts)
             result = beam_search(
                 model,
                 **inputs,
@@ -323,7 +325,7 @@ class IDGenerator:
                 word_pieces=self.word_pieces(batch_texts, rows=rows) if cfg.extractive else None,
                 vocab_subset=_padded(rows).to(self.backbone.device) if per_item else None,
                 first_group=FirstGroup.stack([first_groups[t] for t in batch_texts]) if replay else None,
-                record_first_group=first_groups is not None and cfg.num_beam_groups > 1 and not replay,
+                record_first_group=replayable and not replay,
             )
             if result.first_group is not None:
                 first_groups.update((t, result.first_group[b]) for b, t in enumerate(batch_texts))

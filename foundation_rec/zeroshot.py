@@ -29,6 +29,7 @@ from .content_prior import INFO as SCORER_INFO
 from .corpora import load_corpus, resolve_names
 from .errors import FoundationRecError, cli_errors
 from .evaluate import evaluate, markdown_table, write_report
+from .idgen import PRECISIONS
 from .paths import writable_dir
 
 METHOD = "idgenrec-zeroshot"
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FoundationRecError(f"--max-users {args.max_users} must be positive; leave it out to evaluate every user")
     if args.content_prior is not None and args.content_prior < 0:
         raise FoundationRecError(f"--content-prior {args.content_prior:g} must be >= 0 (0: plain generation)")
-    if args.id_precision not in ("fp32", "int8"):
+    if args.id_precision not in PRECISIONS:
         raise FoundationRecError(f"--id-precision {args.id_precision!r} is not one of fp32, int8")
     names = resolve_names(args.target)
     writable_dir(args.out, "--out")
