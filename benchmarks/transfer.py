@@ -5,25 +5,26 @@
 Each ``--variant NAME=CHECKPOINT`` is a checkpoint of ``python -m foundation_rec.pretrain`` trained
 on the Amazon pool; for every target it does what ``python -m foundation_rec.zeroshot`` does (IDs for
 the target's items from the checkpoint's generator, the target's trie, nothing trained on the
-target) and scores two methods of the model:
+target) and scores the model's methods, each its own row:
 
-* ``idgenrec`` (pure generation): trie-constrained beam search;
-* ``idgenrec-prior``: generation with the checkpoint's content prior, gamma = ``--content-prior``
-  (``zeroshot``'s default when the checkpoint has a content scorer);
+* ``idgenrec`` (pure generation): trie-constrained beam search, no prior;
+* ``idgenrec-zeroshot``: ``zeroshot``'s default, generation with the checkpoint's content prior, gamma =
+  ``--content-prior``, strict protocol; ``idgenrec-zeroshot+counts`` the same with the target's
+  training-split counts (:mod:`foundation_rec.signals`);
 * ``idgenrec-rerank``: the model's exact scores over its own beams plus the text-kNN top
-  ``--rerank-pool`` (its own row, never mixed into the first);
-* ``content-prior``: the checkpoint's content scorer alone, ranking the whole catalog (what the
-  prior contributes without the language model).
+  ``--rerank-pool``;
+* ``content-prior`` / ``content-prior+counts``: the checkpoint's prior alone ranking the whole catalog
+  (what the prior gives without the language model), in each protocol.
 
-Random, popularity and text-kNN run in the same process on the **same users** (and
+Random and the practitioner anchors (popularity, text-kNN, recency-weighted text-kNN, popularity x
+text-kNN, the user's own history) run in the same process on the **same users** (and
 ``random-expected``, the exact expectation of a random ranking on them, since one random draw on
 2,000 users is noisy) (a fixed-seed sample
 of ``--max-users`` test users per target; MovieLens-100k has 943, all used); SASRec is read from
 ``results/<--sasrec-from>.json`` (``benchmarks/baselines.py``, same users and seed; checked). One
 ranking pass per method gives both tables: history kept (top 10 of the list) and history excluded
-(history items dropped, then top 10). The ablation table reads each variant's switches from its
-checkpoint: (1) pretrained token space, (2) content vectors, (3) pretrained recommender, and
-(4) rerank as the method.
+(history items dropped, then top 10). The summary table (the README's) puts the first variant's
+methods in both protocols next to the practitioner anchors.
 
 Results are written after every (variant, target), and a rerun skips the pairs already in
 ``results/<--name>.json`` (delete it to start over): ``results/<--name>.{json,md,png}``.
@@ -47,15 +48,18 @@ from foundation_rec.checkpoint import read_config
 from foundation_rec.content_prior import DEFAULT_CONTENT_PRIOR, PriorRanking
 from foundation_rec.corpora import load_corpus
 from foundation_rec.evaluate import evaluate_settings, expected_random
+from foundation_rec.signals import COUNTS
 
-GENERATE, PRIOR, RERANK, SCORER = "idgenrec", "idgenrec-prior", "idgenrec-rerank", "content-prior"
-MODEL_METHODS = (GENERATE, PRIOR, RERANK, SCORER)
-BASELINES = ["random", "random-expected", "popularity", "text-knn", "sasrec"]
+GENERATE, PRIOR, RERANK, SCORER = "idgenrec", "idgenrec-zeroshot", "idgenrec-rerank", "content-prior"
+PRIOR_COUNTS, SCORER_COUNTS = f"{PRIOR}+{COUNTS}", f"{SCORER}+{COUNTS}"
+MODEL_METHODS = (GENERATE, PRIOR, PRIOR_COUNTS, RERANK, SCORER, SCORER_COUNTS)
+ANCHORS = ["popularity", "text-knn", "text-knn-recency", "popularity-text-knn", "history"]
+BASELINES = ["random", "random-expected", *ANCHORS, "sasrec"]
 SETTINGS = {False: "history kept", True: "history excluded"}
 
 
 def switches(checkpoint: Path) -> dict:
-    """Which of the issue's levers a checkpoint has on, read from its recorded configuration."""
+    """Which parts a checkpoint has on, read from its recorded configuration."""
     config = read_config(checkpoint)
     run = config.get("run", {})
     rec_preset = run.get("rec_preset") or config.get("preset")
@@ -104,13 +108,17 @@ def run_variant(name: str, checkpoint: Path, target: str, users: int | None, met
     rows = []
     makers = {GENERATE: lambda: model.catalog_recommender(batch_size=args.batch_size, calibration=args.calibration, content_prior=0.0),
               PRIOR: lambda: model.catalog_recommender(batch_size=args.batch_size, calibration=args.calibration, content_prior=args.content_prior),
+              PRIOR_COUNTS: lambda: model.catalog_recommender(batch_size=args.batch_size, calibration=args.calibration,
+                                                              content_prior=args.content_prior, protocol=COUNTS),
               SCORER: lambda: PriorRanking(model.recommender.scorer, catalog.vectors),
+              SCORER_COUNTS: lambda: PriorRanking(model.recommender.scorer, catalog.vectors, catalog.counts),
               RERANK: lambda: model.rerank_recommender(batch_size=args.batch_size, pool=args.rerank_pool, calibration=args.calibration)}
     for method in methods:
         rec = makers[method]()
         for row in evaluate_settings(corpus, rec, method, (False, True), max_users=users, seed=args.seed, batch_size=args.batch_size):
             row.update(variant=name, checkpoint=str(checkpoint), calibration=args.calibration,
-                       content_prior=args.content_prior if method == PRIOR else 0.0, index_seconds=index_seconds, unique_ids=len(set(catalog.ids)) == len(catalog.ids))
+                       content_prior=args.content_prior if method in (PRIOR, PRIOR_COUNTS) else 0.0,
+                       protocol=COUNTS if method.endswith(COUNTS) or method in ("popularity", "popularity-text-knn") else "strict", index_seconds=index_seconds, unique_ids=len(set(catalog.ids)) == len(catalog.ids))
             rows.append(row)
         print(f"  {name} {method} on {target}: N@10 {rows[-2]['metrics']['N@10']:.4f} kept / {rows[-1]['metrics']['N@10']:.4f} excluded "
               f"({rows[-1]['seconds']:.0f} s)", flush=True)
@@ -145,38 +153,26 @@ def tables(payload: dict) -> str:
                     cells.append(fmt(row) + ratio)
             lines.append("| " + " | ".join([t, f"{users:,}" if isinstance(users, int) else users, *cells]) + " |")
         out += [f"### Zero-shot, {title} (R@10 / N@10; in brackets N@10 as a multiple of text-kNN's)", "", *lines, ""]
-    out += ablation(payload, targets)
+    out = summary(payload, targets) + out
     return "\n".join(out)
 
 
-def ablation(payload: dict, targets: list[str]) -> list[str]:
-    """One row per (variant, method): the levers on or off, and N@10 against text-kNN and random, history kept."""
-    rows = payload["results"]
-    header = ["variant", "method", "(1) pretrained token space", "(2) content vectors", "(3) pretrained recommender", "(4) rerank",
-              "content prior", "targets >= text-kNN N@10", "targets > 3x random N@10 (expected; one draw)", "geo-mean N@10 / text-kNN"]
+def summary(payload: dict, targets: list[str]) -> list[str]:
+    """The README's table: N@10 of the anchors and of the first variant's methods, both protocols, both settings."""
+    rows, variant = payload["results"], next(iter(payload["variants"]), None)
+    header = ["target", "history", "text-kNN", "popularity [c]", "pop x text-kNN [c]", "generation", "prior [s]", "**default [s]**",
+              "prior [c]", "**default [c]**", "default [c] / best anchor [c]", "default [s] / text-kNN"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for v, info in payload["variants"].items():
-        for m in MODEL_METHODS:
-            if not any(r["method"] == m and r.get("variant") == v for r in rows):
-                continue
-            ratios, wins, above, above_draw = [], 0, 0, 0
-            for t in targets:
-                row, knn, rnd = cell(rows, t, m, False, v), cell(rows, t, "text-knn", False), cell(rows, t, "random", False)
-                expected = cell(rows, t, "random-expected", False)
-                if row is None or knn is None or not knn["metrics"]["N@10"]:
-                    continue
-                n, k = row["metrics"]["N@10"], knn["metrics"]["N@10"]
-                ratios.append(max(n, 1e-6) / k)
-                wins += n >= k
-                above += expected is not None and n > 3 * expected["metrics"]["N@10"]
-                above_draw += rnd is not None and n > 3 * max(rnd["metrics"]["N@10"], 1e-9)
-            s = info["switches"]
-            geo = float(np.exp(np.mean(np.log(ratios)))) if ratios else float("nan")
-            levers = ["on" if s[k] else "off" for k in ("pretrained_space", "content_vectors", "pretrained_recommender")]
-            if m == SCORER:
-                levers = ["-", "-", "-"]  # the scorer alone: no language model
-            lines.append("| " + " | ".join([v, m, *levers, "on" if m == RERANK else "off", "on" if m in (PRIOR, SCORER) else "off", f"{wins} / {len(ratios)}", f"{above}; {above_draw} / {len(ratios)}", f"{geo:.2f}"]) + " |")
-    return ["### Ablation (history kept)", "", *lines, ""]
+    for exclude, title in SETTINGS.items():
+        for t in targets:
+            n = {m: (cell(rows, t, m, exclude) or cell(rows, t, m, exclude, variant) or {"metrics": {"N@10": float("nan")}})["metrics"]["N@10"]
+                 for m in [*ANCHORS, GENERATE, PRIOR, PRIOR_COUNTS, SCORER, SCORER_COUNTS]}
+            best = max(n["popularity"], n["popularity-text-knn"])
+            cells = [f"{t}, {title}", *(f"{n[m]:.4f}" for m in ("history", "text-knn", "popularity", "popularity-text-knn", GENERATE, SCORER)),
+                     f"**{n[PRIOR]:.4f}**", f"{n[SCORER_COUNTS]:.4f}", f"**{n[PRIOR_COUNTS]:.4f}**",
+                     f"{n[PRIOR_COUNTS] / best:.2f}x" if best else "-", f"{n[PRIOR] / n['text-knn']:.2f}x" if n["text-knn"] else "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return ["### Summary (N@10; [s] strict: texts and the user's history; [c] with the target's training-split counts)", "", *lines, ""]
 
 
 def plot(payload: dict, name: str) -> None:
@@ -241,7 +237,7 @@ def main() -> None:
     parser.add_argument("--num-beams", type=int, default=20)
     parser.add_argument("--rerank-pool", type=int, default=100)
     parser.add_argument("--calibration", type=float, default=0.0, help="beta of the null-prompt calibration (0: plain scores; see CatalogRecommender)")
-    parser.add_argument("--methods", default=f"{GENERATE},{PRIOR},{SCORER}", help=f"the model's methods to run, a comma list of {', '.join(MODEL_METHODS)}")
+    parser.add_argument("--methods", default=f"{GENERATE},{PRIOR},{PRIOR_COUNTS},{SCORER},{SCORER_COUNTS}", help=f"the model's methods to run, a comma list of {', '.join(MODEL_METHODS)}")
     parser.add_argument("--content-prior", type=float, default=DEFAULT_CONTENT_PRIOR, help=f"gamma of {PRIOR} (zeroshot's default)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--sasrec-from", default="baselines", help="results/<NAME>.json holding SASRec on the same users")
@@ -264,7 +260,7 @@ def main() -> None:
         users = None if args.max_users == 0 else args.max_users
         if cell(payload["results"], target, "text-knn", False) is None:
             corpus = load_corpus(target, args.data_dir)
-            base = evaluate_methods(corpus, ["random", "popularity", "text-knn"], max_users=users, seed=args.seed,
+            base = evaluate_methods(corpus, ["random", *ANCHORS], max_users=users, seed=args.seed,
                                     exclude_history=(False, True), progress=False)
             payload["results"] += base + sasrec_rows(args.sasrec_from, target, base[0]["users_evaluated"], args.seed)
         if cell(payload["results"], target, "random-expected", False) is None:

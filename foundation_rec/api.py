@@ -37,6 +37,7 @@ from .paths import cache_dir
 from .prompts import PromptBuilder
 from .recommender import CatalogRecommender, GenerativeRecommender, RerankRecommender
 from .resolve import ItemResolver, Match
+from .signals import COUNTS, PROTOCOLS, STRICT, PlatformCounts, read_counts_file
 from .splits import MAX_HISTORY
 from .trie import Trie
 
@@ -58,6 +59,7 @@ class Catalog:
     corpus: Corpus | None = None
     seconds: float = 0.0
     vectors: torch.Tensor | None = None  # frozen MiniLM vectors of the items (content-aware recommenders)
+    counts: PlatformCounts | None = None  # the platform's counts (the "counts" protocol); None: strict only
     _row_of: dict[str, int] = field(default_factory=dict, repr=False)
     _resolver: ItemResolver | None = field(default=None, repr=False)
 
@@ -156,11 +158,16 @@ class FoundationRec:
                 platforms.add(Path(name).name)
         return platforms
 
-    def index_catalog(self, items: str | Path | Corpus | Sequence[dict], *, name: str | None = None, data_dir=None, progress: bool = True) -> Catalog:
+    def index_catalog(self, items: str | Path | Corpus | Sequence[dict], *, name: str | None = None, data_dir=None, progress: bool = True,
+                      counts: str | Path | PlatformCounts | None = "auto") -> Catalog:
         """Generate (or load cached) unique textual IDs for a catalog and build its trie; it becomes the current catalog.
 
         ``items`` is a built-in corpus name, a bring-your-own folder, a :class:`Corpus`, or a list of
         records ``{"item_id": ..., "title": ..., <any fields>}``.
+
+        ``counts`` (the *with platform counts* protocol, :mod:`foundation_rec.signals`): ``"auto"`` counts a
+        corpus's training split, or a ``count`` field of the records; a path reads an interactions file
+        (``user_id,item_id[,timestamp]``) or a count file (``item_id,count``); ``None``: strict only.
         """
         corpus = None
         if isinstance(items, Corpus):
@@ -176,13 +183,14 @@ class FoundationRec:
             name = name or "catalog"
             platform = name
             item_ids, titles, texts = _records_corpus(list(items), name)
+        counts = _catalog_counts(counts, corpus, items, item_ids)
         start = time.perf_counter()
         ids = self._catalog_ids(name, texts, progress)
         id_tokens, trie = self.recommender.index_ids(ids, name)
         reads_text = self.recommender.content is not None or self.recommender.scorer is not None
         vectors = item_vectors(texts, f"{name} items", progress) if reads_text else None
         self.catalog = Catalog(name, platform, item_ids, titles, texts, ids, trie, id_tokens, corpus,
-                               round(time.perf_counter() - start, 3), vectors)
+                               round(time.perf_counter() - start, 3), vectors, counts)
         return self.catalog
 
     def _ids_file(self, name: str, texts: list[str]) -> Path:
@@ -219,14 +227,15 @@ class FoundationRec:
         return self.catalog
 
     def catalog_recommender(self, num_beams: int | None = None, batch_size: int = 16, calibration: float = 0.0,
-                            content_prior: float | None = None, catalog: Catalog | None = None) -> CatalogRecommender:
+                            content_prior: float | None = None, catalog: Catalog | None = None, protocol: str = STRICT) -> CatalogRecommender:
         """A catalog (default: the current one) in the evaluation harness's protocol (``recommend(histories, k)`` over item
-        rows); ``content_prior`` None: :attr:`content_prior`."""
+        rows); ``content_prior`` None: :attr:`content_prior`; ``protocol`` ``"counts"`` reads the catalog's counts."""
         catalog = self._require_catalog(catalog)
         content_prior = self.content_prior if content_prior is None else content_prior
+        counts = _protocol_counts(protocol, catalog)
         prompts = PromptBuilder.for_training(self.recommender.tokenizer, self.config.get("train", {}), catalog.id_tokens)
         return CatalogRecommender(self.recommender, prompts, catalog.trie, 0, num_beams=num_beams or self.num_beams, batch_size=batch_size,
-                                  vectors=catalog.vectors, calibration=calibration, content_prior=content_prior)
+                                  vectors=catalog.vectors, calibration=calibration, content_prior=content_prior, counts=counts)
 
     def rerank_recommender(self, num_beams: int | None = None, batch_size: int = 16, pool: int = 100, calibration: float = 0.0) -> RerankRecommender:
         """``idgenrec-rerank`` on the current catalog: exact scores over the model's beams plus the text-kNN top ``pool``."""
@@ -259,18 +268,46 @@ class FoundationRec:
                 )
         return np.asarray([m.row for m in matches][-MAX_HISTORY:], dtype=np.int64)
 
-    def recommend(self, history: Sequence[str | int], k: int = 10, catalog: Catalog | None = None) -> list[dict]:
+    def recommend(self, history: Sequence[str | int], k: int = 10, catalog: Catalog | None = None, protocol: str | None = None) -> list[dict]:
         """Top ``k`` items of a catalog (default: the current one) after ``history`` (item ids or free-text names, oldest first).
 
-        Returns dicts with ``item_id``, ``title``, ``textual_id`` and ``score`` (length-normalised log-probability), best first.
+        ``protocol``: ``"counts"`` (the default when the catalog has counts) or ``"strict"``. Returns dicts with
+        ``item_id``, ``title``, ``textual_id`` and ``score`` (the generation score: the mean token log-probability
+        plus gamma times the prior's log-probability), best first.
         """
         if not 1 <= k <= 100:
             raise FoundationRecError(f"k={k} is out of range; ask for 1 to 100 recommendations")
         catalog = self._require_catalog(catalog)
-        rec = self.catalog_recommender(num_beams=max(self.num_beams, k), catalog=catalog)
+        protocol = protocol or (COUNTS if catalog.counts is not None else STRICT)
+        rec = self.catalog_recommender(num_beams=max(self.num_beams, k), catalog=catalog, protocol=protocol)
         rows, scores = (x[0] for x in rec.rank([self.history_rows(history, catalog)], k))
         return [
             {"item_id": catalog.item_ids[r], "title": catalog.titles[r], "textual_id": catalog.ids[r], "score": float(s)}
             for r, s in zip(rows, scores, strict=True)
             if r >= 0
         ]
+
+
+def _catalog_counts(counts, corpus: Corpus | None, records, item_ids: list[str]) -> PlatformCounts | None:
+    """A catalog's platform counts from ``index_catalog``'s ``counts`` argument (see there)."""
+    if counts is None or isinstance(counts, PlatformCounts):
+        return counts
+    if isinstance(counts, str) and counts == "auto":
+        if corpus is not None:
+            return PlatformCounts.from_corpus(corpus)
+        values = [rec.get("count") for rec in records]
+        if all(v is None for v in values):
+            return None
+        for n, value in enumerate(values, 1):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0 or value == float("inf"):
+                raise FoundationRecError(f"record {n}: count {value!r} is not a non-negative number; give every record a count of 0 or more, or none")
+        return PlatformCounts.from_popularity(np.asarray(values, dtype=np.float64), "count field")
+    return read_counts_file(counts, item_ids)
+
+
+def _protocol_counts(protocol: str, catalog: Catalog) -> PlatformCounts | None:
+    if protocol not in PROTOCOLS:
+        raise FoundationRecError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if protocol == COUNTS and catalog.counts is None:
+        raise FoundationRecError(f"catalog {catalog.name!r} has no platform counts; index it with counts (an interactions or count file) or use protocol 'strict'")
+    return catalog.counts if protocol == COUNTS else None

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from safetensors.torch import save_file
 
 from .checkpoint import load_module
 from .errors import FoundationRecError
+from .signals import COUNTS, STRICT, PlatformCounts, PlatformSignals, repeat_mixture
 
 FILE, INFO = "scorer.safetensors", "scorer.json"
 DEFAULT_CONTENT_PRIOR = 30.0  # gamma of zero-shot generation when a checkpoint has a scorer: the best on pool validation (benchmarks/content_prior_gamma.py)
@@ -63,7 +65,7 @@ class ScorerConfig:
 class ContentScorer(torch.nn.Module):
     """History text vectors -> a score for every item's text vector (see the module docstring)."""
 
-    def __init__(self, dim: int, max_history: int, typicality: bool = True):
+    def __init__(self, dim: int, max_history: int, typicality: bool = True, signals: bool = True):
         super().__init__()
         self.dim, self.max_history = dim, max_history
         self.query_scale = torch.nn.Parameter(torch.ones(dim))
@@ -74,6 +76,9 @@ class ContentScorer(torch.nn.Module):
             self.typicality = torch.nn.Parameter(torch.tensor(0.0))
         else:  # scorers saved before the term existed: it stays off, and their files load unchanged
             self.register_buffer("typicality", torch.tensor(0.0), persistent=False)
+        # the platform's popularity with counts (foundation_rec.signals); None in scorers saved before it
+        self.signals = PlatformSignals() if signals else None
+        self.calibration: dict[str, tuple[float, float]] = {}  # protocol -> (h1, b), see rank_calibration
         self.record: dict = {}
 
     def query(self, histories: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -90,39 +95,52 @@ class ContentScorer(torch.nn.Module):
         typical = unit @ torch.nn.functional.normalize(unit.mean(0), dim=0)
         return (self.query(histories, vectors) @ items.T + self.typicality * typical) / self.log_temperature.exp()
 
-    def log_prior(self, histories: list[np.ndarray], vectors: torch.Tensor) -> torch.Tensor:
-        """``[B, items]`` log-probabilities over the catalog (the rows of ``vectors``) for item-row histories."""
+    def explore_logits(self, histories: torch.Tensor, vectors: torch.Tensor, counts: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """:meth:`forward`, plus the platform's popularity when ``counts`` ``(popularity, recent)`` are given and the scorer has signals."""
+        logits = self(histories, vectors)
+        return logits if counts is None or self.signals is None else self.signals(logits, *counts)
+
+    def log_prior(self, histories: list[np.ndarray], vectors: torch.Tensor, counts: PlatformCounts | None = None) -> torch.Tensor:
+        """``[B, items]`` log-probabilities over the catalog (the rows of ``vectors``) for item-row histories:
+        the explore prior (with the platform's popularity under ``counts``) mixed with repeats of the history
+        (:func:`foundation_rec.signals.repeat_mixture`; strict without ``counts``)."""
+        features = None if counts is None else tuple(torch.from_numpy(c).float() for c in (counts.popularity, counts.recent))
         with torch.no_grad():
-            return self(right_aligned(histories, self.max_history), vectors.float()).log_softmax(-1)
+            logits = self.explore_logits(right_aligned(histories, self.max_history), vectors.float(), features)
+            return repeat_mixture(logits, histories, counts, self.calibration.get(STRICT if counts is None else COUNTS))
 
     def save(self, folder: Path) -> None:
         """Write ``scorer.safetensors`` and ``scorer.json`` into ``folder`` (an already staged directory)."""
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / FILE))
-        info = {"dim": self.dim, "max_history": self.max_history, "typicality": isinstance(self.typicality, torch.nn.Parameter), **self.record}
+        info = {"dim": self.dim, "max_history": self.max_history, "typicality": isinstance(self.typicality, torch.nn.Parameter),
+                "signals": self.signals is not None, **self.record}
         (folder / INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
 def load_scorer(folder: str | Path) -> ContentScorer | None:
     """The scorer saved in a recommender folder, or None when the checkpoint has none."""
-    loaded = load_module(Path(folder), FILE, INFO, lambda info: ContentScorer(int(info["dim"]), int(info["max_history"]), bool(info.get("typicality", False))))
+    loaded = load_module(Path(folder), FILE, INFO, lambda info: ContentScorer(int(info["dim"]), int(info["max_history"]), bool(info.get("typicality", False)),
+                                                                             bool(info.get("signals", False))))
     if loaded is None:
         return None
     scorer, info = loaded
-    scorer.record = {k: v for k, v in info.items() if k not in ("dim", "max_history", "typicality")}
+    scorer.record = {k: v for k, v in info.items() if k not in ("dim", "max_history", "typicality", "signals")}
+    scorer.calibration = {k: tuple(v) for k, v in scorer.record.get("signals", {}).get("rank_calibration", {}).items()}
     scorer.train(False)
     return scorer
 
 
 class PriorRanking:
-    """The content scorer alone, in the evaluation harness's protocol: the catalog (rows of ``vectors``) ranked by its prior."""
+    """The content scorer alone, in the evaluation harness's protocol: the catalog (rows of ``vectors``) ranked by
+    its prior (strict, or with the platform's ``counts``)."""
 
-    def __init__(self, scorer: ContentScorer | None, vectors: torch.Tensor | None):
+    def __init__(self, scorer: ContentScorer | None, vectors: torch.Tensor | None, counts: PlatformCounts | None = None):
         if scorer is None or vectors is None:
             raise FoundationRecError("ranking by the content prior needs a checkpoint with a content scorer and the catalog's text vectors")
-        self.scorer, self.vectors = scorer, vectors
+        self.scorer, self.vectors, self.counts = scorer, vectors, counts
 
     def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
-        return np.concatenate([self.scorer.log_prior(histories[lo : lo + 256], self.vectors).topk(k).indices.numpy()
+        return np.concatenate([self.scorer.log_prior(histories[lo : lo + 256], self.vectors, self.counts).topk(k).indices.numpy()
                                for lo in range(0, len(histories), 256)])
 
 
@@ -136,12 +154,15 @@ def right_aligned(histories: list[np.ndarray], length: int) -> torch.Tensor:
     return out
 
 
-def own_corpus_logits(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch.Tensor, owner: torch.Tensor):
+def own_corpus_logits(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch.Tensor, owner: torch.Tensor, counts=None,
+                      new_only: bool = False):
     """For each corpus among examples ``idx``: ``(logits [n, corpus items], target rows [n])`` of its examples,
     scored against that corpus's items only (the next item competes with its own platform's catalog).
 
     ``owner`` ``[items]`` is each item's corpus, in contiguous blocks; histories never leave their corpus.
     Scoring one corpus's slice gives the same logits as scoring the whole pool and masking the rest.
+    ``counts``, ``(popularity, recent)`` ``[items]`` each, adds the platform signals (:func:`corpus_counts`);
+    ``new_only`` sets the history's own items to ``-inf``.
     """
     histories = right_aligned([examples.history(int(i)) for i in idx], scorer.max_history)
     targets = torch.tensor([examples.target(int(i)) for i in idx])
@@ -150,37 +171,42 @@ def own_corpus_logits(scorer: ContentScorer, examples, idx: np.ndarray, vectors:
         lo, hi = (int(torch.searchsorted(owner, c, right=right)) for right in (False, True))
         mine = corpus == c
         local = torch.where(histories[mine] >= 0, histories[mine] - lo, -1)
-        yield scorer(local, vectors[lo:hi]), targets[mine] - lo
+        features = None if counts is None else tuple(f[lo:hi] for f in counts)
+        logits = scorer.explore_logits(local, vectors[lo:hi], features)
+        if new_only:  # the explore part ranks new items: the history's own are out of the race
+            logits = logits.scatter(1, local.clamp(min=0), torch.where(local >= 0, -torch.inf, logits.gather(1, local.clamp(min=0))))
+        yield logits, targets[mine] - lo
 
 
-def _batch_loss(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+def _batch_loss(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch.Tensor, owner: torch.Tensor, counts=None) -> torch.Tensor:
     """Mean cross-entropy of each example's next item against every item of its own corpus."""
     losses = [torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-              for logits, targets in own_corpus_logits(scorer, examples, idx, vectors, owner)]
+              for logits, targets in own_corpus_logits(scorer, examples, idx, vectors, owner, counts)]
     return torch.stack(losses).sum() / len(idx)
 
 
-def scorer_ndcg(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: torch.Tensor, k: int = 10) -> float:
+def scorer_ndcg(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: torch.Tensor, k: int = 10, counts=None) -> float:
     """Mean NDCG@k of the next item within its own corpus (full ranking): ``1 / log2(rank + 1)`` for a hit in the top k."""
     total = 0.0
     with torch.no_grad():
         for lo in range(0, len(examples), 512):
             idx = np.arange(lo, min(lo + 512, len(examples)))
-            for logits, targets in own_corpus_logits(scorer, examples, idx, vectors, owner):
+            for logits, targets in own_corpus_logits(scorer, examples, idx, vectors, owner, counts):
                 rank = (logits > logits.gather(1, targets[:, None])).sum(1)
                 total += float(torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2), 0.0).sum())
     return total / max(len(examples), 1)
 
 
 def train_scorer(vectors: torch.Tensor, owner: torch.Tensor, train, valid, config: ScorerConfig, max_history: int, log=print,
-                 model: ContentScorer | None = None) -> ContentScorer:
+                 model: ContentScorer | None = None, counts=None, parameters=None) -> ContentScorer:
     """Fit a :class:`ContentScorer` (or ``model``, a subclass) on ``train`` examples (pool
     :class:`~foundation_rec.pool.PoolExamples`), items ``vectors`` ``[items, dim]`` of corpus
-    ``owner`` ``[items]``; keep the epoch best on ``valid``."""
+    ``owner`` ``[items]``; keep the epoch best on ``valid``. With ``counts`` (:func:`corpus_counts`)
+    the platform signals take part; ``parameters`` limits what is trained (default: all)."""
     generator = torch.Generator().manual_seed(config.seed)
     scorer = model if model is not None else ContentScorer(vectors.shape[1], max_history)
-    optimizer = torch.optim.AdamW(scorer.parameters(), lr=config.lr, weight_decay=0.0)
-    best = scorer_ndcg(scorer, valid, vectors, owner)
+    optimizer = torch.optim.AdamW(scorer.parameters() if parameters is None else parameters, lr=config.lr, weight_decay=0.0)
+    best = scorer_ndcg(scorer, valid, vectors, owner, counts=counts)
     history = [{"epoch": 0, "valid_N@10": round(best, 5)}]
     state = {k: v.clone() for k, v in scorer.state_dict().items()}
     start = time.perf_counter()
@@ -188,12 +214,12 @@ def train_scorer(vectors: torch.Tensor, owner: torch.Tensor, train, valid, confi
         scorer.train(True)
         order = torch.randperm(len(train), generator=generator).numpy()
         for lo in range(0, len(order), config.batch_size):
-            loss = _batch_loss(scorer, train, order[lo : lo + config.batch_size], vectors, owner)
+            loss = _batch_loss(scorer, train, order[lo : lo + config.batch_size], vectors, owner, counts)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         scorer.train(False)
-        score = scorer_ndcg(scorer, valid, vectors, owner)
+        score = scorer_ndcg(scorer, valid, vectors, owner, counts=counts)
         history.append({"epoch": epoch, "valid_N@10": round(score, 5), "loss": round(loss.item(), 4)})
         elapsed = time.perf_counter() - start
         log(f"content prior: epoch {epoch}/{config.epochs}, valid N@10 {score:.4f} (text-kNN order: {history[0]['valid_N@10']:.4f}), "
@@ -206,12 +232,74 @@ def train_scorer(vectors: torch.Tensor, owner: torch.Tensor, train, valid, confi
     return scorer
 
 
+SIGNALS_CONFIG = ScorerConfig(epochs=8, lr=2e-2, batch_size=1024)
+SIGNAL_MAX_ITEMS = 15_000  # the platform signals are fitted on the pool corpora with at most this many items, ranked against their whole catalogs
+SIGNAL_USERS = 2_000  # validation users per such corpus
+
+
+def corpus_counts(corpora) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(popularity, recent)`` over the concatenated catalogs of ``corpora``: each corpus's training-split counts."""
+    counts = [PlatformCounts.from_corpus(c) for c in corpora]
+    return tuple(torch.from_numpy(np.concatenate([getattr(c, f) for c in counts])).float() for f in ("popularity", "recent"))
+
+
+def rank_calibration(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: torch.Tensor, counts=None) -> tuple[float, float]:
+    """``(h1, b)``: the next item is at explore rank ``r`` with probability ``h1 * r ** -b``, fitted in log-log on
+    doubling rank bins (1, 2, 3-4, 5-8, ..., up to 256) over ``examples``; what places repeats among new items
+    (:func:`foundation_rec.signals.repeat_mixture`)."""
+    ranks = []
+    with torch.no_grad():
+        for lo in range(0, len(examples), 512):
+            idx = np.arange(lo, min(lo + 512, len(examples)))
+            for logits, targets in own_corpus_logits(scorer, examples, idx, vectors, owner, counts, new_only=True):
+                ranks.append((logits > logits.gather(1, targets[:, None])).sum(1) + 1)
+    ranks = torch.cat(ranks).double()
+    edges = [1, 2, 3, 5, 9, 17, 33, 65, 129, 257]
+    x, y = [], []
+    for a, b in zip(edges, edges[1:], strict=False):
+        hits = float(((ranks >= a) & (ranks < b)).sum())
+        if hits:
+            x.append(math.log(math.sqrt(a * (b - 1))))
+            y.append(math.log(hits / len(ranks) / (b - a)))
+    slope, intercept = np.polyfit(x, y, 1)
+    return round(math.exp(intercept), 6), round(-float(slope), 4)
+
+
+def fit_signals(scorer: ContentScorer, pool, progress: bool = True, seed: int = 42) -> None:
+    """Fit the scorer's platform-signal weights (content frozen) and its two rank calibrations, on the pool's corpora
+    with at most :data:`SIGNAL_MAX_ITEMS` items: :data:`SIGNAL_USERS` validation users each, ranked against the whole
+    catalog with the corpus's training-split counts (a validation target is never in a training split)."""
+    from .content import item_vectors
+    from .pool import Pool
+
+    log = print if progress else (lambda _: None)
+    corpora = [c for c in (pool.sources or pool.corpora) if len(c.items) <= SIGNAL_MAX_ITEMS] or list(pool.sources or pool.corpora)
+    whole = Pool(corpora, pool.max_history)
+    vectors = item_vectors(whole.texts(), "platform-signal corpora", progress)
+    owner = torch.from_numpy(np.repeat(np.arange(len(corpora)), np.diff(whole.offsets)))
+    counts = corpus_counts(corpora)
+    valid = whole.examples("valid", SIGNAL_USERS, seed)
+    log(f"platform signals: popularity weights on {len(valid):,} validation users of {', '.join(c.name for c in corpora)}")
+    record = scorer.record
+    train_scorer(vectors, owner, valid, valid, dataclasses.replace(SIGNALS_CONFIG, seed=seed), pool.max_history, log,
+                 model=scorer, counts=counts, parameters=[scorer.signals.weights])
+    scorer.calibration = {"strict": rank_calibration(scorer, valid, vectors, owner),
+                          "counts": rank_calibration(scorer, valid, vectors, owner, counts)}
+    record["signals"] = {**scorer.record, "weights": [round(w, 4) for w in scorer.signals.weights.tolist()],
+                         "corpora": [c.name for c in corpora], "rank_calibration": scorer.calibration}
+    scorer.record = record
+
+
 def train_on_pool(pool, config: ScorerConfig, progress: bool = True) -> ContentScorer:
     """:func:`train_scorer` on a pre-training :class:`~foundation_rec.pool.Pool`: its items' cached MiniLM
-    vectors, every training example, and every validation example for the choice of epoch."""
+    vectors, every training example, and every validation example for the choice of epoch; then
+    :func:`fit_signals`."""
     from .content import item_vectors
 
     vectors = item_vectors(pool.texts(), "pre-training pool", progress)
     owner = torch.from_numpy(np.repeat(np.arange(len(pool.corpora)), np.diff(pool.offsets)))
     log = print if progress else (lambda _: None)
-    return train_scorer(vectors, owner, pool.examples("train"), pool.examples("valid"), config, pool.max_history, log)
+    scorer = train_scorer(vectors, owner, pool.examples("train"), pool.examples("valid"), config, pool.max_history, log)
+    if scorer.signals is not None:
+        fit_signals(scorer, pool, progress, config.seed)
+    return scorer

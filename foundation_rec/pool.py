@@ -93,6 +93,7 @@ class Pool:
 
     corpora: list[Corpus]
     max_history: int = MAX_HISTORY
+    sources: list[Corpus] | None = field(default=None, repr=False)  # the whole corpora a sampled pool was cut from (platform counts)
     offsets: np.ndarray = field(init=False)
     user_offsets: np.ndarray = field(init=False)
 

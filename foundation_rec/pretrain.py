@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from transformers import HfArgumentParser
 
@@ -185,7 +186,7 @@ def build_pool(run: RunArguments, seed: int) -> Pool:
     """The corpora named by ``--corpora``, each cut to a seeded sample of ``--users-per-corpus`` users."""
     datasets.disable_progress_bars()
     corpora = load_corpora(run.corpora, run.data_dir)
-    return Pool([sample_corpus(c, run.users_per_corpus or None, seed) for c in corpora])
+    return Pool([sample_corpus(c, run.users_per_corpus or None, seed) for c in corpora], sources=corpora)
 
 
 def build_models(run: RunArguments, preset: str, device: torch.device, pool: Pool, seed: int, saved: Path | None) -> ModelBundle:
@@ -240,10 +241,40 @@ def main(argv: list[str] | None = None) -> int:
         trainer.restore(resume)
     result = trainer.run()
     if trainer.dist.main:
-        summary = {"seconds": round(time.perf_counter() - start, 1), "preset": preset, "best_valid_N@10": result["best_valid"]}
+        seconds = round(time.perf_counter() - start, 1)
+        summary = {"seconds": seconds, "preset": preset, "best_valid_N@10": result["best_valid"]}
         summary["test"] = result["test"].get("pooled", {})
         print(json.dumps(summary, indent=2))
+        anchors = pool_anchors(trainer)
+        against = "".join(f", {name} {n:.4f}" for name, n in anchors.items())
+        print(f"\nDone in {seconds / 60:.1f} min. The foundation model is in {Path(run.output_dir) / 'best'}. On {len(trainer.valid_examples):,} "
+              f"validation users of the pre-training pool, the shipped recommender (generation with the content prior, "
+              f"{trainer.config.eval_beams} beams) scores N@10 {result['best_valid'] or 0:.4f}{against} on the same users.\n"
+              f"Next: python -m foundation_rec.zeroshot --target yelp --max-users 2000 --baselines text-knn,popularity")
     return 0
+
+
+def pool_anchors(trainer: Trainer) -> dict[str, float]:
+    """N@10 of the content prior alone and of text-kNN on the trainer's validation users (those its model selection used)."""
+    from .baselines import TextKNN
+    from .content_prior import PriorRanking
+    from .evaluate import Examples, evaluate_examples
+
+    from .content import item_vectors
+
+    vectors, scorer, ex = trainer.rec.item_vectors, trainer.rec.scorer, trainer.valid_examples
+    if vectors is None:
+        vectors = item_vectors(trainer.texts, "pre-training pool", False)
+    totals: dict[str, float] = {}
+    for c in range(len(trainer.pool.corpora)):
+        lo, hi, mine = int(trainer.pool.offsets[c]), int(trainer.pool.offsets[c + 1]), np.flatnonzero(ex.corpus == c)
+        examples = Examples("valid", [ex.history(i) - lo for i in mine], np.asarray([ex.target(i) - lo for i in mine]), len(mine), 0, False)
+        methods = {"text-kNN": TextKNN(vectors[lo:hi].numpy())}
+        if scorer is not None:
+            methods = {"the content prior alone": PriorRanking(scorer, vectors[lo:hi]), **methods}
+        for name, rec in methods.items():
+            totals[name] = totals.get(name, 0.0) + evaluate_examples(examples, rec, name, hi - lo)[0]["N@10"] * len(mine)
+    return {name: total / max(len(ex), 1) for name, total in totals.items()}
 
 
 def _stats(pool: Pool) -> dict:

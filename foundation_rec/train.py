@@ -11,12 +11,13 @@ The schedule (:func:`plan`) is a flat list of stages:
      objective ``sequence`` and a decoder-only recommender, one example per window of up to
      ``max_history`` items whose every item after the first is a target (sequence prompts, see
      :mod:`foundation_rec.prompts`); then ``valid``: a quick metric on a sample of validation users
-     through trie-constrained beam search, and the best model is kept;
+     through trie-constrained beam search as ``zeroshot`` ships it (the content prior at its default
+     gamma when the checkpoint has one, ``eval_beams`` 20), and the best model is kept;
    * ``id`` (``id_epochs``): the recommender is frozen; for each history item in the prompt the
      generator gives per-token distributions over the current ID's tokens, and
      ``probabilities @ recommender input-embedding matrix`` (soft ID embeddings) replace the item's
      token embeddings in the prompt; the recommendation loss on the target's ID trains only the
-     generator; then ``regen``;
+     generator; then ``regen`` and ``valid`` again, so the regenerated IDs can be the best model;
 
 4. ``test``: the best model (by validation) is evaluated once on the test split.
 
@@ -50,6 +51,7 @@ from tqdm.auto import tqdm
 from . import atomic, checkpoint
 from .bundle import VOCAB_ERROR, ModelBundle
 from .content import item_vectors
+from .content_prior import DEFAULT_CONTENT_PRIOR
 from .errors import FoundationRecError
 from .evaluate import Examples, evaluate_examples
 from .idgen import IDGenerator, IDTable, build_table, encode_ids, keyword_id, keyword_loss
@@ -98,7 +100,7 @@ class TrainConfig:
     log_every: int = field(default=10, metadata={"help": "write a metrics-log record every N steps"})
     valid_users: int = field(default=50, metadata={"help": "validation users per corpus for model selection (0: all)"})
     test_users: int = field(default=0, metadata={"help": "test users per corpus for the final evaluation (0: all)"})
-    eval_beams: int = field(default=10, metadata={"help": "beams of the trie-constrained beam search in evaluation"})
+    eval_beams: int = field(default=20, metadata={"help": "beams of the trie-constrained beam search in evaluation (zeroshot's 20 by default)"})
     eval_batch_size: int = field(default=16, metadata={"help": "prompts per beam search in evaluation"})
     seed: int = field(default=42, metadata={"help": "seed of data order, templates, samples and dropout"})
     precision: str = field(default="auto", metadata={"help": "training arithmetic: auto (bf16 autocast on CUDA, fp32 on the CPU), bf16 (CUDA only) or fp32; the from-scratch recipes set fp32"})
@@ -134,7 +136,7 @@ def plan(config: TrainConfig) -> list[tuple[str, int]]:
     for r in range(config.rounds):
         phases = ("rec", "id") if config.alt_style == "rec_first" else ("id", "rec")
         for phase in phases:
-            stages += [("rec", r), ("valid", r)] if phase == "rec" else [("id", r), ("regen", r + 1)]
+            stages += [("rec", r), ("valid", r)] if phase == "rec" else [("id", r), ("regen", r + 1), ("valid", r)]
     return [*stages, ("test", config.rounds)]
 
 
@@ -318,7 +320,7 @@ class Trainer:
         self.log = MetricsLog(self.output_dir / "metrics.jsonl", self.dist.main)
         self._check_vocabulary()
         self.texts = pool.texts()
-        if recommender.content is not None:  # content-aware history: frozen MiniLM vectors of every pool item (cached)
+        if recommender.content is not None or recommender.scorer is not None:  # frozen MiniLM vectors of every pool item (cached)
             recommender.item_vectors = item_vectors(self.texts, "pre-training pool", progress and self.dist.main)
         self.train_examples = pool.examples("train")
         self.valid_examples = pool.examples("valid", config.valid_users or None, config.seed)
@@ -562,7 +564,10 @@ class Trainer:
             if not len(everyone):
                 continue
             mine, offset = everyone[self.dist.rank :: self.dist.world], int(self.pool.offsets[c])
-            view = CatalogRecommender(self.rec, self.prompts, self.tries[c], offset, num_beams=self.config.eval_beams, batch_size=self.config.eval_batch_size)
+            gamma = DEFAULT_CONTENT_PRIOR if self.rec.scorer is not None else 0.0  # the shipped setting
+            prior_vectors = None if self.rec.item_vectors is None else self.rec.item_vectors[offset : int(self.pool.offsets[c + 1])]
+            view = CatalogRecommender(self.rec, self.prompts, self.tries[c], offset, num_beams=self.config.eval_beams, batch_size=self.config.eval_batch_size,
+                                      content_prior=gamma, prior_vectors=prior_vectors)
             ex = Examples(split, [examples.history(i) - offset for i in mine], np.asarray([examples.target(i) - offset for i in mine], dtype=np.int64),
                           users_total=len(mine), users_excluded=0, sampled=False, users=[self._user(examples, i) for i in mine])
             # one harness batch: the view batches its prompts itself (eval_batch_size), as before

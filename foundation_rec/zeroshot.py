@@ -7,6 +7,9 @@
 
 History is everything before the user's last item (at most 20 items), the truth is the last item,
 ranked over the whole target catalog (Recall@5/10, NDCG@5/10). Nothing is trained on the target.
+Two protocols, each its own row (``--protocol``): *strict* reads item texts and the user's own
+history; *counts* (``idgenrec-zeroshot+counts``) also reads the target's training-split counts
+(popularity, recent popularity, repeat rates; :mod:`foundation_rec.signals`).
 ``--baselines`` adds random, popularity, text-kNN and SASRec on the same users and split.
 
 A target whose platform was in the checkpoint's pre-training corpora is refused unless
@@ -31,6 +34,7 @@ from .errors import FoundationRecError, cli_errors
 from .evaluate import evaluate, markdown_table, write_report
 from .idgen import PRECISIONS
 from .paths import writable_dir
+from .signals import COUNTS, PROTOCOLS, STRICT
 
 METHOD = "idgenrec-zeroshot"
 RERANK = "idgenrec-rerank"
@@ -68,6 +72,9 @@ class ZeroShotArguments:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     id_precision: str = field(default="fp32", metadata={"help": "arithmetic of the target's ID generation: fp32, or int8 (CPU only, about 1.5x "
                                                                 "faster cold IDs; a few near-tied IDs differ, see benchmarks/RESULTS.md)"})
+    protocol: str = field(default="both", metadata={"help": "strict (item texts and the user's own history only), counts (also the target's "
+                                                            "training-split counts: popularity, recent popularity, repeat rates; nothing trained "
+                                                            "on them), or both (each its own row)"})
     out: str = field(default="runs/zeroshot", metadata={"help": "folder for <target>.json and <target>.md"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
@@ -85,14 +92,18 @@ def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list
     catalog = model.index_catalog(corpus, progress=args.progress)
     index_seconds = round(time.perf_counter() - start, 1)
     results = []
-    for method in METHOD_CHOICES[args.method]:
+    runs = [(m, p) for m in METHOD_CHOICES[args.method] for p in (PROTOCOLS if args.protocol == "both" else (args.protocol,))
+            if m == METHOD or p == STRICT]
+    for method, protocol in runs:
         if method == METHOD:
             rec = model.catalog_recommender(num_beams=args.num_beams, batch_size=args.batch_size, calibration=args.calibration,
-                                            content_prior=args.content_prior)
+                                            content_prior=args.content_prior, protocol=protocol)
         else:
             rec = model.rerank_recommender(num_beams=args.num_beams, batch_size=args.batch_size, pool=args.rerank_pool, calibration=args.calibration)
-        result = evaluate(corpus, rec, method, max_users=args.max_users, seed=args.seed, batch_size=args.batch_size, progress=args.progress)
+        label = method if protocol == STRICT else f"{method}+{COUNTS}"
+        result = evaluate(corpus, rec, label, max_users=args.max_users, seed=args.seed, batch_size=args.batch_size, progress=args.progress)
         result.update(
+            protocol=protocol,
             checkpoint=str(model.path),
             pretrained_corpora=model.pretrained_corpora,
             setting="seen platform" if seen else "zero-shot",
@@ -127,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         raise FoundationRecError(f"--max-users {args.max_users} must be positive; leave it out to evaluate every user")
     if args.content_prior is not None and args.content_prior < 0:
         raise FoundationRecError(f"--content-prior {args.content_prior:g} must be >= 0 (0: plain generation)")
+    if args.protocol not in (*PROTOCOLS, "both"):
+        raise FoundationRecError(f"--protocol {args.protocol!r} is not one of strict, counts, both")
     if args.id_precision not in PRECISIONS:
         raise FoundationRecError(f"--id-precision {args.id_precision!r} is not one of fp32, int8")
     names = resolve_names(args.target)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from foundation_rec.baselines import METHODS, Popularity, RandomRecommender, SASRec, TextKNN, evaluate_methods
+from foundation_rec.baselines import METHODS, HistoryRecommender, Popularity, RandomRecommender, SASRec, TextKNN, evaluate_methods
 from foundation_rec.baselines.__main__ import main
 from foundation_rec.baselines.sasrec import windows
 from foundation_rec.corpora import load_corpus
@@ -101,4 +101,20 @@ def test_cli_writes_the_report_and_refuses_unknown_methods(fixture_data, tmp_pat
     with pytest.raises(SystemExit) as stop:
         main(["--target", "amazon2014-beauty", "--data-dir", str(fixture_data), "--methods", "knn"])
     assert stop.value.code == 2 and "unknown method 'knn'" in capsys.readouterr().err
-    assert METHODS == ("random", "popularity", "text-knn", "sasrec")
+    assert METHODS == ("random", "popularity", "text-knn", "text-knn-recency", "popularity-text-knn", "history", "sasrec")
+
+
+def test_text_knn_recency_and_popularity_blend_by_hand():
+    """Four items in 2-d. History [0, 1] (item 1 latest): decay 0 looks only at
+    item 1; the blend adds w * log(1 + count), which lifts the popular item 3 over the nearer item 2."""
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]], dtype=np.float32)
+    history = [np.array([0, 1])]
+    assert TextKNN(vectors).recommend([np.array([0])], 4)[0].tolist() == [0, 3, 2, 1]  # cos to item 0: 1, .8, .6, 0
+    assert TextKNN(vectors, decay=0.0).recommend(history, 4)[0].tolist() == [1, 2, 3, 0]  # cos to item 1: 1, .8, .6, 0
+    blend = TextKNN(vectors, decay=0.0, popularity=np.array([0, 0, 0, 1000]), weight=0.1)  # item 3: 0.6 + 0.1 * log(1001) = 1.29
+    assert blend.recommend(history, 4)[0].tolist() == [3, 1, 2, 0]
+
+
+def test_history_recommends_the_users_items_latest_first():
+    out = HistoryRecommender().recommend([np.array([4, 2, 4, 7]), np.array([], dtype=np.int64)], 4)
+    assert out.tolist() == [[7, 4, 2, -1], [-1, -1, -1, -1]]

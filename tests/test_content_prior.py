@@ -42,10 +42,16 @@ def last_item_task(vectors: torch.Tensor, n: int, seed: int) -> _Examples:
 
 
 def test_untrained_scorer_ranks_as_text_knn():
+    """Its explore logits rank the catalog as text-kNN; the prior ranks the new items in that order, then the
+    user's own items (no repeat expected from a history without one)."""
     vectors = unit_vectors(50, 16, 0)
-    histories = [np.array([3, 7, 9]), np.array([1]), np.array([4, 4, 20, 33])]
-    ours = ContentScorer(16, 20).log_prior(histories, vectors).topk(10).indices.numpy()
-    assert np.array_equal(ours, ContentNeighbours(vectors).recommend(histories, 10))
+    histories = [np.array([3, 7, 9]), np.array([1]), np.array([4, 20, 33])]
+    knn = ContentNeighbours(vectors).recommend(histories, 50)
+    ours = ContentScorer(16, 20)(right_aligned(histories, 20), vectors).topk(10).indices.numpy()
+    assert np.array_equal(ours, knn[:, :10])
+    prior = ContentScorer(16, 20).log_prior(histories, vectors).topk(10).indices.numpy()
+    for row, history, expected in zip(prior, histories, knn, strict=True):
+        assert row.tolist() == [i for i in expected if i not in history][:10]
 
 
 def test_right_aligned_by_hand():

@@ -28,8 +28,13 @@ def args(fixture_data, out, *extra) -> list[str]:
 
 def test_main_runs_end_to_end_and_leaves_a_loadable_checkpoint(fixture_data, tmp_path, capsys):
     assert main(args(fixture_data, tmp_path)) == 0
-    summary = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    summary, end = json.JSONDecoder().raw_decode(out)
+    ending = out[end:]
     assert summary["preset"] == "tiny" and summary["test"]["users"] > 0
+    # it ends in plain words: the shipped method's pool-validation N@10 next to text-kNN's, where the model is, what to run next
+    assert f"The foundation model is in {tmp_path / 'best'}" in ending and "text-kNN" in ending
+    assert f"scores N@10 {summary['best_valid_N@10']:.4f}" in ending and "Next: python -m foundation_rec.zeroshot --target yelp" in ending
     ckpt = tmp_path / "checkpoint"
     config = checkpoint.read_config(ckpt)
     assert config["format_version"] == checkpoint.FORMAT_VERSION and config["corpora"] == CORPORA.split(",")

@@ -37,9 +37,9 @@ def weights(model) -> dict[str, torch.Tensor]:
 
 def test_plan_orders_phases_by_alt_style():
     assert plan(TrainConfig(rounds=1, alt_style="rec_first")) == [
-        ("warmup", 0), ("regen", 0), ("rec", 0), ("valid", 0), ("id", 0), ("regen", 1), ("test", 1)
-    ]
-    assert plan(TrainConfig(rounds=1, alt_style="id_first", warmup_epochs=0))[:4] == [("regen", 0), ("id", 0), ("regen", 1), ("rec", 0)]
+        ("warmup", 0), ("regen", 0), ("rec", 0), ("valid", 0), ("id", 0), ("regen", 1), ("valid", 0), ("test", 1)
+    ]  # a validation after the ID phase too: the regenerated IDs can become the best model
+    assert plan(TrainConfig(rounds=1, alt_style="id_first", warmup_epochs=0))[:5] == [("regen", 0), ("id", 0), ("regen", 1), ("valid", 0), ("rec", 0)]
     with pytest.raises(FoundationRecError, match="alt-style"):
         TrainConfig(alt_style="both").check()
 

@@ -21,7 +21,8 @@ def test_zeroshot_cli_writes_results_for_unseen_target(tiny_checkpoint, fixture_
     assert zeroshot_main(["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(fixture_data),
                           "--out", str(tmp_path), "--baselines", "random,popularity", "--num-beams", "10", "--progress", "false"]) == 0
     results = json.loads((tmp_path / "yelp.json").read_text())["results"]
-    assert [r["method"] for r in results] == ["idgenrec-zeroshot", "random", "popularity"]
+    assert [r["method"] for r in results] == ["idgenrec-zeroshot", "idgenrec-zeroshot+counts", "random", "popularity"]
+    assert [r["protocol"] for r in results[:2]] == ["strict", "counts"]
     ours = results[0]
     assert ours["setting"] == "zero-shot" and ours["unique_ids"] and ours["catalog_size"] == 3
     assert ours["users_evaluated"] == 2 and set(ours["metrics"]) == {"R@5", "R@10", "N@5", "N@10"}

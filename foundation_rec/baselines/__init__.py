@@ -1,13 +1,16 @@
 """Reference recommenders, all behind the harness's ``recommend(histories, k)`` protocol.
 
-========== ============================================================== =====================
-method     what it is                                                     trained on
-========== ============================================================== =====================
-random     k distinct uniformly random items                              nothing
-popularity most frequent items in the training part                       train split counts
-text-knn   nearest items to the mean MiniLM embedding of the history      nothing (zero-shot)
-sasrec     SASRec, full-softmax cross-entropy, early stopping on valid    train split (+ valid)
-========== ============================================================== =====================
+=================== ===================================================== ==============================
+method              what it is                                            reads from the target
+=================== ===================================================== ==============================
+random              k distinct uniformly random items                     nothing
+popularity          most frequent items in the training part              training-split counts
+text-knn            nearest items to the mean MiniLM embedding            item texts (strict)
+text-knn-recency    the same, history weighted by recency (pool decay)    item texts (strict)
+popularity-text-knn text-kNN + w log(1 + count) (w chosen on the pool)    item texts and counts
+history             the user's own items, the latest first                nothing (strict)
+sasrec              SASRec, full-softmax cross-entropy, early stopping    train split (+ valid): trained
+=================== ===================================================== ==============================
 
 :func:`fit` builds one by name, :func:`evaluate_methods` fits and evaluates several on one corpus through
 :func:`foundation_rec.evaluate.evaluate`; ``python -m foundation_rec.baselines`` is the command line.
@@ -19,12 +22,14 @@ import time
 
 from ..errors import FoundationRecError
 from ..evaluate import evaluate_settings
+from ..signals import PlatformCounts
+from .history import HistoryRecommender
 from .popularity import Popularity
 from .random_items import RandomRecommender
 from .sasrec import SASRec
-from .text_knn import TextKNN
+from .text_knn import BLEND_WEIGHT, RECENCY_DECAY, TextKNN
 
-METHODS = ("random", "popularity", "text-knn", "sasrec")
+METHODS = ("random", "popularity", "text-knn", "text-knn-recency", "popularity-text-knn", "history", "sasrec")
 
 
 def fit(method: str, corpus, *, seed: int = 0, **sasrec_options):
@@ -35,6 +40,12 @@ def fit(method: str, corpus, *, seed: int = 0, **sasrec_options):
         return Popularity.fit(corpus)
     if method == "text-knn":
         return TextKNN.fit(corpus)
+    if method == "text-knn-recency":
+        return TextKNN.fit(corpus, decay=RECENCY_DECAY)
+    if method == "popularity-text-knn":
+        return TextKNN.fit(corpus, decay=RECENCY_DECAY, popularity=PlatformCounts.from_corpus(corpus).popularity, weight=BLEND_WEIGHT)
+    if method == "history":
+        return HistoryRecommender.fit(corpus)
     if method == "sasrec":
         return SASRec.fit(corpus, seed=seed, **sasrec_options)
     raise FoundationRecError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -73,4 +84,4 @@ def evaluate_methods(
     return results
 
 
-__all__ = ["METHODS", "Popularity", "RandomRecommender", "SASRec", "TextKNN", "evaluate_methods", "fit"]
+__all__ = ["METHODS", "HistoryRecommender", "Popularity", "RandomRecommender", "SASRec", "TextKNN", "evaluate_methods", "fit"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..splits import train_part
+from ..signals import PlatformCounts
 from .common import pad_items
 
 
@@ -21,8 +21,7 @@ class Popularity:
 
     @classmethod
     def fit(cls, corpus) -> Popularity:
-        _, values = train_part(corpus.item_sequences)
-        return cls(np.bincount(values, minlength=len(corpus.items)))
+        return cls(PlatformCounts.from_corpus(corpus).popularity)
 
     def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
         return pad_items(np.tile(self.ranking[:k], (len(histories), 1)), k)

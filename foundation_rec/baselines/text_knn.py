@@ -1,9 +1,16 @@
-"""``text-knn``: zero-shot content baseline from item text alone, no training on the corpus.
+"""Text similarity, the zero-shot content anchors: item text alone (and, for the blend, the platform's counts).
 
 Each item's ``text`` is embedded with all-MiniLM-L6-v2 (:mod:`foundation_rec.text_embeddings`:
-mean pooling, L2-normalised, cached on disk); a user is the mean of their history's embeddings,
-and the recommendation is the nearest items by inner product (cosine) in a ``faiss.IndexFlatIP``,
-i.e. an exact full-catalog ranking.
+mean pooling, L2-normalised, cached on disk); a user is the (recency-weighted) mean of their
+history's embeddings, and the recommendation is the nearest items by inner product in a
+``faiss.IndexFlatIP``, i.e. an exact full-catalog ranking. Three methods:
+
+* ``text-knn``: the plain mean, ``score(j) = cos(mean_i v_i, v_j)``;
+* ``text-knn-recency``: ``q = sum_i decay ** age_i * v_i`` (age 0: the latest item), with
+  :data:`RECENCY_DECAY` chosen on the Amazon pool (``benchmarks/anchors.py``);
+* ``popularity-text-knn`` (with platform counts): ``score(j) = cos(q, v_j) + w * log(1 + n_j)``,
+  ``n_j`` the item's training-split interactions, :data:`BLEND_WEIGHT` chosen on the Amazon pool. The
+  popularity term rides in one extra index dimension (``[v_j, w log(1 + n_j)]`` against ``[q, 1]``).
 """
 
 from __future__ import annotations
@@ -14,22 +21,41 @@ import numpy as np
 from ..text_embeddings import item_embeddings
 from .common import pad_items
 
+RECENCY_DECAY = 0.7  # chosen on the Amazon pool's validation users (benchmarks/anchors.py)
+BLEND_WEIGHT = 0.02  # chosen on the Amazon pool's validation users (benchmarks/anchors.py)
+
 
 class TextKNN:
-    """Nearest items to the mean history embedding, by cosine similarity over the whole catalog."""
+    """Nearest items to the (recency-weighted) mean history embedding, plus ``weight * log(1 + popularity)``."""
 
-    def __init__(self, embeddings: np.ndarray, info: dict | None = None):
+    def __init__(self, embeddings: np.ndarray, info: dict | None = None, decay: float = 1.0,
+                 popularity: np.ndarray | None = None, weight: float = 0.0):
         self.info = info or {}
+        self.decay = decay
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        self.index = faiss.IndexFlatIP(self.embeddings.shape[1])
-        self.index.add(self.embeddings)
+        indexed = self.embeddings
+        self.bias = popularity is not None and weight != 0.0
+        if self.bias:
+            indexed = np.concatenate([indexed, (weight * np.log1p(np.asarray(popularity, dtype=np.float32)))[:, None]], axis=1)
+        self.index = faiss.IndexFlatIP(indexed.shape[1])
+        self.index.add(np.ascontiguousarray(indexed, dtype=np.float32))
 
     @classmethod
-    def fit(cls, corpus) -> TextKNN:
-        return cls(*item_embeddings(corpus))
+    def fit(cls, corpus, decay: float = 1.0, popularity: np.ndarray | None = None, weight: float = 0.0) -> TextKNN:
+        return cls(*item_embeddings(corpus), decay=decay, popularity=popularity, weight=weight)
+
+    def query(self, history: np.ndarray) -> np.ndarray:
+        """The user's unit query: ``sum_i decay ** age_i * v_i``, normalised (zero for an empty history)."""
+        history = np.asarray(history, dtype=np.int64)
+        if not len(history):
+            return np.zeros(self.embeddings.shape[1], np.float32)
+        weights = self.decay ** np.arange(len(history) - 1, -1, -1, dtype=np.float32)
+        query = (weights[:, None] * self.embeddings[history]).sum(0)
+        return query / max(float(np.linalg.norm(query)), 1e-12)
 
     def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
-        queries = np.stack([self.embeddings[h].mean(0) if len(h) else np.zeros(self.embeddings.shape[1], np.float32) for h in histories])
-        queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        queries = np.stack([self.query(h) for h in histories]) if histories else np.zeros((0, self.embeddings.shape[1]), np.float32)
+        if self.bias:
+            queries = np.concatenate([queries, np.ones((len(queries), 1), np.float32)], axis=1)
         _, items = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.index.ntotal))
         return pad_items(items, k)
