@@ -21,8 +21,8 @@ from foundation_rec.corpora import load_corpora
 from foundation_rec.evaluate import evaluate_settings
 from foundation_rec.signals import PlatformCounts
 
-DECAYS = (1.0, 0.9, 0.8, 0.7, 0.5, 0.3)
-WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.04, 0.08)
+DECAYS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.0)
+WEIGHTS = (0.0, 0.01, 0.02, 0.04, 0.06, 0.08)
 
 
 def mean_ndcg(corpora, counts, **options) -> list[float]:

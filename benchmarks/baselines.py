@@ -46,7 +46,7 @@ NOT_CONVERGED = (
     "SASRec runs stopped by `time_budget` had not converged (their last epochs still improved valid NDCG@10): "
     "their numbers are lower bounds for SASRec, not its converged accuracy."
 )
-LITERATURE = "SASRec with full cross-entropy on amazon2014-beauty, full-ranking leave-one-out: R@10 0.082, N@10 0.041 (reference given in issue 5)."
+LITERATURE = "SASRec with full cross-entropy on amazon2014-beauty, full-ranking leave-one-out: R@10 0.082, N@10 0.041 (the reference this harness is checked against)."
 
 
 def plot(corpus: str, results: list[dict], stem: str) -> str:

@@ -2,7 +2,7 @@
 
 Each measurement runs in a fresh Python process, so imports and peak RSS are counted honestly:
 ``cold`` starts from an empty cache directory, ``warm`` loads the cache the cold run left.
-Targets (issue 2): cold under 120 s, warm under 5 s, on the 2-core development machine.
+Targets: cold under 120 s, warm under 5 s, on the 2-core development machine.
 
     python benchmarks/corpus_build.py [--corpora everything] [--data-dir DIR]
 """

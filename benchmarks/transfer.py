@@ -37,7 +37,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from common import RESULTS, TARGETS, environment, provenance, write_results
 

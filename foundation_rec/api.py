@@ -268,25 +268,28 @@ class FoundationRec:
                 )
         return np.asarray([m.row for m in matches][-MAX_HISTORY:], dtype=np.int64)
 
-    def recommend(self, history: Sequence[str | int], k: int = 10, catalog: Catalog | None = None, protocol: str | None = None) -> list[dict]:
+    def recommend(self, history: Sequence[str | int], k: int = 10, catalog: Catalog | None = None, protocol: str | None = None,
+                  exclude_history: bool = False) -> list[dict]:
         """Top ``k`` items of a catalog (default: the current one) after ``history`` (item ids or free-text names, oldest first).
 
-        ``protocol``: ``"counts"`` (the default when the catalog has counts) or ``"strict"``. Returns dicts with
-        ``item_id``, ``title``, ``textual_id`` and ``score`` (the generation score: the mean token log-probability
-        plus gamma times the prior's log-probability), best first.
+        ``protocol``: ``"counts"`` (the default when the catalog has counts) or ``"strict"``; ``exclude_history``
+        leaves the history's own items out (a person who typed five films wants five others; keep them for
+        repeat-visit catalogs). Returns dicts with ``item_id``, ``title``, ``textual_id``, ``score`` (the generation
+        score: the mean token log-probability of the ID plus gamma times the prior's log-probability) and
+        ``method``, best first.
         """
         if not 1 <= k <= 100:
             raise FoundationRecError(f"k={k} is out of range; ask for 1 to 100 recommendations")
         catalog = self._require_catalog(catalog)
         protocol = protocol or (COUNTS if catalog.counts is not None else STRICT)
-        rec = self.catalog_recommender(num_beams=max(self.num_beams, k), catalog=catalog, protocol=protocol)
-        rows, scores = (x[0] for x in rec.rank([self.history_rows(history, catalog)], k))
-        return [
-            {"item_id": catalog.item_ids[r], "title": catalog.titles[r], "textual_id": catalog.ids[r], "score": float(s)}
-            for r, s in zip(rows, scores, strict=True)
-            if r >= 0
-        ]
-
+        rows_in = self.history_rows(history, catalog)
+        extra = len(set(rows_in.tolist())) if exclude_history else 0
+        rec = self.catalog_recommender(num_beams=max(self.num_beams, k + extra), catalog=catalog, protocol=protocol)
+        rows, scores = (x[0] for x in rec.rank([rows_in], k + extra))
+        method = f"idgenrec-zeroshot{'+counts' if protocol == COUNTS else ''}"
+        picked = [(r, s) for r, s in zip(rows, scores, strict=True) if r >= 0 and not (exclude_history and r in rows_in)][:k]
+        return [{"item_id": catalog.item_ids[r], "title": catalog.titles[r], "textual_id": catalog.ids[r], "score": float(s), "method": method}
+                for r, s in picked]
 
 def _catalog_counts(counts, corpus: Corpus | None, records, item_ids: list[str]) -> PlatformCounts | None:
     """A catalog's platform counts from ``index_catalog``'s ``counts`` argument (see there)."""

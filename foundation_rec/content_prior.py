@@ -33,10 +33,11 @@ Saved next to the recommender as ``scorer.safetensors`` + ``scorer.json`` (with 
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import math
 import time
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -256,7 +257,7 @@ def rank_calibration(scorer: ContentScorer, examples, vectors: torch.Tensor, own
     ranks = torch.cat(ranks).double()
     edges = [1, 2, 3, 5, 9, 17, 33, 65, 129, 257]
     x, y = [], []
-    for a, b in zip(edges, edges[1:], strict=False):
+    for a, b in itertools.pairwise(edges):
         hits = float(((ranks >= a) & (ranks < b)).sum())
         if hits:
             x.append(math.log(math.sqrt(a * (b - 1))))

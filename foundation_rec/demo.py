@@ -9,7 +9,8 @@
    line is typed, suggestions for it appear; picking one replaces the line. Each line resolves to a
    catalog item (:mod:`foundation_rec.resolve`); the match, its textual ID and similarity are shown,
    and a line that matches nothing is flagged and left out, never guessed.
-3. Recommend: the top 10 with title, textual ID and score, and the latency.
+3. Recommend: the top 10 with title, textual ID and score (relative to the first), the latency and the method;
+   the typed history is left out unless "Keep my history" is ticked.
 
 Caps: at most :data:`~foundation_rec.api.MAX_HISTORY_LINES` lines of at most
 :data:`~foundation_rec.resolve.MAX_LINE_CHARS` characters, and uploads of at most
@@ -20,6 +21,7 @@ malformed upload, an empty or over-long history) is a message in the page; the s
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -44,7 +46,7 @@ TOP_K = 10
 MAX_UPLOAD_ITEMS = 200_000
 UPLOAD_CHOICE = "(uploaded items file)"
 MATCH_HEADERS = ["line", "matched item", "textual ID", "similarity", "status"]
-REC_HEADERS = ["rank", "title", "textual ID", "score"]
+REC_HEADERS = ["rank", "title", "textual ID", "score vs #1"]  # exp(score - best score): how the model weighs it against the first
 
 
 @dataclass
@@ -168,7 +170,7 @@ class DemoApp:
         lines = (history or "").splitlines() or [""]
         return "\n".join([*lines[:-1], picked]) + "\n"
 
-    def recommend(self, choice: str, upload: str | None, history: str):
+    def recommend(self, choice: str, upload: str | None, history: str, keep_history: bool = False):
         """Resolve the history lines, recommend the top 10; returns (matches table, recommendations table, message)."""
         try:
             model = self._model()
@@ -187,12 +189,15 @@ class DemoApp:
                 if not known:
                     raise FoundationRecError("no history line matches an item of this catalog; use titles from the suggestions")
                 start = time.perf_counter()
-                recs = model.recommend(known, k=TOP_K, catalog=catalog)
+                recs = model.recommend(known, k=TOP_K, catalog=catalog, exclude_history=not keep_history)
                 latency = time.perf_counter() - start
-            table = [[rank, r["title"], r["textual_id"], round(r["score"], 4)] for rank, r in enumerate(recs, 1)]
+            table = [[rank, r["title"], r["textual_id"], f"{math.exp(r['score'] - recs[0]['score']):.0%}"] for rank, r in enumerate(recs, 1)]
             flagged = sum(not m.matched for m in matches)
             note = f" {flagged} unmatched line(s) left out." if flagged else ""
-            return rows, table, f"{len(table)} recommendations from **{catalog.name}** in {latency * 1000:.0f} ms.{note}"
+            how = (f" Ranked by {recs[0]['method'] if recs else 'idgenrec-zeroshot'}: generation over the catalog's textual IDs guided by the "
+                   f"content prior{' and the catalog counts' if catalog.counts is not None else ''}; "
+                   f"{'your history is kept' if keep_history else 'your history is left out'}.")
+            return rows, table, f"{len(table)} recommendations from **{catalog.name}** in {latency * 1000:.0f} ms.{note}{how}"
         except Exception as err:  # noqa: BLE001 (the page shows one line, never a traceback)
             return [], [], page_error(err)
 
@@ -212,6 +217,7 @@ class DemoApp:
                     history = gr.Textbox(label=f"History, one item per line, oldest first (at most {MAX_HISTORY_LINES} lines, "
                                          f"{MAX_LINE_CHARS} characters each)", lines=6, elem_id="history")
                     suggestions = gr.Dropdown([], label="Suggestions for the line you are typing", interactive=True, elem_id="suggestions")
+                    keep = gr.Checkbox(False, label="Keep my history in the list (for repeat-visit catalogs: restaurants, games)", elem_id="keep-history")
                     button = gr.Button("Recommend", variant="primary", elem_id="recommend")
             message = gr.Markdown(elem_id="message")
             matches = gr.Dataframe(headers=MATCH_HEADERS, label="History as resolved", interactive=False, elem_id="matches")
@@ -221,7 +227,7 @@ class DemoApp:
             upload.upload(lambda f: (UPLOAD_CHOICE, self.load_catalog(UPLOAD_CHOICE, f)), upload, [choice, catalog_status])
             history.input(self.suggest, [choice, upload, history], suggestions, trigger_mode="always_last", show_progress="hidden")
             suggestions.select(self.apply_suggestion, [history, suggestions], history)
-            button.click(self.recommend, [choice, upload, history], [matches, recs, message])
+            button.click(self.recommend, [choice, upload, history, keep], [matches, recs, message])
             page.load(self.load_catalog, [choice, upload], catalog_status)
         return quiet_queue(page)
 

@@ -257,10 +257,9 @@ def main(argv: list[str] | None = None) -> int:
 def pool_anchors(trainer: Trainer) -> dict[str, float]:
     """N@10 of the content prior alone and of text-kNN on the trainer's validation users (those its model selection used)."""
     from .baselines import TextKNN
+    from .content import item_vectors
     from .content_prior import PriorRanking
     from .evaluate import Examples, evaluate_examples
-
-    from .content import item_vectors
 
     vectors, scorer, ex = trainer.rec.item_vectors, trainer.rec.scorer, trainer.valid_examples
     if vectors is None:

@@ -1,4 +1,4 @@
-"""House rules on the package's shape, checked on its source (issue 16)."""
+"""House rules on the package's shape, checked on its source."""
 
 from __future__ import annotations
 

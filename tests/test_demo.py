@@ -108,6 +108,21 @@ def test_demo_handlers_explain_bad_input_in_the_page(tiny_checkpoint, items_file
     assert "**Error:**" in missing.recommend("yelp", None, "Dune")[2]
 
 
+def test_the_typed_history_is_left_out_unless_kept(tiny_checkpoint, items_file, model):
+    """A person who typed three books wants three others; ticking "keep my history" gives the plain ranking back."""
+    app = DemoApp(DemoArguments(checkpoint=str(tiny_checkpoint), device="cpu", num_beams=16))
+    typed = ["The Hobbit", "Dune", "Frankenstein"]
+    _, recs, message = app.recommend(UPLOAD_CHOICE, str(items_file), "\n".join(typed))
+    assert len(recs) == 10 and not {r[1] for r in recs} & set(typed)
+    assert "Ranked by idgenrec-zeroshot" in message and "your history is left out" in message
+    assert recs[0][3] == "100%" and all(r[3].endswith("%") for r in recs)  # scores relative to the first
+    _, kept, message = app.recommend(UPLOAD_CHOICE, str(items_file), "\n".join(typed), True)
+    assert "your history is kept" in message
+    model.index_catalog(read_items_file(items_file), name="bookshop", progress=False)
+    plain = model.recommend(typed, k=10)
+    assert [r[1] for r in kept] == [r["title"] for r in plain] and {r[1] for r in kept} & set(typed)
+
+
 def test_a_catalog_that_is_indexing_does_not_hold_up_recommendations_on_another(tiny_checkpoint, items_file, fixture_data):
     """While a large catalog gets its IDs (here: held until the recommendation is done), an indexed one still recommends."""
     app = DemoApp(DemoArguments(checkpoint=str(tiny_checkpoint), device="cpu", num_beams=16, data_dir=str(fixture_data)))
@@ -177,7 +192,8 @@ def test_demo_server_answers_20_concurrent_requests_without_mixing_catalogs(tiny
     for name, (matches, recs, message) in zip(names, answers, strict=True):
         rows = recs["data"] if isinstance(recs, dict) else recs
         assert f"recommendations from **{name}**" in message, message
-        assert len(rows) == min(10, len(catalogs[name])) and all(row[1] in set(catalogs[name]) for row in rows), (name, rows)
+        # the three typed items are left out of the list by default
+        assert len(rows) == min(10, len(catalogs[name]) - 3) and all(row[1] in set(catalogs[name]) for row in rows), (name, rows)
         assert [row[1] for row in (matches["data"] if isinstance(matches, dict) else matches)] == list(catalogs[name][:3])
 
 
