@@ -169,6 +169,38 @@ def markdown(report: dict) -> str:
 
 
 @cli_errors
+def measure(model, trie, prefix_trie, input_ids, mask, k: int, *, eos: int, pad: int, start, repeats: int, device: str) -> dict:
+    """Best-of-``repeats`` times (after a warm-up round) of our constrained search, the reference, and both unconstrained, at beam ``k``."""
+    kw = {"num_beams": k, "max_new_tokens": trie.max_depth, "eos_token_id": eos, "pad_token_id": pad}
+    inputs = (model, input_ids, mask)
+    runs = {
+        "ours": functools.partial(beam_search, *inputs, trie=trie, **kw),
+        "reference": functools.partial(reference_beam_search, *inputs, prefix_trie=prefix_trie, decoder_start_token_id=start, **kw),
+        "ours_free": functools.partial(beam_search, *inputs, **kw),
+        "hf_free": functools.partial(reference_beam_search, *inputs, decoder_start_token_id=start, **kw),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    outputs = {}
+    for rep in range(repeats + 1):  # the first round warms up
+        for name, fn in runs.items():
+            seconds, outputs[name] = timed(fn, device)
+            if rep:
+                times[name].append(seconds)
+    ms = {name: 1000 * min(t) for name, t in times.items()}
+    ours, ref = outputs["ours"], outputs["reference"]
+    return {
+        "beams": k,
+        **{f"{name}_ms": value for name, value in ms.items()},
+        **{f"{name}_median_ms": 1000 * statistics.median(t) for name, t in times.items()},
+        "speedup_vs_reference": ms["reference"] / ms["ours"],
+        "ratio_vs_ours_free": ms["ours"] / ms["ours_free"],
+        "ratio_vs_hf_free": ms["ours"] / ms["hf_free"],
+        "same_items": bool(torch.equal(ours.items.cpu(), ref.items.cpu())),
+        "max_score_diff": float((ours.scores - ref.scores).abs().max()),
+        "valid_items": int((ours.items >= 0).sum()),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -211,39 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         input_ids, mask = make_prompts(ids, args.batch, args.history, pad, left=start is None, seed=n + 1)
         input_ids, mask = input_ids.to(args.device), mask.to(args.device)
         for k in beams:
-            kw = {"num_beams": k, "max_new_tokens": trie.max_depth, "eos_token_id": eos, "pad_token_id": pad}
-            inputs = (model, input_ids, mask)
-            runs = {
-                "ours": functools.partial(beam_search, *inputs, trie=trie, **kw),
-                "reference": functools.partial(reference_beam_search, *inputs, prefix_trie=prefix_trie, decoder_start_token_id=start, **kw),
-                "ours_free": functools.partial(beam_search, *inputs, **kw),
-                "hf_free": functools.partial(reference_beam_search, *inputs, decoder_start_token_id=start, **kw),
-            }
-            times: dict[str, list[float]] = {name: [] for name in runs}
-            outputs = {}
-            for rep in range(repeats + 1):  # the first round warms up
-                for name, fn in runs.items():
-                    seconds, outputs[name] = timed(fn, args.device)
-                    if rep:
-                        times[name].append(seconds)
-            ms = {name: 1000 * min(t) for name, t in times.items()}
-            ours, ref = outputs["ours"], outputs["reference"]
-            row = {
-                "items": n,
-                "beams": k,
-                **{f"{name}_ms": value for name, value in ms.items()},
-                **{f"{name}_median_ms": 1000 * statistics.median(t) for name, t in times.items()},
-                "speedup_vs_reference": ms["reference"] / ms["ours"],
-                "ratio_vs_ours_free": ms["ours"] / ms["ours_free"],
-                "ratio_vs_hf_free": ms["ours"] / ms["hf_free"],
-                "same_items": bool(torch.equal(ours.items.cpu(), ref.items.cpu())),
-                "max_score_diff": float((ours.scores - ref.scores).abs().max()),
-                "valid_items": int((ours.items >= 0).sum()),
-            }
-            report["results"].append(row)
+            row = measure(model, trie, prefix_trie, input_ids, mask, k, eos=eos, pad=pad, start=start, repeats=repeats, device=args.device)
+            report["results"].append({"items": n, **row})
             print(
-                f"{n:>7} items  beam {k:>2}: ours {ms['ours']:7.0f} ms  reference {ms['reference']:7.0f} ms "
-                f"({row['speedup_vs_reference']:.2f}x)  ours free {ms['ours_free']:6.0f} ms  HF free {ms['hf_free']:6.0f} ms  "
+                f"{n:>7} items  beam {k:>2}: ours {row['ours_ms']:7.0f} ms  reference {row['reference_ms']:7.0f} ms "
+                f"({row['speedup_vs_reference']:.2f}x)  ours free {row['ours_free_ms']:6.0f} ms  HF free {row['hf_free_ms']:6.0f} ms  "
                 f"same top-k: {row['same_items']}",
                 flush=True,
             )

@@ -77,11 +77,25 @@ def demo_server(demo_args: list[str], timeout: float = 180.0, log: Path | None =
             out.close()
 
 
+def _recommend(page, timeout_ms: int, expect: str) -> tuple[str, list, list]:
+    """Click Recommend, wait for the message saying ``expect`` (or an error) and the tables; return them."""
+    page.locator("#recommend").click()
+    page.locator("#message").get_by_text(expect).or_(page.locator("#message").get_by_text("Error:")).wait_for(timeout=timeout_ms)
+    message = page.locator("#message").inner_text()
+    for _ in range(40):  # the tables render just after the message
+        recs, matches = _table(page, "#recs"), _table(page, "#matches")
+        if "Error:" in message or (recs and recs[0][0]):
+            break
+        page.wait_for_timeout(250)
+    return message, recs, matches
+
+
 def drive_demo(url: str, history: list[str], screenshot: Path, *, catalog: str | None = None, upload: Path | None = None,
-               timeout_ms: int = 600_000) -> dict:
+               timeout_ms: int = 600_000, then_keep_history: bool = False) -> dict:
     """Open the demo, choose the catalog, type ``history``, click Recommend; returns the tables read back from the page.
 
-    ``{"recommendations": [[rank, title, textual ID, score], ...], "matches": [...], "message": str}``.
+    ``{"recommendations": [[rank, title, textual ID, score], ...], "matches": [...], "message": str}``; with
+    ``then_keep_history`` also ``"kept"``: the recommendations after ticking *Keep my history* and recommending again.
     """
     from playwright.sync_api import sync_playwright
 
@@ -104,16 +118,11 @@ def drive_demo(url: str, history: list[str], screenshot: Path, *, catalog: str |
             history_box.click()
             for line in history:
                 history_box.type(line + "\n")
-            page.locator("#recommend").click()
-            page.locator("#message").get_by_text("recommendations from").or_(page.locator("#message").get_by_text("Error:")).wait_for(
-                timeout=timeout_ms)
-            message = page.locator("#message").inner_text()
-            for _ in range(40):  # the tables render just after the message
-                recs, matches = _table(page, "#recs"), _table(page, "#matches")
-                if "Error:" in message or (recs and recs[0][0]):
-                    break
-                page.wait_for_timeout(250)
+            message, recs, matches = _recommend(page, timeout_ms, "your history is left out")
             result = {"message": message, "recommendations": recs, "matches": matches}
+            if then_keep_history:
+                page.locator("#keep-history input").check()
+                result["kept"] = _recommend(page, timeout_ms, "your history is kept")[1]
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
             return result

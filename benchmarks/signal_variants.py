@@ -6,8 +6,6 @@ Every variant uses the checkpoint's content scorer and ranks the whole catalog (
 
 * ``all items, no repeats``: the prior before platform signals, a softmax over every item, the user's own included;
 * ``strict``: new items only, the user's own repeat share as ``rho`` (shipped);
-* ``counts, softmax placement``: counts, but a history item placed at its probability under the explore softmax
-  instead of at the rank of the pool's hit rate (no rank calibration);
 * ``counts, no popularity``: counts with the popularity weights at 0, what fitting them on the sampled
   sub-catalogs of the pool gave (see ``results/signal_variants.md``);
 * ``counts``: shipped.
@@ -42,11 +40,11 @@ class EveryItem:
 
 
 def variants(scorer, vectors, counts) -> dict:
-    weights, calibration = scorer.signals.weights.data.clone(), dict(scorer.calibration)
+    weights = scorer.signals.weights.data.clone()
 
     def shipped_then(change):
         def make():
-            scorer.signals.weights.data, scorer.calibration = weights.clone(), dict(calibration)
+            scorer.signals.weights.data = weights.clone()
             change()
             return PriorRanking(scorer, vectors, counts)
         return make
@@ -54,7 +52,6 @@ def variants(scorer, vectors, counts) -> dict:
     return {
         "all items, no repeats": lambda: EveryItem(scorer, vectors),
         "strict": lambda: PriorRanking(scorer, vectors),
-        "counts, softmax placement": shipped_then(lambda: scorer.calibration.clear()),
         "counts, no popularity": shipped_then(lambda: scorer.signals.weights.data.copy_(torch.tensor([1.0, 0.0, 0.0]))),
         "counts": shipped_then(lambda: None),
     }

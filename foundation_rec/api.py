@@ -91,7 +91,7 @@ def _records_corpus(records: Sequence[dict], name: str) -> tuple[list[str], list
         if item in seen:
             raise FoundationRecError(f"catalog {name!r}, record {n}: duplicate item id {item!r}; keep one record per item")
         seen.add(item)
-        fields = {k: v for k, v in rec.items() if k != "item_id"}
+        fields = {k: v for k, v in rec.items() if k not in ("item_id", "count")}  # a count is a platform signal, not item text
         ids.append(item)
         titles.append(clean(fields.get("title", "")))
         texts.append(render(fields, ["title"]))

@@ -34,7 +34,6 @@ Saved next to the recommender as ``scorer.safetensors`` + ``scorer.json`` (with 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import time
@@ -47,7 +46,7 @@ from safetensors.torch import save_file
 
 from .checkpoint import load_module
 from .errors import FoundationRecError
-from .signals import COUNTS, STRICT, PlatformCounts, PlatformSignals, repeat_mixture
+from .signals import PlatformCounts, PlatformSignals, repeat_mixture
 
 FILE, INFO = "scorer.safetensors", "scorer.json"
 DEFAULT_CONTENT_PRIOR = 30.0  # gamma of zero-shot generation when a checkpoint has a scorer: the best on pool validation (benchmarks/content_prior_gamma.py)
@@ -79,7 +78,6 @@ class ContentScorer(torch.nn.Module):
             self.register_buffer("typicality", torch.tensor(0.0), persistent=False)
         # the platform's popularity with counts (foundation_rec.signals); None in scorers saved before it
         self.signals = PlatformSignals() if signals else None
-        self.calibration: dict[str, tuple[float, float]] = {}  # protocol -> (h1, b), see rank_calibration
         self.record: dict = {}
 
     def query(self, histories: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -108,13 +106,14 @@ class ContentScorer(torch.nn.Module):
         features = None if counts is None else tuple(torch.from_numpy(c).float() for c in (counts.popularity, counts.recent))
         with torch.no_grad():
             logits = self.explore_logits(right_aligned(histories, self.max_history), vectors.float(), features)
-            return repeat_mixture(logits, histories, counts, self.calibration.get(STRICT if counts is None else COUNTS))
+            return repeat_mixture(logits, histories, counts)
 
     def save(self, folder: Path) -> None:
         """Write ``scorer.safetensors`` and ``scorer.json`` into ``folder`` (an already staged directory)."""
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / FILE))
+        # "signals": the platform-signal fit (weights, corpora, rank calibration), true before the fit, false without signals
         info = {"dim": self.dim, "max_history": self.max_history, "typicality": isinstance(self.typicality, torch.nn.Parameter),
-                "signals": self.signals is not None, **self.record}
+                **self.record, "signals": self.record.get("signals") or self.signals is not None}
         (folder / INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
@@ -126,7 +125,8 @@ def load_scorer(folder: str | Path) -> ContentScorer | None:
         return None
     scorer, info = loaded
     scorer.record = {k: v for k, v in info.items() if k not in ("dim", "max_history", "typicality", "signals")}
-    scorer.calibration = {k: tuple(v) for k, v in scorer.record.get("signals", {}).get("rank_calibration", {}).items()}
+    if isinstance(info.get("signals"), dict):  # the platform-signal fit's record
+        scorer.record["signals"] = info["signals"]
     scorer.train(False)
     return scorer
 
@@ -155,15 +155,13 @@ def right_aligned(histories: list[np.ndarray], length: int) -> torch.Tensor:
     return out
 
 
-def own_corpus_logits(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch.Tensor, owner: torch.Tensor, counts=None,
-                      new_only: bool = False):
+def own_corpus_logits(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch.Tensor, owner: torch.Tensor, counts=None):
     """For each corpus among examples ``idx``: ``(logits [n, corpus items], target rows [n])`` of its examples,
     scored against that corpus's items only (the next item competes with its own platform's catalog).
 
     ``owner`` ``[items]`` is each item's corpus, in contiguous blocks; histories never leave their corpus.
     Scoring one corpus's slice gives the same logits as scoring the whole pool and masking the rest.
-    ``counts``, ``(popularity, recent)`` ``[items]`` each, adds the platform signals (:func:`corpus_counts`);
-    ``new_only`` sets the history's own items to ``-inf``.
+    ``counts``, ``(popularity, recent)`` ``[items]`` each, adds the platform signals (:func:`corpus_counts`).
     """
     histories = right_aligned([examples.history(int(i)) for i in idx], scorer.max_history)
     targets = torch.tensor([examples.target(int(i)) for i in idx])
@@ -173,10 +171,7 @@ def own_corpus_logits(scorer: ContentScorer, examples, idx: np.ndarray, vectors:
         mine = corpus == c
         local = torch.where(histories[mine] >= 0, histories[mine] - lo, -1)
         features = None if counts is None else tuple(f[lo:hi] for f in counts)
-        logits = scorer.explore_logits(local, vectors[lo:hi], features)
-        if new_only:  # the explore part ranks new items: the history's own are out of the race
-            logits = logits.scatter(1, local.clamp(min=0), torch.where(local >= 0, -torch.inf, logits.gather(1, local.clamp(min=0))))
-        yield logits, targets[mine] - lo
+        yield scorer.explore_logits(local, vectors[lo:hi], features), targets[mine] - lo
 
 
 def _batch_loss(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch.Tensor, owner: torch.Tensor, counts=None) -> torch.Tensor:
@@ -244,30 +239,8 @@ def corpus_counts(corpora) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(torch.from_numpy(np.concatenate([getattr(c, f) for c in counts])).float() for f in ("popularity", "recent"))
 
 
-def rank_calibration(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: torch.Tensor, counts=None) -> tuple[float, float]:
-    """``(h1, b)``: the next item is at explore rank ``r`` with probability ``h1 * r ** -b``, fitted in log-log on
-    doubling rank bins (1, 2, 3-4, 5-8, ..., up to 256) over ``examples``; what places repeats among new items
-    (:func:`foundation_rec.signals.repeat_mixture`)."""
-    ranks = []
-    with torch.no_grad():
-        for lo in range(0, len(examples), 512):
-            idx = np.arange(lo, min(lo + 512, len(examples)))
-            for logits, targets in own_corpus_logits(scorer, examples, idx, vectors, owner, counts, new_only=True):
-                ranks.append((logits > logits.gather(1, targets[:, None])).sum(1) + 1)
-    ranks = torch.cat(ranks).double()
-    edges = [1, 2, 3, 5, 9, 17, 33, 65, 129, 257]
-    x, y = [], []
-    for a, b in itertools.pairwise(edges):
-        hits = float(((ranks >= a) & (ranks < b)).sum())
-        if hits:
-            x.append(math.log(math.sqrt(a * (b - 1))))
-            y.append(math.log(hits / len(ranks) / (b - a)))
-    slope, intercept = np.polyfit(x, y, 1)
-    return round(math.exp(intercept), 6), round(-float(slope), 4)
-
-
 def fit_signals(scorer: ContentScorer, pool, progress: bool = True, seed: int = 42) -> None:
-    """Fit the scorer's platform-signal weights (content frozen) and its two rank calibrations, on the pool's corpora
+    """Fit the scorer's platform-signal weights (content frozen) on the pool's corpora
     with at most :data:`SIGNAL_MAX_ITEMS` items: :data:`SIGNAL_USERS` validation users each, ranked against the whole
     catalog with the corpus's training-split counts (a validation target is never in a training split)."""
     from .content import item_vectors
@@ -284,10 +257,8 @@ def fit_signals(scorer: ContentScorer, pool, progress: bool = True, seed: int = 
     record = scorer.record
     train_scorer(vectors, owner, valid, valid, dataclasses.replace(SIGNALS_CONFIG, seed=seed), pool.max_history, log,
                  model=scorer, counts=counts, parameters=[scorer.signals.weights])
-    scorer.calibration = {"strict": rank_calibration(scorer, valid, vectors, owner),
-                          "counts": rank_calibration(scorer, valid, vectors, owner, counts)}
     record["signals"] = {**scorer.record, "weights": [round(w, 4) for w in scorer.signals.weights.tolist()],
-                         "corpora": [c.name for c in corpora], "rank_calibration": scorer.calibration}
+                         "corpora": [c.name for c in corpora]}
     scorer.record = record
 
 

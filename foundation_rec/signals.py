@@ -23,7 +23,9 @@ a mixture of *repeat* and *explore* (as RepeatNet, Ren et al. AAAI 2019)::
 
 ``p_rep`` spreads over the distinct history items by how recently each was last seen; the explore
 part ranks only new items (the content prior ranks a user's own items high, since their texts are
-what the history is made of). ``rho`` and
+what the history is made of). A history item then ranks among the new ones by its probability: the
+explore softmax's temperature was learned on the pool with cross-entropy, so its probabilities are
+what the pool calibrated. ``rho`` and
 that recency profile are frequencies, counted, never fitted:
 
 * counts: ``rho`` is the share of the training split's next items that were in their history,
@@ -159,24 +161,18 @@ class PlatformSignals(torch.nn.Module):
         return a * logits + b * torch.log1p(popularity) + c * torch.log1p(recent)
 
 
-def repeat_mixture(logits: torch.Tensor, histories: list[np.ndarray], counts: PlatformCounts | None,
-                   calibration: tuple[float, float] | None = None) -> torch.Tensor:
-    """``[B, items]`` log-scores of ``rho * p_rep + (1 - rho) * p_explore`` for each history (rows of the catalog).
+def repeat_mixture(logits: torch.Tensor, histories: list[np.ndarray], counts: PlatformCounts | None) -> torch.Tensor:
+    """``[B, items]`` log of ``rho * p_rep + (1 - rho) * p_explore`` for each history (rows of the catalog).
 
     ``p_explore`` is the softmax of the explore ``logits`` over the items *not* in the history (a new item);
-    ``p_rep`` spreads over the history's items. A history item is placed among the new items where its
-    probability ``rho * p_rep / (1 - rho)`` says: with ``calibration`` ``(h1, b)`` (learned on the pool:
-    the new item at explore rank ``r`` is the next one with probability ``h1 * r ** -b``) at the rank whose
-    hit rate it equals, so the explore part's own (platform-dependent) sharpness does not decide; without
-    it, at its probability under the softmax. With ``rho = 0`` a history item scores :data:`NEVER`."""
+    ``p_rep`` spreads over the history's items. With ``rho = 0`` a history item scores :data:`NEVER`."""
     source = counts if counts is not None else _STRICT
     rows = [np.asarray(h, dtype=np.int64) for h in histories]
     mask = torch.zeros_like(logits, dtype=torch.bool)
     for b, history in enumerate(rows):
         mask[b, torch.from_numpy(history)] = True
     rho = torch.tensor([source.rho(h) for h in rows], dtype=logits.dtype)
-    out = logits.masked_fill(mask, -torch.inf).log_softmax(-1) + torch.log1p(-rho.clamp(max=MAX_RHO))[:, None]
-    ranked = out.sort(-1, descending=True).values if calibration is not None and bool((rho > 0).any()) else None
+    out = logits.masked_fill(mask, -torch.inf).log_softmax(-1) + torch.log1p(-rho)[:, None]
     for b, history in enumerate(rows):
         if not len(history):
             continue
@@ -189,28 +185,8 @@ def repeat_mixture(logits: torch.Tensor, histories: list[np.ndarray], counts: Pl
             continue
         weights = source.age_weights(len(history))
         rep = torch.tensor([weights[d - 1] for d in steps_back.values()], dtype=logits.dtype)
-        log_q = torch.log(rep / rep.sum()) + torch.log(rho[b])
-        if ranked is None:
-            out[b, items] = log_q
-        else:
-            new = int(len(logits[b]) - len(items))
-            out[b, items] = _at_rank(ranked[b, :new], log_q - torch.log1p(-rho[b]), calibration)
+        out[b, items] = torch.log(rep / rep.sum()) + torch.log(rho[b])
     return out
-
-
-def _at_rank(ranked: torch.Tensor, log_q: torch.Tensor, calibration: tuple[float, float]) -> torch.Tensor:
-    """Scores that place items of probability ``exp(log_q)`` among the descending explore scores ``ranked``
-    at the rank ``r = (h1 / q) ** (1 / b)`` where the pool's hit rate equals ``q`` (between neighbours: interpolated)."""
-    h1, slope = calibration
-    rank = torch.exp((math.log(h1) - log_q) / slope)  # 1-based, continuous
-    if not len(ranked):
-        return log_q
-    top = ranked[0] + torch.log(1.0 / rank.clamp(max=1.0))  # above the first new item: by how much more likely
-    pos = (rank - 1).clamp(min=0, max=len(ranked) - 1)
-    lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=len(ranked) - 1)
-    inside = ranked[lo] - (pos - lo) * (ranked[lo] - ranked[hi]) + 1e-4
-    return torch.where(rank < 1, top + 1e-4, inside)
 
 
 NEVER = -1e4  # the log prior of a history item when no repeat is expected (finite: beam search adds and subtracts it)

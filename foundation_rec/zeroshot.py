@@ -64,7 +64,7 @@ class ZeroShotArguments:
     )
     content_prior: float | None = field(
         default=None,
-        metadata={"help": "gamma of the content prior: generation scores (sum log p(token) + gamma * log prior(item | history's texts)) / length "
+        metadata={"help": "gamma of the prior: generation scores sum log p(token) / length + gamma * log prior(item | history) "
                   "(default: 30 when the checkpoint has a content scorer, else 0; 0: plain generation)"},
     )
     baselines: str = field(default="", metadata={"help": f"comma list of baselines to run on the same users: {', '.join(METHODS)}, or 'all'"})

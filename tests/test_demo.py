@@ -162,11 +162,14 @@ def test_demo_in_a_headless_browser(tiny_checkpoint, items_file, tmp_path, fixtu
     screenshot = RESULTS / "demo-test.png"
     args = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--num-beams", "16", "--data-dir", str(fixture_data), "--catalog", "steam"]
     with demo_server(args, log=tmp_path / "demo.log") as url:
-        result = drive_demo(url, ["The Hobbit", "Dune", "frankenstein shelley"], screenshot, upload=items_file, timeout_ms=120_000)
-    titles = {r["title"] for r in RECORDS}
+        result = drive_demo(url, ["The Hobbit", "Dune", "frankenstein shelley"], screenshot, upload=items_file, timeout_ms=120_000,
+                            then_keep_history=True)
+    titles, typed = {r["title"] for r in RECORDS}, {"The Hobbit", "Dune", "Frankenstein"}
     assert result["message"].startswith("10 recommendations from bookshop"), result["message"]
     assert len(result["recommendations"]) == 10
     assert all(row[1] in titles for row in result["recommendations"])
+    assert not {row[1] for row in result["recommendations"]} & typed  # the typed history is left out by default
+    assert {row[1] for row in result["kept"]} & typed  # and the checkbox brings it back
     assert [row[1] for row in result["matches"]] == ["The Hobbit", "Dune", "Frankenstein"]
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
 
@@ -192,8 +195,8 @@ def test_demo_server_answers_20_concurrent_requests_without_mixing_catalogs(tiny
     for name, (matches, recs, message) in zip(names, answers, strict=True):
         rows = recs["data"] if isinstance(recs, dict) else recs
         assert f"recommendations from **{name}**" in message, message
-        # the three typed items are left out of the list by default
-        assert len(rows) == min(10, len(catalogs[name]) - 3) and all(row[1] in set(catalogs[name]) for row in rows), (name, rows)
+        typed = min(3, len(catalogs[name]))  # the typed items are left out of the list by default
+        assert len(rows) == min(10, len(catalogs[name]) - typed) and all(row[1] in set(catalogs[name]) for row in rows), (name, rows)
         assert [row[1] for row in (matches["data"] if isinstance(matches, dict) else matches)] == list(catalogs[name][:3])
 
 

@@ -132,7 +132,7 @@ def test_pretrain_cli_with_a_causal_recommender_and_the_api_reuses_its_prompts(f
     out = tmp_path / "run"
     flags = ["--rec-preset", "tiny-causal", "--rec-objective", "sequence", "--id-epochs", "0"]
     assert main(["--corpora", CORPORA, "--data-dir", str(fixture_data), "--preset", "tiny", "--output-dir", str(out), *FAST, *flags]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    summary = json.JSONDecoder().raw_decode(capsys.readouterr().out)[0]  # the JSON summary, then the plain-words ending
     assert summary["test"]["users"] > 0
     config = checkpoint.read_config(out / "best")
     assert config["train"]["rec_objective"] == "sequence" and config["run"]["rec_preset"] == "tiny-causal"

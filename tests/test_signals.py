@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from foundation_rec.content_prior import ContentScorer, PriorRanking
+from foundation_rec.content_prior import ContentScorer, PriorRanking, load_scorer
 from foundation_rec.errors import FoundationRecError
 from foundation_rec.signals import NEVER, PlatformCounts, read_counts_file, repeat_mixture, repeat_statistics
 
@@ -44,14 +44,6 @@ def test_repeat_mixture_by_hand():
     assert strict[0, 1].item() == NEVER and strict[0, [0, 2]].exp().tolist() == pytest.approx([0.25, 0.75])
 
 
-def test_calibrated_repeat_lands_at_the_rank_of_its_probability():
-    """With the pool's hit rate h(r) = 0.1 * r ** -1, a history item of probability 0.02 belongs at rank 5."""
-    logits = torch.linspace(0, -3, 12)[None]  # items 0..11 in order; item 11 is the history
-    counts = PlatformCounts(np.ones(12), np.ones(12), (0.02 / 1.02, 0.02 / 1.02), None)
-    out = repeat_mixture(logits, [np.array([11])], counts, calibration=(0.1, 1.0))
-    assert out[0].argsort(descending=True).tolist().index(11) == 4
-
-
 def test_counts_protocol_ranks_the_popular_next_item_first_and_strict_does_not_see_counts():
     """Texts say nothing (the history's vector is orthogonal to every candidate); the platform's logs say item 7
     is what everyone takes. With counts it comes first; strict ranks by text alone and never reads the counts."""
@@ -67,11 +59,11 @@ def test_counts_protocol_ranks_the_popular_next_item_first_and_strict_does_not_s
 
 
 def test_repeats_come_first_for_a_user_who_repeats():
-    """Strict: a user who went back to item 2 twice is expected to repeat (rho = 2/5), and with the pool's rank
-    calibration (the best new item is next 2% of the time) item 2 is ranked first."""
+    """Strict: a user who went back to item 2 twice is expected to repeat (rho = 2/5, of which item 2, the latest,
+    gets 1 / (1 + 1/2 + 1/4)); new items share 3/5 by a flat text softmax (temperature 1), so item 2 comes first."""
     vectors = unit_vectors(30, 8, 0)
     scorer = ContentScorer(8, 20)
-    scorer.calibration = {"strict": (0.02, 0.7)}
+    scorer.log_temperature.data.fill_(0.0)
     history = [np.array([2, 5, 2, 9, 2])]
     assert PriorRanking(scorer, vectors).recommend(history, 3)[0, 0] == 2
 
@@ -102,3 +94,17 @@ def test_an_interactions_file_gives_popularity_and_repeat_rates(tmp_path):
     counts = read_counts_file(tmp_path / "log.csv", ["a", "b", "c"])
     assert counts.popularity.tolist() == [2, 2, 0]
     assert counts.repeat_rate == (pytest.approx(0.5), 0.0)  # u: b, a (new), a (a repeat of a, 1 step back)
+
+
+def test_a_saved_scorer_keeps_its_signal_weights_and_fit_record(tmp_path):
+    """The weights and the fit's record survive save and load, so a loaded scorer ranks as the trained one."""
+    scorer = ContentScorer(8, 20)
+    scorer.signals.weights.data = torch.tensor([1.2, 0.3, 0.1])
+    scorer.record = {"signals": {"weights": [1.2, 0.3, 0.1], "corpora": ["a"]}}
+    scorer.save(tmp_path)
+    loaded = load_scorer(tmp_path)
+    assert loaded.record == scorer.record
+    assert torch.equal(loaded.signals.weights, scorer.signals.weights)
+    vectors, history = unit_vectors(30, 8, 0), [np.array([2, 5, 2, 9, 2])]
+    counts = PlatformCounts.from_popularity(np.arange(30.0))
+    assert torch.equal(loaded.log_prior(history, vectors, counts), scorer.log_prior(history, vectors, counts))

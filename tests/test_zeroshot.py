@@ -147,3 +147,19 @@ def test_an_unknown_id_precision_is_one_line(tiny_checkpoint, tmp_path, capsys):
         zeroshot_main(["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--id-precision", "fp16"])
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --id-precision 'fp16' is not one of fp32, int8"]
+
+
+def test_a_catalog_takes_counts_from_a_count_field_or_a_file_and_falls_back_to_strict(model, tmp_path):
+    records = [{"item_id": f"i{n}", "title": f"Item number {n}", "count": 10 * n} for n in range(12)]
+    catalog = model.index_catalog(records, name="counted", progress=False)
+    assert catalog.counts.popularity.tolist() == [10.0 * n for n in range(12)] and "count" not in catalog.texts[0]
+    assert all(r["method"] == "idgenrec-zeroshot+counts" for r in model.recommend(["i1", "i2"], k=3))
+    assert all(r["method"] == "idgenrec-zeroshot" for r in model.recommend(["i1", "i2"], k=3, protocol="strict"))
+    plain = model.index_catalog([{k: v for k, v in r.items() if k != "count"} for r in records], name="plain", progress=False)
+    assert plain.counts is None
+    with pytest.raises(FoundationRecError, match="has no platform counts"):
+        model.recommend(["i1"], k=3, protocol="counts")
+    (tmp_path / "log.csv").write_text("user_id,item_id\nu,i3\nu,i4\nv,i3\n", encoding="utf-8")
+    assert model.index_catalog(records, name="logged", counts=tmp_path / "log.csv", progress=False).counts.popularity[3] == 2
+    with pytest.raises(FoundationRecError, match="record 2: count -1 is not a non-negative number"):
+        model.index_catalog([records[0], {**records[1], "count": -1}], name="bad", progress=False)
