@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from . import atomic, checkpoint, int8
+from .baselines.text_knn import TextKNN
 from .bundle import ModelBundle
-from .content import ContentNeighbours, item_vectors
+from .content import item_vectors
 from .content_prior import DEFAULT_CONTENT_PRIOR
 from .corpora import Corpus, load_corpus, load_recipe
 from .errors import FoundationRecError
@@ -241,7 +242,7 @@ class FoundationRec:
         """``idgenrec-rerank`` on the current catalog: exact scores over the model's beams plus the text-kNN top ``pool``."""
         catalog = self._require_catalog()
         vectors = catalog.vectors if catalog.vectors is not None else item_vectors(catalog.texts, f"{catalog.name} items", False)
-        return RerankRecommender(self.catalog_recommender(num_beams, batch_size, calibration, content_prior=0.0), ContentNeighbours(vectors), pool)
+        return RerankRecommender(self.catalog_recommender(num_beams, batch_size, calibration, content_prior=0.0), TextKNN(vectors.numpy()), pool)
 
     def resolve_history(self, history: Sequence[str | int], catalog: Catalog | None = None) -> list[Match]:
         """How each history entry resolves in a catalog (default: the current one): item id, exact title, or nearest title

@@ -26,9 +26,9 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint import load_module
+from .text_embeddings import MODEL_NAME
 
 FILE, INFO = "content.safetensors", "content.json"
-ENCODER = "all-MiniLM-L6-v2"
 MINILM_DIM = 384  # width of its sentence vectors
 
 
@@ -48,7 +48,7 @@ class ContentProjection(torch.nn.Module):
     def save(self, folder: Path) -> None:
         """Write ``content.safetensors`` and ``content.json`` into ``folder`` (an already staged directory)."""
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / FILE))
-        (folder / INFO).write_text(json.dumps({"encoder": ENCODER, "in_dim": self.in_dim, "width": self.width}), encoding="utf-8")
+        (folder / INFO).write_text(json.dumps({"encoder": MODEL_NAME, "in_dim": self.in_dim, "width": self.width}), encoding="utf-8")
 
 
 def load_projection(folder: str | Path, device: torch.device | str = "cpu") -> ContentProjection | None:
@@ -73,20 +73,3 @@ def content_index(spans: Sequence[Sequence], shifts: Sequence[int] | None = None
     """
     rows = [(b, end - 1 + (shifts[b] if shifts else 0), item) for b, row in enumerate(spans) for item, (start, end) in row if end > start]
     return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)
-
-
-class ContentNeighbours:
-    """The items nearest to the mean of a history's content vectors, by cosine (text-kNN's ranking,
-    without faiss): the outside candidates of ``idgenrec-rerank``."""
-
-    def __init__(self, vectors: torch.Tensor):
-        self.vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
-
-    def recommend(self, histories: Sequence[np.ndarray], k: int) -> np.ndarray:
-        out = np.full((len(histories), k), -1, dtype=np.int64)
-        for b, history in enumerate(histories):
-            if len(history):
-                query = self.vectors[torch.as_tensor(np.asarray(history, dtype=np.int64))].mean(0)
-                top = (self.vectors @ query).topk(min(k, len(self.vectors))).indices.numpy()
-                out[b, : len(top)] = top
-        return out

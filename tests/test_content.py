@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from foundation_rec.backbones import BackboneConfig, load_backbone, minilm_token_space, minilm_tokenizer, project_embeddings
-from foundation_rec.content import ContentNeighbours, ContentProjection, content_index, load_projection
+from foundation_rec.baselines import TextKNN
+from foundation_rec.content import ContentProjection, content_index, load_projection
 from foundation_rec.errors import FoundationRecError
 from foundation_rec.prompts import PromptBuilder
 from foundation_rec.recommender import GenerativeRecommender, RerankRecommender
@@ -124,12 +125,12 @@ def test_projection_round_trip_and_damage(tmp_path):
         load_projection(tmp_path)
 
 
-def test_content_neighbours_rank_by_cosine_to_the_history_mean():
-    vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [0.6, 0.8]])
+def test_text_knn_ranks_by_cosine_to_the_history_mean_and_an_empty_history_gets_nothing():
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [0.6, 0.8]], dtype=np.float32)
     # mean of items 0 and 1 points at 45 degrees: items 2 and 3 tie nearest, then 0 and 1
-    top = ContentNeighbours(vectors).recommend([np.array([0, 1]), np.array([0])], 4)
+    top = TextKNN(vectors).recommend([np.array([0, 1]), np.array([0]), np.array([], dtype=np.int64)], 4)
     assert set(top[0, :2]) == {2, 3} and set(top[0, 2:]) == {0, 1}
-    assert top[1].tolist() == [0, 2, 3, 1]
+    assert top[1].tolist() == [0, 2, 3, 1] and top[2].tolist() == [-1, -1, -1, -1]
 
 
 class _Fixed:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from foundation_rec.content import ContentNeighbours
+from foundation_rec.baselines import TextKNN
 from foundation_rec.content_prior import ContentScorer, ScorerConfig, load_scorer, right_aligned, scorer_ndcg, train_scorer
 from foundation_rec.errors import FoundationRecError
 
@@ -46,7 +46,7 @@ def test_untrained_scorer_ranks_as_text_knn():
     user's own items (no repeat expected from a history without one)."""
     vectors = unit_vectors(50, 16, 0)
     histories = [np.array([3, 7, 9]), np.array([1]), np.array([4, 20, 33])]
-    knn = ContentNeighbours(vectors).recommend(histories, 50)
+    knn = TextKNN(vectors.numpy()).recommend(histories, 50)
     ours = ContentScorer(16, 20)(right_aligned(histories, 20), vectors).topk(10).indices.numpy()
     assert np.array_equal(ours, knn[:, :10])
     prior = ContentScorer(16, 20).log_prior(histories, vectors).topk(10).indices.numpy()

@@ -59,4 +59,5 @@ class TextKNN:
         if self.bias:
             queries = np.concatenate([queries, np.ones((len(queries), 1), np.float32)], axis=1)
         _, items = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.index.ntotal))
-        return pad_items(items, k)
+        empty = np.asarray([len(h) == 0 for h in histories], dtype=bool)
+        return np.where(empty[:, None], -1, pad_items(items, k)) if len(histories) else pad_items(items, k)
