@@ -182,7 +182,9 @@ def _batch_loss(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch
 
 
 def scorer_ndcg(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: torch.Tensor, k: int = 10, counts=None) -> float:
-    """Mean NDCG@k of the next item within its own corpus (full ranking): ``1 / log2(rank + 1)`` for a hit in the top k."""
+    """Mean NDCG@k of the next item within its own corpus (full ranking): ``1 / log2(r + 2)`` when ``r < k``, with ``r``
+    the number of items scored strictly higher (0 for the first place; ties count in the item's favour). The
+    harness's NDCG (:mod:`foundation_rec.metrics`) is the same formula on 1-based ranks of a ranked list."""
     total = 0.0
     with torch.no_grad():
         for lo in range(0, len(examples), 512):
