@@ -117,7 +117,7 @@ def run_variant(name: str, checkpoint: Path, target: str, users: int | None, met
         for row in evaluate_settings(corpus, rec, method, (False, True), max_users=users, seed=args.seed, batch_size=args.batch_size):
             row.update(variant=name, checkpoint=str(checkpoint), calibration=args.calibration,
                        content_prior=args.content_prior if method in (PRIOR, PRIOR_COUNTS) else 0.0,
-                       protocol=COUNTS if method.endswith(COUNTS) or method in ("popularity", "popularity-text-knn") else "strict", index_seconds=index_seconds, unique_ids=len(set(catalog.ids)) == len(catalog.ids))
+                       protocol=COUNTS if method.endswith(COUNTS) else "strict", index_seconds=index_seconds, unique_ids=len(set(catalog.ids)) == len(catalog.ids))
             rows.append(row)
         print(f"  {name} {method} on {target}: N@10 {rows[-2]['metrics']['N@10']:.4f} kept / {rows[-1]['metrics']['N@10']:.4f} excluded "
               f"({rows[-1]['seconds']:.0f} s)", flush=True)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from .errors import FoundationRecError
-from .splits import MAX_HISTORY, leave_one_out
+from .splits import MAX_HISTORY, train_part_mask
 
 STRICT, COUNTS = "strict", "counts"
 PROTOCOLS = (STRICT, COUNTS)
@@ -79,13 +79,8 @@ class PlatformCounts:
     @classmethod
     def from_corpus(cls, corpus) -> PlatformCounts:
         """Counts of a corpus's training split (every user's items before their last two), as popularity counts them."""
-        loo = leave_one_out(corpus.item_sequences, "test")
-        lengths = np.diff(loo.offsets)
-        kept = np.maximum(lengths - 2, 0)
-        mask = (np.arange(len(loo.values)) - np.repeat(loo.offsets[:-1], lengths)) < np.repeat(kept, lengths)
-        offsets = np.concatenate([[0], np.cumsum(kept)])
-        stamps = _timestamps(corpus, mask)
-        return cls.from_sequences(offsets, loo.values[mask], len(corpus.items), stamps, f"{corpus.name} training split")
+        offsets, values, mask = train_part_mask(corpus.item_sequences)
+        return cls.from_sequences(offsets, values, len(corpus.items), _timestamps(corpus, mask), f"{corpus.name} training split")
 
     @classmethod
     def from_popularity(cls, counts: np.ndarray, source: str = "") -> PlatformCounts:
@@ -230,10 +225,10 @@ def read_counts_file(path: str | Path, item_ids: list[str]) -> PlatformCounts:
         except (TypeError, ValueError):
             raise FoundationRecError(f"{path}:{line}: timestamp {stamp!r} is not a number; write unix seconds or leave it empty") from None
         users.setdefault(str(row["user_id"]), []).append((stamp, n, item))
-    sequences = [[item for _, _, item in sorted(events, key=lambda e: (e[0] if math.isfinite(e[0]) else 0.0, e[1]))] for events in users.values()]
-    stamps = np.asarray([s for events in users.values() for s, _, _ in sorted(events, key=lambda e: (e[0] if math.isfinite(e[0]) else 0.0, e[1]))])
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])]).astype(np.int64)
-    values = np.asarray([i for s in sequences for i in s], dtype=np.int64)
+    ordered = [sorted(events, key=lambda e: (e[0] if math.isfinite(e[0]) else 0.0, e[1])) for events in users.values()]  # by time, then line
+    stamps = np.asarray([stamp for events in ordered for stamp, _, _ in events])
+    offsets = np.concatenate([[0], np.cumsum([len(events) for events in ordered])]).astype(np.int64)
+    values = np.asarray([item for events in ordered for _, _, item in events], dtype=np.int64)
     return PlatformCounts.from_sequences(offsets, values, len(item_ids), stamps if len(stamps) else None, str(path))
 
 

@@ -99,10 +99,17 @@ def train_part(item_sequences) -> tuple[np.ndarray, np.ndarray]:
     Validation and test targets (``s[n-2]``, ``s[n-1]``) are never in it; users with fewer than 3 items
     contribute nothing.
     """
+    offsets, values, _ = train_part_mask(item_sequences)
+    return offsets, values
+
+
+def train_part_mask(item_sequences) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`train_part` plus the boolean mask over the flattened sequences that selects it (to pick, e.g., the
+    same interactions' timestamps)."""
     loo = leave_one_out(item_sequences, "test")  # any split carries the flattened sequences
     lengths = np.diff(loo.offsets)
     kept = np.maximum(lengths - 2, 0)
-    position = np.arange(len(loo.values)) - np.repeat(loo.offsets[:-1], lengths)
+    mask = (np.arange(len(loo.values)) - np.repeat(loo.offsets[:-1], lengths)) < np.repeat(kept, lengths)
     offsets = np.zeros(len(kept) + 1, dtype=np.int64)
     np.cumsum(kept, out=offsets[1:])
-    return offsets, loo.values[position < np.repeat(kept, lengths)]
+    return offsets, loo.values[mask], mask
