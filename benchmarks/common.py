@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from foundation_rec import atomic
+from foundation_rec import atomic, defaults
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -83,7 +83,7 @@ def checkpoint_run(doc: str, users_flag: str, users_default: int, extra=None):
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma list of target corpora")
     parser.add_argument(users_flag, type=int, default=users_default, help="fixed-seed sample of test users per target")
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample")
-    parser.add_argument("--num-beams", type=int, default=20, help="beams of the constrained beam search")
+    parser.add_argument("--num-beams", type=int, default=defaults.NUM_BEAMS, help="beams of the constrained beam search")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--data-dir", default=None, help="data directory (default: the package's search order)")

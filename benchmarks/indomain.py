@@ -34,9 +34,11 @@ from pathlib import Path
 
 from common import environment, provenance, write_results
 
+from foundation_rec import defaults
+from foundation_rec.api import DEFAULT as METHOD
 from foundation_rec.api import FoundationRec
 from foundation_rec.evaluate import markdown_table
-from foundation_rec.zeroshot import METHOD, ZeroShotArguments, run_target
+from foundation_rec.zeroshot import ZeroShotArguments, run_target
 
 # Full-ranking leave-one-out results on Amazon Beauty from the literature (the reference points).
 LITERATURE = [
@@ -92,7 +94,7 @@ def main() -> int:
     parser.add_argument("--users-per-corpus", type=int, default=2000, help="users our model is trained on (seeded sample; 0: all)")
     parser.add_argument("--max-users", type=int, default=2000, help="fixed-seed sample of test users per corpus")
     parser.add_argument("--seed", type=int, default=0, help="seed of the test-user sample")
-    parser.add_argument("--num-beams", type=int, default=20, help="beams of the constrained beam search")
+    parser.add_argument("--num-beams", type=int, default=defaults.NUM_BEAMS, help="beams of the constrained beam search")
     parser.add_argument("--runs", type=Path, default=Path("runs/indomain"), help="folder for the trained checkpoints")
     parser.add_argument("--skip-training", action="store_true", help="evaluate the checkpoints already in --runs")
     parser.add_argument("--data-dir", default=None, help="data directory (default: the package's search order)")

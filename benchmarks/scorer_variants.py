@@ -34,12 +34,12 @@ import torch
 from common import TARGETS, environment, provenance, write_results
 
 from foundation_rec.baselines import evaluate_methods
-from foundation_rec.content import item_vectors
 from foundation_rec.content_prior import ContentScorer, PriorRanking, ScorerConfig, train_scorer
 from foundation_rec.corpora import Corpus, load_corpus
 from foundation_rec.evaluate import evaluate_settings
 from foundation_rec.pool import Pool
 from foundation_rec.pretrain import build_pool, parse_args
+from foundation_rec.text_embeddings import item_vectors
 
 
 class MultiInterestScorer(ContentScorer):
@@ -119,7 +119,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     run, train_args, _ = parse_args(["--corpora", "all"] + (["--data-dir", args.data_dir] if args.data_dir else []))
     pool = build_pool(run, train_args.seed)
-    vectors = item_vectors(pool.texts(), "pre-training pool", False)
+    vectors, _ = item_vectors(pool.texts(), "pre-training pool", False)
     owner = torch.from_numpy(np.repeat(np.arange(len(pool.corpora)), np.diff(pool.offsets)))
     config = ScorerConfig(epochs=run.content_prior_epochs, seed=train_args.seed)
     rows, trained = [], {}
@@ -131,7 +131,7 @@ def main() -> None:
     for target in args.targets.split(","):
         corpus = load_corpus(target, args.data_dir)
         users = None if args.max_users == 0 else args.max_users
-        target_vectors = item_vectors(corpus.items.data.column("text").to_pylist(), f"{target} items", False)
+        target_vectors, _ = item_vectors(corpus.items.data.column("text").to_pylist(), f"{target} items", False)
         rows.extend(evaluate_methods(corpus, ["text-knn"], max_users=users, seed=args.seed, exclude_history=(False, True), progress=False))
         for name, scorer in trained.items():
             for row in evaluate_settings(corpus, PriorRanking(scorer, target_vectors), name, (False, True), max_users=users, seed=args.seed, progress=False):

@@ -21,11 +21,11 @@ import torch
 from common import TARGETS, environment, provenance, write_table
 
 from foundation_rec.baselines import fit
-from foundation_rec.content import item_vectors
 from foundation_rec.content_prior import PriorRanking, load_scorer, right_aligned
 from foundation_rec.corpora import load_corpus
 from foundation_rec.evaluate import evaluate_settings
 from foundation_rec.signals import PlatformCounts
+from foundation_rec.text_embeddings import item_vectors
 
 
 class EveryItem:
@@ -68,7 +68,7 @@ def main() -> None:
     rows, payload = [], {"environment": environment(), "checkpoint": args.checkpoint, "results": []}
     for target in args.targets.split(","):
         corpus = load_corpus(target)
-        vectors = item_vectors(corpus.items.data.column("text").to_pylist(), f"{corpus.name} items", False)
+        vectors, _ = item_vectors(corpus.items.data.column("text").to_pylist(), f"{corpus.name} items", False)
         counts = PlatformCounts.from_corpus(corpus)
         methods = {**variants(scorer, vectors, counts), **{m: (lambda m=m, corpus=corpus: fit(m, corpus)) for m in ("popularity", "text-knn", "history")}}
         for name, make in methods.items():

@@ -5,14 +5,12 @@
 Each ``--variant NAME=CHECKPOINT`` is a checkpoint of ``python -m foundation_rec.pretrain`` trained
 on the Amazon pool; for every target it does what ``python -m foundation_rec.zeroshot`` does (IDs for
 the target's items from the checkpoint's generator, the target's trie, nothing trained on the
-target) and scores the model's methods, each its own row:
+target; the same function, :func:`foundation_rec.zeroshot.run_target`) and scores the model's methods, each its own row:
 
 * ``idgenrec`` (pure generation): trie-constrained beam search, no prior;
 * ``idgenrec-zeroshot``: ``zeroshot``'s default, generation with the checkpoint's content prior, gamma =
   ``--content-prior``, strict protocol; ``idgenrec-zeroshot+counts`` the same with the target's
   training-split counts (:mod:`foundation_rec.signals`);
-* ``idgenrec-rerank``: the model's exact scores over its own beams plus the text-kNN top
-  ``--rerank-pool``;
 * ``content-prior`` / ``content-prior+counts``: the checkpoint's prior alone ranking the whole catalog
   (what the prior gives without the language model), in each protocol.
 
@@ -34,24 +32,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 from common import RESULTS, TARGETS, environment, provenance, write_results
 
-from foundation_rec.api import FoundationRec
+from foundation_rec import api, defaults
+from foundation_rec.api import DEFAULT, GENERATION, FoundationRec, method_label, parse_label
 from foundation_rec.backbones import PRETRAINED_SPACE_PRESETS
 from foundation_rec.baselines import evaluate_methods
 from foundation_rec.checkpoint import read_config
-from foundation_rec.content_prior import DEFAULT_CONTENT_PRIOR, PriorRanking
 from foundation_rec.corpora import load_corpus
-from foundation_rec.evaluate import evaluate_settings, expected_random
+from foundation_rec.evaluate import expected_random
 from foundation_rec.signals import COUNTS
+from foundation_rec.zeroshot import ZeroShotArguments, run_target
 
-GENERATE, PRIOR, RERANK, SCORER = "idgenrec", "idgenrec-zeroshot", "idgenrec-rerank", "content-prior"
-PRIOR_COUNTS, SCORER_COUNTS = f"{PRIOR}+{COUNTS}", f"{SCORER}+{COUNTS}"
-MODEL_METHODS = (GENERATE, PRIOR, PRIOR_COUNTS, RERANK, SCORER, SCORER_COUNTS)
+GENERATE, PRIOR, SCORER = GENERATION, DEFAULT, api.PRIOR
+PRIOR_COUNTS, SCORER_COUNTS = method_label(PRIOR, COUNTS), method_label(SCORER, COUNTS)
+MODEL_METHODS = (GENERATE, PRIOR, PRIOR_COUNTS, SCORER, SCORER_COUNTS)
 ANCHORS = ["popularity", "text-knn", "text-knn-recency", "popularity-text-knn", "history"]
 BASELINES = ["random", "random-expected", *ANCHORS, "sasrec"]
 SETTINGS = {False: "history kept", True: "history excluded"}
@@ -99,28 +97,20 @@ def expected_random_rows(target: str, max_users: int, args) -> list[dict]:
 
 
 def run_variant(name: str, checkpoint: Path, target: str, users: int | None, methods: list[str], args) -> list[dict]:
+    """The model's rows on one target through :func:`foundation_rec.zeroshot.run_target`, both history settings."""
     model = FoundationRec.from_pretrained(checkpoint, device="cpu", num_beams=args.num_beams)
-    corpus = load_corpus(target, args.data_dir)
-    start = time.perf_counter()
-    catalog = model.index_catalog(corpus, progress=False)
-    index_seconds = round(time.perf_counter() - start, 1)
     rows = []
-    makers = {GENERATE: lambda: model.catalog_recommender(batch_size=args.batch_size, calibration=args.calibration, content_prior=0.0),
-              PRIOR: lambda: model.catalog_recommender(batch_size=args.batch_size, calibration=args.calibration, content_prior=args.content_prior),
-              PRIOR_COUNTS: lambda: model.catalog_recommender(batch_size=args.batch_size, calibration=args.calibration,
-                                                              content_prior=args.content_prior, protocol=COUNTS),
-              SCORER: lambda: PriorRanking(model.recommender.scorer, catalog.vectors),
-              SCORER_COUNTS: lambda: PriorRanking(model.recommender.scorer, catalog.vectors, catalog.counts),
-              RERANK: lambda: model.rerank_recommender(batch_size=args.batch_size, pool=args.rerank_pool, calibration=args.calibration)}
-    for method in methods:
-        rec = makers[method]()
-        for row in evaluate_settings(corpus, rec, method, (False, True), max_users=users, seed=args.seed, batch_size=args.batch_size):
-            row.update(variant=name, checkpoint=str(checkpoint), calibration=args.calibration,
-                       content_prior=args.content_prior if method in (PRIOR, PRIOR_COUNTS) else 0.0,
-                       protocol=COUNTS if method.endswith(COUNTS) else "strict", index_seconds=index_seconds, unique_ids=len(set(catalog.ids)) == len(catalog.ids))
-            rows.append(row)
-        print(f"  {name} {method} on {target}: N@10 {rows[-2]['metrics']['N@10']:.4f} kept / {rows[-1]['metrics']['N@10']:.4f} excluded "
-              f"({rows[-1]['seconds']:.0f} s)", flush=True)
+    for label in methods:
+        method, protocol = parse_label(label)
+        zs = ZeroShotArguments(target=target, data_dir=args.data_dir, max_users=users, seed=args.seed, num_beams=args.num_beams,
+                               batch_size=args.batch_size, methods=method, protocol=protocol, history="both",
+                               content_prior=args.content_prior, progress=False)
+        part = run_target(model, target, zs)
+        for row in part:
+            row.update(variant=name)
+        rows += part
+        print(f"  {name} {label} on {target}: N@10 {part[0]['metrics']['N@10']:.4f} kept / {part[1]['metrics']['N@10']:.4f} excluded "
+              f"({part[1]['seconds']:.0f} s)", flush=True)
     return rows
 
 
@@ -233,12 +223,10 @@ def main() -> None:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--max-users", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-beams", type=int, default=20)
-    parser.add_argument("--rerank-pool", type=int, default=100)
-    parser.add_argument("--calibration", type=float, default=0.0, help="beta of the null-prompt calibration (0: plain scores; see CatalogRecommender)")
+    parser.add_argument("--num-beams", type=int, default=defaults.NUM_BEAMS)
     parser.add_argument("--methods", default=f"{GENERATE},{PRIOR},{PRIOR_COUNTS},{SCORER},{SCORER_COUNTS}", help=f"the model's methods to run, a comma list of {', '.join(MODEL_METHODS)}")
-    parser.add_argument("--content-prior", type=float, default=DEFAULT_CONTENT_PRIOR, help=f"gamma of {PRIOR} (zeroshot's default)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--content-prior", type=float, default=defaults.CONTENT_PRIOR, help=f"gamma of {PRIOR} (zeroshot's default)")
+    parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
     parser.add_argument("--sasrec-from", default="baselines", help="results/<NAME>.json holding SASRec on the same users")
     parser.add_argument("--name", default="transfer")
     parser.add_argument("--threads", type=int, default=2)
@@ -252,7 +240,7 @@ def main() -> None:
     file = RESULTS / f"{args.name}.json"
     payload = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {"results": [], "variants": {}}
     payload.update(environment=environment(), targets=args.targets.split(","), max_users=args.max_users, seed=args.seed,
-                   num_beams=args.num_beams, rerank_pool=args.rerank_pool, calibration=args.calibration, content_prior=args.content_prior)
+                   num_beams=args.num_beams, content_prior=args.content_prior)
     for name, ckpt in variants.items():
         payload["variants"][name] = {"checkpoint": ckpt, "switches": switches(Path(ckpt)), "training": training_record(Path(ckpt))}
     for target in payload["targets"]:

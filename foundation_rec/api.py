@@ -26,23 +26,43 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic, checkpoint, int8
-from .baselines.text_knn import TextKNN
+from . import atomic, checkpoint, defaults, int8
 from .bundle import ModelBundle
-from .content import item_vectors
-from .content_prior import DEFAULT_CONTENT_PRIOR
+from .content_prior import PriorRanking
 from .corpora import Corpus, load_corpus, load_recipe
 from .errors import FoundationRecError
 from .idgen import PRECISIONS, IDGenerator
 from .paths import cache_dir
 from .prompts import PromptBuilder
-from .recommender import CatalogRecommender, GenerativeRecommender, RerankRecommender
+from .recommender import CatalogRecommender, GenerativeRecommender
 from .resolve import ItemResolver, Match
 from .signals import COUNTS, PROTOCOLS, STRICT, PlatformCounts, read_counts_file
 from .splits import MAX_HISTORY
+from .text_embeddings import item_vectors
 from .trie import Trie
 
 MAX_HISTORY_LINES = 50  # longest history accepted
+
+# The model's methods, one name each everywhere (rows of zeroshot, transfer and the demo); a method run with the
+# platform's counts is labelled ``<method>+counts`` (:func:`method_label`).
+DEFAULT = "idgenrec-zeroshot"  # what ships: trie-constrained generation plus gamma times the content prior
+GENERATION = "idgenrec"  # generation alone (gamma 0): the language model without the prior
+PRIOR = "content-prior"  # the content prior alone ranking the whole catalog: no language model
+METHODS = (DEFAULT, GENERATION, PRIOR)
+
+
+def method_label(method: str, protocol: str) -> str:
+    """The row name of ``method`` run under ``protocol``: the name itself when strict, ``<method>+counts`` with counts."""
+    return method if protocol == STRICT else f"{method}+{COUNTS}"
+
+
+def parse_label(label: str) -> tuple[str, str]:
+    """``(method, protocol)`` of a row name from :func:`method_label`, or a one-line error naming the choices."""
+    method, counts = (label[: -len(COUNTS) - 1], COUNTS) if label.endswith(f"+{COUNTS}") else (label, STRICT)
+    if method not in METHODS or (method == GENERATION and counts == COUNTS):
+        choices = [method_label(m, p) for m in METHODS for p in PROTOCOLS if not (m == GENERATION and p == COUNTS)]
+        raise FoundationRecError(f"unknown method {label!r}; use one of {', '.join(choices)}")
+    return method, counts
 
 
 @dataclass
@@ -102,14 +122,14 @@ def _records_corpus(records: Sequence[dict], name: str) -> tuple[list[str], list
 class FoundationRec:
     """A pre-trained ID generator and base recommender, ready to index catalogs and recommend."""
 
-    def __init__(self, path: Path, config: dict, recommender: GenerativeRecommender, generator: IDGenerator, *, num_beams: int = 20):
+    def __init__(self, path: Path, config: dict, recommender: GenerativeRecommender, generator: IDGenerator, *, num_beams: int = defaults.NUM_BEAMS):
         self.path = path
         self.config = config
         self.recommender = recommender
         self.generator = generator
         self.num_beams = num_beams
         # gamma of generation's content prior (see CatalogRecommender): the default where the checkpoint has a scorer
-        self.content_prior = DEFAULT_CONTENT_PRIOR if recommender.scorer is not None else 0.0
+        self.content_prior = defaults.CONTENT_PRIOR if recommender.scorer is not None else 0.0
         self.catalog: Catalog | None = None
         # the generator's files (name, size, mtime) too: a run retrained into the same directory gets new IDs;
         # and its generation settings as used (they have defaults a saved idgen.json may predate, e.g. softmax)
@@ -121,7 +141,7 @@ class FoundationRec:
         ).hexdigest()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str = "auto", num_beams: int = 20, id_precision: str = "fp32") -> FoundationRec:
+    def from_pretrained(cls, path: str | Path, *, device: str = "auto", num_beams: int = defaults.NUM_BEAMS, id_precision: str = defaults.ID_PRECISION) -> FoundationRec:
         """Load a checkpoint directory written by ``python -m foundation_rec.pretrain`` (``best/`` or ``checkpoint/``).
 
         ``id_precision`` is the arithmetic of catalog ID generation (:attr:`IDGenConfig.precision
@@ -189,7 +209,7 @@ class FoundationRec:
         ids = self._catalog_ids(name, texts, progress)
         id_tokens, trie = self.recommender.index_ids(ids, name)
         reads_text = self.recommender.content is not None or self.recommender.scorer is not None
-        vectors = item_vectors(texts, f"{name} items", progress) if reads_text else None
+        vectors = item_vectors(texts, f"{name} items", progress)[0] if reads_text else None
         self.catalog = Catalog(name, platform, item_ids, titles, texts, ids, trie, id_tokens, corpus,
                                round(time.perf_counter() - start, 3), vectors, counts)
         return self.catalog
@@ -227,7 +247,7 @@ class FoundationRec:
             raise FoundationRecError("no catalog is indexed; call index_catalog(...) first")
         return self.catalog
 
-    def catalog_recommender(self, num_beams: int | None = None, batch_size: int = 16, calibration: float = 0.0,
+    def catalog_recommender(self, num_beams: int | None = None, batch_size: int = defaults.BATCH_SIZE,
                             content_prior: float | None = None, catalog: Catalog | None = None, protocol: str = STRICT) -> CatalogRecommender:
         """A catalog (default: the current one) in the evaluation harness's protocol (``recommend(histories, k)`` over item
         rows); ``content_prior`` None: :attr:`content_prior`; ``protocol`` ``"counts"`` reads the catalog's counts."""
@@ -236,13 +256,19 @@ class FoundationRec:
         counts = _protocol_counts(protocol, catalog)
         prompts = PromptBuilder.for_training(self.recommender.tokenizer, self.config.get("train", {}), catalog.id_tokens)
         return CatalogRecommender(self.recommender, prompts, catalog.trie, 0, num_beams=num_beams or self.num_beams, batch_size=batch_size,
-                                  vectors=catalog.vectors, calibration=calibration, content_prior=content_prior, counts=counts)
+                                  vectors=catalog.vectors, content_prior=content_prior, counts=counts)
 
-    def rerank_recommender(self, num_beams: int | None = None, batch_size: int = 16, pool: int = 100, calibration: float = 0.0) -> RerankRecommender:
-        """``idgenrec-rerank`` on the current catalog: exact scores over the model's beams plus the text-kNN top ``pool``."""
-        catalog = self._require_catalog()
-        vectors = catalog.vectors if catalog.vectors is not None else item_vectors(catalog.texts, f"{catalog.name} items", False)
-        return RerankRecommender(self.catalog_recommender(num_beams, batch_size, calibration, content_prior=0.0), TextKNN(vectors.numpy()), pool)
+    def method_recommender(self, method: str = DEFAULT, protocol: str = STRICT, *, num_beams: int | None = None,
+                           batch_size: int = defaults.BATCH_SIZE, content_prior: float | None = None, catalog: Catalog | None = None):
+        """One of :data:`METHODS` on a catalog (default: the current one) in the harness's protocol: ``DEFAULT`` and
+        ``GENERATION`` are :meth:`catalog_recommender` with gamma ``content_prior`` (None: :attr:`content_prior`) and 0,
+        ``PRIOR`` the checkpoint's content prior alone (:class:`~foundation_rec.content_prior.PriorRanking`)."""
+        parse_label(method_label(method, protocol))
+        if method == PRIOR:
+            catalog = self._require_catalog(catalog)
+            return PriorRanking(self.recommender.scorer, catalog.vectors, _protocol_counts(protocol, catalog))
+        gamma = 0.0 if method == GENERATION else content_prior
+        return self.catalog_recommender(num_beams, batch_size, content_prior=gamma, catalog=catalog, protocol=protocol)
 
     def resolve_history(self, history: Sequence[str | int], catalog: Catalog | None = None) -> list[Match]:
         """How each history entry resolves in a catalog (default: the current one): item id, exact title, or nearest title
@@ -287,7 +313,7 @@ class FoundationRec:
         extra = len(set(rows_in.tolist())) if exclude_history else 0
         rec = self.catalog_recommender(num_beams=max(self.num_beams, k + extra), catalog=catalog, protocol=protocol)
         rows, scores = (x[0] for x in rec.rank([rows_in], k + extra))
-        method = f"idgenrec-zeroshot{'+counts' if protocol == COUNTS else ''}"
+        method = method_label(DEFAULT, protocol)
         picked = [(r, s) for r, s in zip(rows, scores, strict=True) if r >= 0 and not (exclude_history and r in rows_in)][:k]
         return [{"item_id": catalog.item_ids[r], "title": catalog.titles[r], "textual_id": catalog.ids[r], "score": float(s), "method": method}
                 for r, s in picked]

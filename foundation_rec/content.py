@@ -1,7 +1,7 @@
 """Content-aware history: a frozen text vector of each history item, projected into the recommender's input.
 
 Every item's text is embedded once with the frozen all-MiniLM-L6-v2 sentence encoder
-(:func:`foundation_rec.text_embeddings.cached_embeddings`, cached on disk). A
+(:func:`foundation_rec.text_embeddings.item_vectors`, cached on disk). A
 :class:`ContentProjection` (one linear layer, trained with the recommender) maps the 384-d vector
 into the recommender's embedding width, and the result is *added* to the input embedding of the
 last token of the item's textual ID in the prompt. The ID tokens stay in the prompt (the soft-ID
@@ -21,7 +21,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -55,14 +54,6 @@ def load_projection(folder: str | Path, device: torch.device | str = "cpu") -> C
     """The projection saved in a recommender folder, or None when the recommender reads no content vectors."""
     loaded = load_module(Path(folder), FILE, INFO, lambda info: ContentProjection(int(info["in_dim"]), int(info["width"])))
     return None if loaded is None else loaded[0].to(device)
-
-
-def item_vectors(texts: Sequence[str], label: str, progress: bool = True) -> torch.Tensor:
-    """Frozen MiniLM vectors ``float32 [len(texts), 384]`` of item texts (cached on disk)."""
-    from .text_embeddings import cached_embeddings
-
-    vectors, _ = cached_embeddings(list(texts), label, progress=progress)
-    return torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
 
 
 def content_index(spans: Sequence[Sequence], shifts: Sequence[int] | None = None) -> torch.Tensor:

@@ -46,10 +46,10 @@ from safetensors.torch import save_file
 
 from .checkpoint import load_module
 from .errors import FoundationRecError
+from .metrics import ndcg_at_k
 from .signals import PlatformCounts, PlatformSignals, repeat_mixture
 
 FILE, INFO = "scorer.safetensors", "scorer.json"
-DEFAULT_CONTENT_PRIOR = 30.0  # gamma of zero-shot generation when a checkpoint has a scorer: the best on pool validation (benchmarks/content_prior_gamma.py)
 
 
 @dataclass
@@ -182,17 +182,15 @@ def _batch_loss(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch
 
 
 def scorer_ndcg(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: torch.Tensor, k: int = 10, counts=None) -> float:
-    """Mean NDCG@k of the next item within its own corpus (full ranking): ``1 / log2(r + 2)`` when ``r < k``, with ``r``
-    the number of items scored strictly higher (0 for the first place; ties count in the item's favour). The
-    harness's NDCG (:mod:`foundation_rec.metrics`) is the same formula on 1-based ranks of a ranked list."""
-    total = 0.0
+    """NDCG@k (:func:`foundation_rec.metrics.ndcg_at_k`) of the next item within its own corpus, full ranking; its
+    0-based rank is the number of items scored strictly higher (ties count in the item's favour)."""
+    ranks = []
     with torch.no_grad():
         for lo in range(0, len(examples), 512):
             idx = np.arange(lo, min(lo + 512, len(examples)))
             for logits, targets in own_corpus_logits(scorer, examples, idx, vectors, owner, counts):
-                rank = (logits > logits.gather(1, targets[:, None])).sum(1)
-                total += float(torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2), 0.0).sum())
-    return total / max(len(examples), 1)
+                ranks.append((logits > logits.gather(1, targets[:, None])).sum(1).numpy())
+    return ndcg_at_k(np.concatenate(ranks) if ranks else np.zeros(0, np.int64), k)
 
 
 def train_scorer(vectors: torch.Tensor, owner: torch.Tensor, train, valid, config: ScorerConfig, max_history: int, log=print,
@@ -245,13 +243,13 @@ def fit_signals(scorer: ContentScorer, pool, progress: bool = True, seed: int = 
     """Fit the scorer's platform-signal weights (content frozen) on the pool's corpora
     with at most :data:`SIGNAL_MAX_ITEMS` items: :data:`SIGNAL_USERS` validation users each, ranked against the whole
     catalog with the corpus's training-split counts (a validation target is never in a training split)."""
-    from .content import item_vectors
     from .pool import Pool
+    from .text_embeddings import item_vectors
 
     log = print if progress else (lambda _: None)
     corpora = [c for c in (pool.sources or pool.corpora) if len(c.items) <= SIGNAL_MAX_ITEMS] or list(pool.sources or pool.corpora)
     whole = Pool(corpora, pool.max_history)
-    vectors = item_vectors(whole.texts(), "platform-signal corpora", progress)
+    vectors, _ = item_vectors(whole.texts(), "platform-signal corpora", progress)
     owner = torch.from_numpy(np.repeat(np.arange(len(corpora)), np.diff(whole.offsets)))
     counts = corpus_counts(corpora)
     valid = whole.examples("valid", SIGNAL_USERS, seed)
@@ -268,9 +266,9 @@ def train_on_pool(pool, config: ScorerConfig, progress: bool = True) -> ContentS
     """:func:`train_scorer` on a pre-training :class:`~foundation_rec.pool.Pool`: its items' cached MiniLM
     vectors, every training example, and every validation example for the choice of epoch; then
     :func:`fit_signals`."""
-    from .content import item_vectors
+    from .text_embeddings import item_vectors
 
-    vectors = item_vectors(pool.texts(), "pre-training pool", progress)
+    vectors, _ = item_vectors(pool.texts(), "pre-training pool", progress)
     owner = torch.from_numpy(np.repeat(np.arange(len(pool.corpora)), np.diff(pool.offsets)))
     log = print if progress else (lambda _: None)
     scorer = train_scorer(vectors, owner, pool.examples("train"), pool.examples("valid"), config, pool.max_history, log)

@@ -61,9 +61,6 @@ Options of :func:`beam_search`:
   swap between two near-identical items). Algorithm 1's
   retries at a higher lambda (:meth:`foundation_rec.idgen.IDGenerator.assign`) do this; it needs
   ``trie=None`` and ``num_beam_groups > 1``;
-* ``node_bias`` (``[trie.num_nodes]``) is added to a step's log-probability when it enters trie node
-  ``n`` (e.g. minus a prior's log-probability, see :func:`node_log_probs`), so a finished sequence
-  scores ``sum(log p + bias) / length ** length_penalty``;
 * ``node_prior`` (``[B, trie.num_nodes]``, one per prompt: e.g. the best log prior of the items below
   each node, :meth:`Trie.best_below`) is added *after* the length normalisation: a beam at node
   ``n`` scores ``sum(log p) / length ** length_penalty + node_prior[n]``, a finished item its
@@ -364,7 +361,7 @@ class _Running:
     """The running beams of every prompt and group, ``[B, G, width, ...]`` (``width`` is 1 at the first
     step, where every group starts from the prompt)."""
 
-    scores: torch.Tensor  # sums of log p (+ node_bias); -inf: dead or not fed
+    scores: torch.Tensor  # sums of log p; -inf: dead or not fed
     tokens: torch.Tensor  # [B, G, width, max_new_tokens], padded
     nodes: torch.Tensor  # trie node of each beam (0: the root)
     rows: torch.Tensor  # model row holding each beam's logits (0 for beams without one)
@@ -412,7 +409,6 @@ class _Search:
     bad_token_mask: torch.Tensor | None
     no_repeat_tokens: bool
     word_pieces: tuple[torch.Tensor, torch.Tensor] | None
-    node_bias: torch.Tensor | None
     node_prior: torch.Tensor | None
     device: torch.device
     local: bool = False  # vocab_subset: indices are per prompt, and the softmax runs over the allowed ones
@@ -421,7 +417,7 @@ class _Search:
 
     def __post_init__(self):
         move = lambda x: x.to(self.device) if x is not None else None
-        self.trie, self.bad_token_mask, self.node_bias, self.node_prior = map(move, (self.trie, self.bad_token_mask, self.node_bias, self.node_prior))
+        self.trie, self.bad_token_mask, self.node_prior = map(move, (self.trie, self.bad_token_mask, self.node_prior))
         self.word_pieces = None if self.word_pieces is None else tuple(map(move, self.word_pieces))
         if self.trie is not None and self.trie.vocab_size > self.vocab:
             raise FoundationRecError(
@@ -502,7 +498,7 @@ class _Search:
     def candidates(self, log_probs: torch.Tensor, run: _Running, g: int, chosen: torch.Tensor | None):
         """Group ``g``'s candidates per beam, ``(scores [B, width, C], tokens, nodes)``: the whole vocabulary
         (tokens and nodes ``None``) or, with a trie, the children of each beam's node. Scores are the
-        step's log-probabilities plus ``node_bias``, minus the Hamming diversity penalty against the
+        step's log-probabilities, minus the Hamming diversity penalty against the
         tokens ``chosen`` by groups ``0..g-1`` at this step."""
         rows, tokens, nodes = run.rows[:, g], None, None
         if self.trie is None:
@@ -514,8 +510,6 @@ class _Search:
         else:
             tokens, nodes, valid = (x.view(self.batch, -1, x.shape[-1]) for x in self.trie.children(run.nodes[:, g].reshape(-1)))
             scores = log_probs[rows[..., None], tokens].masked_fill(~valid, NEG_INF)
-            if self.node_bias is not None:
-                scores = scores + self.node_bias[nodes.clamp(min=0)]
         if chosen is not None and g > 0:
             penalty = chosen[:, None, :] if tokens is None else chosen.gather(1, tokens.flatten(1)).view_as(tokens)
             scores = scores - self.diversity_penalty * penalty
@@ -526,7 +520,7 @@ class _Search:
         ``size`` join the finished ones (while the group can improve); the best ``size`` that do not end
         run on. Returns them as ``(source rows, tokens, score sums, sequences, nodes)``."""
         cand_scores, cand_tokens, cand_nodes = candidates
-        running = (run.scores[:, g, :, None] + cand_scores).flatten(1)  # [B, width * C]: sums of log p (+ node_bias)
+        running = (run.scores[:, g, :, None] + cand_scores).flatten(1)  # [B, width * C]: sums of log p
         total = running / (step + 1) ** self.length_penalty
         if self.node_prior is not None:
             total = total + self.node_prior.gather(1, cand_nodes.clamp(min=0).flatten(1))
@@ -626,7 +620,6 @@ def beam_search(
     no_repeat_tokens: bool = False,
     word_pieces: tuple[torch.Tensor, torch.Tensor] | None = None,
     inputs_embeds: torch.Tensor | None = None,
-    node_bias: torch.Tensor | None = None,
     node_prior: torch.Tensor | None = None,
     vocab_subset: torch.Tensor | None = None,
     encoder_states: torch.Tensor | None = None,
@@ -654,7 +647,7 @@ def beam_search(
         first_group = first_group.to(input_ids.device) if subset is None else subset.first_group(first_group.to(input_ids.device), local=True)
     search = _Search(
         len(input_ids), logits.shape[-1], num_beam_groups, num_beams // num_beam_groups, max_new_tokens, eos, pad, trie,
-        diversity_penalty, length_penalty, min_new_tokens, bad, no_repeat_tokens, pieces, node_bias, node_prior, input_ids.device,
+        diversity_penalty, length_penalty, min_new_tokens, bad, no_repeat_tokens, pieces, node_prior, input_ids.device,
         local=subset is not None, first_group=first_group, record=record_first_group,
     )  # fmt: skip
     run, fin = search.start()
@@ -801,18 +794,3 @@ def score_candidates(model, input_ids, attention_mask, candidates, **kwargs) -> 
     if not len(lengths):
         return [torch.zeros(0) for _ in candidates]
     return list((log_probs.sum(1) / lengths).cpu().split([len(c) for c in candidates]))
-
-
-@torch.no_grad()
-def node_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, trie: Trie, *, chunk: int = 1024, **kwargs) -> torch.Tensor:
-    """``[trie.num_nodes]``: the log-probability of the token entering each node, given its prefix, after
-    the one prompt ``input_ids`` ([1, T]); 0 at the root. ``kwargs`` as :func:`candidate_log_probs`."""
-    sequences, paths = trie.sequences(), trie.paths().cpu()
-    out = torch.zeros(trie.num_nodes)
-    for lo in range(0, len(sequences), chunk):
-        part = sequences[lo : lo + chunk]
-        log_probs, _ = candidate_log_probs(model, input_ids, attention_mask, [[seq[:-1] for seq in part]], **kwargs)
-        nodes = paths[lo : lo + len(part), : log_probs.shape[1]]
-        found = nodes >= 0
-        out[nodes[found]] = log_probs.cpu()[found]
-    return out

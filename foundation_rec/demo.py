@@ -35,10 +35,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 from transformers import HfArgumentParser
 
+from . import defaults
 from .api import MAX_HISTORY_LINES, Catalog, FoundationRec
 from .corpora import recipe_names
 from .corpora.readers import check_utf8
-from .errors import FoundationRecError, cli_errors
+from .errors import FoundationRecError, cli_errors, parse_flags
 from .idgen import PRECISIONS
 from .resolve import MAX_LINE_CHARS
 
@@ -58,7 +59,7 @@ class DemoArguments:
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 for every interface)"})
     port: int = field(default=7860, metadata={"help": "port to listen on"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
-    num_beams: int = field(default=20, metadata={"help": "beams of the constrained beam search (at least 10)"})
+    num_beams: int = field(default=defaults.NUM_BEAMS, metadata={"help": f"beams of the constrained beam search (at least {defaults.MIN_BEAMS})"})
     id_precision: str = field(default="auto", metadata={"help": "arithmetic of a new catalog's ID generation: fp32, int8 (CPU only, about 1.5x "
                                                                 "faster) or auto (int8 on a CPU, else fp32)"})
     catalog: str = field(default="movielens-100k", metadata={"help": "catalog selected when the page opens (a small one: its first indexing takes seconds)"})
@@ -249,7 +250,7 @@ def quiet_queue(page: gr.Blocks) -> gr.Blocks:
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(DemoArguments, description=__doc__.splitlines()[0])
-    (args,) = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv, look_for_args_file=False)
+    (args,) = parse_flags(parser, sys.argv[1:] if argv is None else argv)
     if not 0 < args.port < 65536:
         raise FoundationRecError(f"--port {args.port} is out of range; use 1 to 65535")
     if args.num_beams < TOP_K:

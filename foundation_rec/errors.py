@@ -33,3 +33,12 @@ def cli_errors(main: F) -> F:
             raise SystemExit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def parse_flags(parser, argv: list[str]) -> tuple:
+    """``parser.parse_args_into_dataclasses(argv)`` (an ``HfArgumentParser``), with an unknown flag as a one-line error."""
+    *parsed, unknown = parser.parse_args_into_dataclasses(argv, look_for_args_file=False, return_remaining_strings=True)
+    if unknown:
+        raise FoundationRecError(f"unknown argument {unknown[0]!r}; run with --help to list the flags")
+    return tuple(parsed)
+

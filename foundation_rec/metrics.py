@@ -39,7 +39,11 @@ def recall_at_k(ranks: np.ndarray, k: int) -> float:
 
 
 def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
-    """Mean of ``1 / log2(rank + 2)`` over users whose rank is below ``k`` (0 for the others)."""
+    """The one NDCG: ``NDCG@k = mean_u 1[r_u < k] / log2(r_u + 2)``, with ``r_u`` user u's 0-based rank of the true item.
+
+    One relevant item per user, so the ideal DCG is 1 and NDCG is the DCG of that item:
+    rank 0 gives 1, rank 1 gives 1/log2(3) = 0.631, ranks at or past ``k`` give 0.
+    """
     if not len(ranks):
         return 0.0
     hit = ranks < k

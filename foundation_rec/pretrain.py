@@ -37,7 +37,7 @@ from .bundle import ModelBundle, share_tokenizer
 from .content import MINILM_DIM, ContentProjection
 from .content_prior import ScorerConfig, train_on_pool
 from .corpora import load_corpora
-from .errors import FoundationRecError, cli_errors
+from .errors import FoundationRecError, cli_errors, parse_flags
 from .idgen import IDGenConfig, IDGenerator
 from .paths import writable_dir
 from .pool import Pool, sample_corpus
@@ -139,7 +139,7 @@ def parse_args(argv: list[str] | None) -> tuple[RunArguments, TrainConfig, str]:
     """Parse flags; the preset's :data:`RECIPES` entry supplies the defaults of flags not given."""
     parser = HfArgumentParser((RunArguments, TrainConfig), description=__doc__.splitlines()[0])
     argv = sys.argv[1:] if argv is None else list(argv)
-    run, _ = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    run, _ = parse_flags(parser, argv)
     preset = run.preset
     if preset == "auto":
         preset = "minilm-t5"  # the zero-shot recipe (GPU_RECIPES scales it up on CUDA)
@@ -154,7 +154,7 @@ def parse_args(argv: list[str] | None) -> tuple[RunArguments, TrainConfig, str]:
     if run.backbone is not None:
         recipe = {k: v for k, v in recipe.items() if k not in RECOMMENDER_KEYS}
     parser.set_defaults(**recipe)
-    run, train = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    run, train = parse_flags(parser, argv)
     if run.rec_preset is not None and (run.rec_preset not in SCRATCH_PRESETS or preset not in SCRATCH_PRESETS or run.backbone):
         raise FoundationRecError(
             f"--rec-preset {run.rec_preset!r} needs from-scratch presets for both models (one shared vocabulary); use one of {', '.join(SCRATCH_PRESETS)}"
@@ -257,13 +257,13 @@ def main(argv: list[str] | None = None) -> int:
 def pool_anchors(trainer: Trainer) -> dict[str, float]:
     """N@10 of the content prior alone and of text-kNN on the trainer's validation users (those its model selection used)."""
     from .baselines import TextKNN
-    from .content import item_vectors
     from .content_prior import PriorRanking
     from .evaluate import Examples, evaluate_examples
+    from .text_embeddings import item_vectors
 
     vectors, scorer, ex = trainer.rec.item_vectors, trainer.rec.scorer, trainer.valid_examples
     if vectors is None:
-        vectors = item_vectors(trainer.texts, "pre-training pool", False)
+        vectors, _ = item_vectors(trainer.texts, "pre-training pool", False)
     totals: dict[str, float] = {}
     for c in range(len(trainer.pool.corpora)):
         lo, hi, mine = int(trainer.pool.offsets[c]), int(trainer.pool.offsets[c + 1]), np.flatnonzero(ex.corpus == c)

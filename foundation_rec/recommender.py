@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import defaults
 from .content import ContentProjection, content_index
 from .content_prior import ContentScorer
-from .decoding import beam_search, node_log_probs, score_candidates
+from .decoding import beam_search, score_candidates
 from .errors import FoundationRecError
 from .idgen import encode_ids
 from .prompts import EVAL_TEMPLATE, Prompt, PromptBuilder
@@ -179,7 +180,7 @@ class GenerativeRecommender:
     @torch.no_grad()
     def generate(
         self, prompts: Sequence[Prompt], trie: Trie, k: int, num_beams: int | None = None, vectors: torch.Tensor | None = None,
-        node_bias: torch.Tensor | None = None, node_prior: torch.Tensor | None = None,
+        node_prior: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` trie items (flat trie indices, ``-1`` padded) and their scores for each prompt."""
         input_ids, attention_mask = (t.to(self.device) for t in self.left_padded([p.tokens for p in prompts]))
@@ -195,7 +196,6 @@ class GenerativeRecommender:
                 trie=trie,
                 decoder_start_token_id=self.decoder_start_token_id,
                 inputs_embeds=self.prompt_embeds(prompts, input_ids, vectors),
-                node_bias=node_bias,
                 node_prior=node_prior,
             )
         items, scores = out.items[:, :k].cpu().numpy(), out.scores[:, :k].float().cpu().numpy()
@@ -219,31 +219,11 @@ class GenerativeRecommender:
         return [s.float().numpy() for s in scores]
 
 
-    @torch.no_grad()
-    def null_prior(self, prompts: PromptBuilder, trie: Trie) -> torch.Tensor:
-        """``[trie.num_nodes]``: the log-probability of the token entering each trie node after the
-        content-free prompt (no history): what the recommender expects of any user, its prior over
-        the catalog's ID tokens, learned on the pre-training platforms (see :class:`CatalogRecommender`)."""
-        prompt = prompts.build([])
-        input_ids, attention_mask = (t.to(self.device) for t in self.left_padded([prompt.tokens]))
-        with self._inference():
-            return node_log_probs(self.model, input_ids, attention_mask, trie, eos_token_id=self.eos_token_id,
-                                  pad_token_id=self.pad_token_id, decoder_start_token_id=self.decoder_start_token_id)
-
-
 class CatalogRecommender:
     """One corpus's view of a :class:`GenerativeRecommender`, in the evaluation harness's protocol.
 
     Histories and results are item rows of the corpus; ``offset`` maps a row to the global item
     index the prompt builder's ID table uses; ``trie`` holds the corpus's catalog IDs.
-
-    **Calibration** (``calibration`` = beta > 0): every step of the constrained beam search scores
-    ``log p(token | prompt) - beta * log p(token | content-free prompt)`` (the null prompt has no
-    history; :meth:`GenerativeRecommender.null_prior`, computed once per catalog), so an item
-    scores its length-normalised pointwise mutual information with the history at beta = 1. This
-    removes the token prior the recommender learned on the pre-training platforms (which, on an
-    unseen platform, recommends the same few items to everyone), as in calibrating a language
-    model against a content-free input (Zhao et al., 2021). ``calibration=0`` is plain generation.
 
     **Content prior** (``content_prior`` = gamma > 0, needs the recommender's
     :class:`~foundation_rec.content_prior.ContentScorer` and the catalog's ``vectors``): every step
@@ -257,34 +237,23 @@ class CatalogRecommender:
     """
 
     def __init__(
-        self, recommender: GenerativeRecommender, prompts: PromptBuilder, trie: Trie, offset: int, *, num_beams: int = 20, batch_size: int = 16,
-        vectors: torch.Tensor | None = None, calibration: float = 0.0, content_prior: float = 0.0, counts: PlatformCounts | None = None,
+        self, recommender: GenerativeRecommender, prompts: PromptBuilder, trie: Trie, offset: int, *, num_beams: int = defaults.NUM_BEAMS, batch_size: int = defaults.BATCH_SIZE,
+        vectors: torch.Tensor | None = None, content_prior: float = 0.0, counts: PlatformCounts | None = None,
         prior_vectors: torch.Tensor | None = None,
     ):
         self.recommender = recommender
         self.prior_vectors = vectors if prior_vectors is None else prior_vectors  # the catalog's text vectors by row (the prior's)
         self.counts = counts  # the platform's counts (foundation_rec.signals): None is the strict protocol
         self.vectors = vectors  # content vectors of the prompt items (None: the recommender's own)
-        self.calibration = calibration
         if content_prior and (recommender.scorer is None or self.prior_vectors is None):
             raise FoundationRecError("--content-prior needs a checkpoint with a content scorer (pre-trained with --content-prior-epochs > 0) "
                                      "and the catalog's text vectors; pass --content-prior 0")
         self.content_prior = content_prior
-        self._prior: torch.Tensor | None = None
         self.prompts = prompts
         self.trie = trie
         self.offset = offset
         self.num_beams = num_beams
         self.batch_size = batch_size
-
-    def prior(self) -> torch.Tensor:
-        """The null prompt's log-probability entering each trie node (computed on first use)."""
-        if self._prior is None:
-            self._prior = self.recommender.null_prior(self.prompts, self.trie)
-        return self._prior
-
-    def node_bias(self) -> torch.Tensor | None:
-        return -self.calibration * self.prior() if self.calibration else None
 
     def node_prior(self, histories: Sequence[np.ndarray]) -> torch.Tensor | None:
         """``[B, trie nodes]``: gamma times the best log prior below each node, per history (None without a content prior)."""
@@ -292,14 +261,6 @@ class CatalogRecommender:
             return None
         log_prior = self.recommender.scorer.log_prior(list(histories), self.prior_vectors, self.counts)[:, self.trie.item_row.cpu()]
         return self.content_prior * self.trie.to("cpu").best_below(log_prior)
-
-    def item_bias(self) -> np.ndarray:
-        """Per trie item: the calibration term of its score, ``-beta * mean log p(ID + EOS | null prompt)``."""
-        if not self.calibration:
-            return np.zeros(self.trie.num_items)
-        paths = self.trie.to("cpu").paths()
-        prior = torch.where(paths >= 0, self.prior()[paths.clamp(min=0)], 0.0)
-        return (-self.calibration * prior.sum(1) / (paths >= 0).sum(1)).numpy()
 
     def recommend(self, histories: list[np.ndarray], k: int, users: Sequence[str | None] | None = None) -> np.ndarray:
         """Top ``k`` item rows per history, best first (``-1`` when the catalog has fewer)."""
@@ -315,44 +276,10 @@ class CatalogRecommender:
                 self.prompts.build(np.asarray(h, dtype=np.int64) + self.offset, EVAL_TEMPLATE, u)
                 for h, u in zip(histories[lo : lo + self.batch_size], users[lo : lo + self.batch_size], strict=True)
             ]
-            items, item_scores = self.recommender.generate(prompts, self.trie, k, self.num_beams, self.vectors, self.node_bias(),
-                                                           self.node_prior(histories[lo : lo + self.batch_size]))
+            items, item_scores = self.recommender.generate(prompts, self.trie, k, self.num_beams, self.vectors,
+                                                           node_prior=self.node_prior(histories[lo : lo + self.batch_size]))
             rows.append(np.where(items >= 0, item_row[np.maximum(items, 0)], -1))
             scores.append(item_scores)
         if not rows:
             return np.zeros((0, k), dtype=np.int64), np.zeros((0, k))
         return np.concatenate(rows), np.concatenate(scores)
-
-
-class RerankRecommender:
-    """``idgenrec-rerank``: the recommender's exact scores (:meth:`GenerativeRecommender.score`) over a
-    candidate set, its own constrained beams plus the top ``pool`` items of another method (text-kNN),
-    best first. A separate method from pure generation: it shows whether the model ranks better
-    than text similarity where both see the same candidates. With a calibrated generative view the
-    scores are calibrated the same way (:meth:`CatalogRecommender.item_bias`)."""
-
-    def __init__(self, generative: CatalogRecommender, candidates, pool: int = 100):
-        self.generative = generative
-        self.candidates = candidates
-        self.pool = pool
-        self._bias: np.ndarray | None = None  # the generative view's calibration term per catalog row
-
-    def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
-        gen = self.generative
-        own = gen.recommend(histories, max(k, gen.num_beams))
-        other = self.candidates.recommend(histories, self.pool)
-        out = np.full((len(histories), k), -1, dtype=np.int64)
-        if self._bias is None:  # calibration term per catalog row (the trie's items are the catalog's rows)
-            bias = gen.item_bias()
-            self._bias = np.zeros(len(bias))
-            self._bias[gen.trie.item_row.cpu().numpy()] = bias
-        for lo in range(0, len(histories), gen.batch_size):
-            hi = min(lo + gen.batch_size, len(histories))
-            prompts = [gen.prompts.build(np.asarray(h, dtype=np.int64) + gen.offset) for h in histories[lo:hi]]
-            rows = [list(dict.fromkeys(int(r) for r in np.concatenate([own[b], other[b]]) if r >= 0)) for b in range(lo, hi)]
-            tokens = [[gen.prompts.id_tokens[r + gen.offset] for r in row] for row in rows]
-            for b, (row, scores) in enumerate(zip(rows, gen.recommender.score(prompts, tokens, gen.vectors), strict=True)):
-                row = np.asarray(row, dtype=np.int64)
-                best = row[np.argsort(-(scores + self._bias[row]), kind="stable")[:k]]
-                out[lo + b, : len(best)] = best
-        return out

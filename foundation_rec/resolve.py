@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import FoundationRecError
 from .idgen import normalize_id
-from .text_embeddings import cached_embeddings, embed_texts
+from .text_embeddings import embed_texts, item_vectors
 
 MIN_SIMILARITY = 0.6
 MAX_LINE_CHARS = 300
@@ -56,7 +56,7 @@ class ItemResolver:
         for row, title in enumerate(self.titles):
             self._by_title.setdefault(normalize_id(title), row)
         self._lower = [t.lower() for t in self.titles]
-        embeddings, _ = cached_embeddings([t or "untitled" for t in self.titles], f"{label} titles", progress=progress)
+        embeddings = item_vectors([t or "untitled" for t in self.titles], f"{label} titles", progress=progress)[0].numpy()
         self.index = faiss.IndexFlatIP(embeddings.shape[1])
         self.index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
 

@@ -70,8 +70,10 @@ def embed_texts(texts: list[str], batch_size: int = 64, desc: str = "embed", pro
     return out
 
 
-def cached_embeddings(texts: list[str], label: str, batch_size: int = 64, progress: bool = True) -> tuple[np.ndarray, dict]:
-    """:func:`embed_texts` of ``texts``, cached on disk by a hash of the model and every text; returns them and how they were made."""
+def item_vectors(texts: list[str], label: str, progress: bool = True, batch_size: int = 64) -> tuple[torch.Tensor, dict]:
+    """The one loader of MiniLM item vectors: :func:`embed_texts` of ``texts`` as ``float32 [len(texts), 384]``, cached
+    on disk by a hash of the model and every text, and how they were made (model, seconds, threads)."""
+    texts = list(texts)
     digest = hashlib.blake2b(f"{MODEL_NAME}:{EMBED_VERSION}:{MAX_TOKENS}".encode(), digest_size=10)
     for text in texts:
         digest.update(text.encode("utf-8") + b"\0")
@@ -84,9 +86,5 @@ def cached_embeddings(texts: list[str], label: str, batch_size: int = 64, progre
         with staged_dir(folder) as tmp:
             np.save(tmp / "embeddings.npy", embeddings)
             write_json(tmp / "meta.json", meta)
-    return np.load(folder / "embeddings.npy"), json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-
-
-def item_embeddings(corpus, batch_size: int = 64) -> tuple[np.ndarray, dict]:
-    """The corpus's item-text embeddings and how they were made (model, seconds it took), cached on disk."""
-    return cached_embeddings(corpus.items.data.column("text").to_pylist(), f"{corpus.name} items", batch_size)
+    vectors = np.ascontiguousarray(np.load(folder / "embeddings.npy"), dtype=np.float32)
+    return torch.from_numpy(vectors), json.loads((folder / "meta.json").read_text(encoding="utf-8"))

@@ -48,16 +48,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import atomic, checkpoint
+from . import atomic, checkpoint, defaults
 from .bundle import VOCAB_ERROR, ModelBundle
-from .content import item_vectors
-from .content_prior import DEFAULT_CONTENT_PRIOR
 from .errors import FoundationRecError
 from .evaluate import Examples, evaluate_examples
 from .idgen import IDGenerator, IDTable, build_table, encode_ids, keyword_id, keyword_loss
 from .pool import Pool, PoolExamples
 from .prompts import PromptBuilder, sample_templates, user_textual_ids
 from .recommender import Batch, CatalogRecommender
+from .text_embeddings import item_vectors
 from .trie import Trie
 
 ALT_STYLES = ("rec_first", "id_first")
@@ -100,8 +99,8 @@ class TrainConfig:
     log_every: int = field(default=10, metadata={"help": "write a metrics-log record every N steps"})
     valid_users: int = field(default=50, metadata={"help": "validation users per corpus for model selection (0: all)"})
     test_users: int = field(default=0, metadata={"help": "test users per corpus for the final evaluation (0: all)"})
-    eval_beams: int = field(default=20, metadata={"help": "beams of the trie-constrained beam search in evaluation (zeroshot's 20 by default)"})
-    eval_batch_size: int = field(default=16, metadata={"help": "prompts per beam search in evaluation"})
+    eval_beams: int = field(default=defaults.NUM_BEAMS, metadata={"help": "beams of the trie-constrained beam search in evaluation (zeroshot's 20 by default)"})
+    eval_batch_size: int = field(default=defaults.BATCH_SIZE, metadata={"help": "prompts per beam search in evaluation"})
     seed: int = field(default=42, metadata={"help": "seed of data order, templates, samples and dropout"})
     precision: str = field(default="auto", metadata={"help": "training arithmetic: auto (bf16 autocast on CUDA, fp32 on the CPU), bf16 (CUDA only) or fp32; the from-scratch recipes set fp32"})
 
@@ -321,7 +320,7 @@ class Trainer:
         self._check_vocabulary()
         self.texts = pool.texts()
         if recommender.content is not None or recommender.scorer is not None:  # frozen MiniLM vectors of every pool item (cached)
-            recommender.item_vectors = item_vectors(self.texts, "pre-training pool", progress and self.dist.main)
+            recommender.item_vectors, _ = item_vectors(self.texts, "pre-training pool", progress and self.dist.main)
         self.train_examples = pool.examples("train")
         self.valid_examples = pool.examples("valid", config.valid_users or None, config.seed)
         self.test_examples = pool.examples("test", config.test_users or None, config.seed)
@@ -564,7 +563,7 @@ class Trainer:
             if not len(everyone):
                 continue
             mine, offset = everyone[self.dist.rank :: self.dist.world], int(self.pool.offsets[c])
-            gamma = DEFAULT_CONTENT_PRIOR if self.rec.scorer is not None else 0.0  # the shipped setting
+            gamma = defaults.CONTENT_PRIOR if self.rec.scorer is not None else 0.0  # the shipped setting
             prior_vectors = None if self.rec.item_vectors is None else self.rec.item_vectors[offset : int(self.pool.offsets[c + 1])]
             view = CatalogRecommender(self.rec, self.prompts, self.tries[c], offset, num_beams=self.config.eval_beams, batch_size=self.config.eval_batch_size,
                                       content_prior=gamma, prior_vectors=prior_vectors)

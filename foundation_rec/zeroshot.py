@@ -10,7 +10,10 @@ ranked over the whole target catalog (Recall@5/10, NDCG@5/10). Nothing is traine
 Two protocols, each its own row (``--protocol``): *strict* reads item texts and the user's own
 history; *counts* (``idgenrec-zeroshot+counts``) also reads the target's training-split counts
 (popularity, recent popularity, repeat rates; :mod:`foundation_rec.signals`).
-``--baselines`` adds random, popularity, text-kNN and SASRec on the same users and split.
+``--methods`` adds the model's parts as rows on the same users (generation alone, the content prior
+alone), ``--history both`` scores every row with the user's own items kept and excluded, and
+``--baselines`` adds the practitioner anchors and SASRec on the same users and split.
+``benchmarks/transfer.py`` calls :func:`run_target`, the one zero-shot driver.
 
 A target whose platform was in the checkpoint's pre-training corpora is refused unless
 ``--allow-seen-platform`` is given; such a result is labelled ``seen platform``.
@@ -25,20 +28,20 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from .api import FoundationRec
-from .baselines import METHODS, evaluate_methods
+from . import defaults
+from .api import DEFAULT, GENERATION, METHODS, FoundationRec, method_label
+from .baselines import METHODS as BASELINES
+from .baselines import evaluate_methods
 from .checkpoint import read_config
 from .content_prior import INFO as SCORER_INFO
 from .corpora import load_corpus, resolve_names
-from .errors import FoundationRecError, cli_errors
-from .evaluate import evaluate, markdown_table, write_report
+from .errors import FoundationRecError, cli_errors, parse_flags
+from .evaluate import evaluate_settings, markdown_table, write_report
 from .idgen import PRECISIONS
 from .paths import writable_dir
-from .signals import COUNTS, PROTOCOLS, STRICT
+from .signals import PROTOCOLS, STRICT
 
-METHOD = "idgenrec-zeroshot"
-RERANK = "idgenrec-rerank"
-METHOD_CHOICES = {"generate": (METHOD,), "rerank": (RERANK,), "both": (METHOD, RERANK)}
+HISTORY_SETTINGS = {"kept": (False,), "excluded": (True,), "both": (False, True)}
 
 
 @dataclass
@@ -50,27 +53,24 @@ class ZeroShotArguments:
     data_dir: str | None = field(default=None, metadata={"help": "folder holding the corpora (default: see the README's Data section)"})
     max_users: int | None = field(default=None, metadata={"help": "evaluate a fixed-seed sample of this many users (reported as a sample)"})
     seed: int = field(default=0, metadata={"help": "seed of the user sample"})
-    num_beams: int = field(default=20, metadata={"help": "beams of the constrained beam search (at least 10)"})
-    batch_size: int = field(default=16, metadata={"help": "users per beam-search batch"})
-    method: str = field(
-        default="generate",
-        metadata={"help": "generate (idgenrec-zeroshot: trie-constrained generation), rerank (idgenrec-rerank: the model's exact "
-                  "scores over its beams plus the text-kNN top --rerank-pool), or both (each its own row)"},
+    num_beams: int = field(default=defaults.NUM_BEAMS, metadata={"help": f"beams of the constrained beam search (at least {defaults.MIN_BEAMS})"})
+    batch_size: int = field(default=defaults.BATCH_SIZE, metadata={"help": "users per beam-search batch"})
+    methods: str = field(
+        default=DEFAULT,
+        metadata={"help": f"comma list of the model's methods, each its own row: {DEFAULT} (generation with the content prior, "
+                  f"what ships), {GENERATION} (generation alone), content-prior (the prior alone)"},
     )
-    rerank_pool: int = field(default=100, metadata={"help": "text-kNN candidates that idgenrec-rerank adds to the model's beams"})
-    calibration: float = field(
-        default=0.0,
-        metadata={"help": "beta of the null-prompt calibration: every ID token scores log p(token | history) - beta * log p(token | no history); 0: plain"},
-    )
+    history: str = field(default="kept", metadata={"help": "the user's own items in the ranked list: kept (repeat visits count), "
+                                                           "excluded (left out before the top 10), or both (each its own row)"})
     content_prior: float | None = field(
         default=None,
         metadata={"help": "gamma of the prior: generation scores sum log p(token) / length + gamma * log prior(item | history) "
                   "(default: 30 when the checkpoint has a content scorer, else 0; 0: plain generation)"},
     )
-    baselines: str = field(default="", metadata={"help": f"comma list of baselines to run on the same users: {', '.join(METHODS)}, or 'all'"})
+    baselines: str = field(default="", metadata={"help": f"comma list of baselines to run on the same users: {', '.join(BASELINES)}, or 'all'"})
     allow_seen_platform: bool = field(default=False, metadata={"help": "evaluate even if the target's platform was pre-trained on (labelled so)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
-    id_precision: str = field(default="fp32", metadata={"help": "arithmetic of the target's ID generation: fp32, or int8 (CPU only, about 1.5x "
+    id_precision: str = field(default=defaults.ID_PRECISION, metadata={"help": "arithmetic of the target's ID generation: fp32, or int8 (CPU only, about 1.5x "
                                                                 "faster cold IDs; a few near-tied IDs differ, see benchmarks/RESULTS.md)"})
     protocol: str = field(default="both", metadata={"help": "strict (item texts and the user's own history only), counts (also the target's "
                                                             "training-split counts: popularity, recent popularity, repeat rates; nothing trained "
@@ -80,7 +80,8 @@ class ZeroShotArguments:
 
 
 def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list[dict]:
-    """Evaluate the model (and the requested baselines) on one target; return the result dicts."""
+    """The one zero-shot driver: index target ``name`` (IDs, trie, counts), then score each requested method in each
+    protocol (and history setting) on the same users through the harness; the requested baselines run beside them."""
     corpus = load_corpus(name, args.data_dir)
     seen = corpus.platform in model.pretrained_platforms
     if seen and not args.allow_seen_platform:
@@ -91,49 +92,36 @@ def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list
     start = time.perf_counter()
     catalog = model.index_catalog(corpus, progress=args.progress)
     index_seconds = round(time.perf_counter() - start, 1)
+    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     results = []
-    runs = [(m, p) for m in METHOD_CHOICES[args.method] for p in (PROTOCOLS if args.protocol == "both" else (args.protocol,))
-            if m == METHOD or p == STRICT]
-    for method, protocol in runs:
-        if method == METHOD:
-            rec = model.catalog_recommender(num_beams=args.num_beams, batch_size=args.batch_size, calibration=args.calibration,
-                                            content_prior=args.content_prior, protocol=protocol)
-        else:
-            rec = model.rerank_recommender(num_beams=args.num_beams, batch_size=args.batch_size, pool=args.rerank_pool, calibration=args.calibration)
-        label = method if protocol == STRICT else f"{method}+{COUNTS}"
-        result = evaluate(corpus, rec, label, max_users=args.max_users, seed=args.seed, batch_size=args.batch_size, progress=args.progress)
-        result.update(
-            protocol=protocol,
-            checkpoint=str(model.path),
-            pretrained_corpora=model.pretrained_corpora,
-            setting="seen platform" if seen else "zero-shot",
-            index_seconds=index_seconds,
-            id_precision=args.id_precision,
-            unique_ids=len(set(catalog.ids)) == len(catalog.ids),
-            num_beams=args.num_beams,
-            calibration=args.calibration,
-            content_prior=args.content_prior if method == METHOD else 0.0,
-            **({"rerank_pool": args.rerank_pool} if method == RERANK else {}),
-        )
-        results.append(result)
+    for method in args.methods.split(","):
+        for protocol in protocols if method != GENERATION else (STRICT,):
+            rec = model.method_recommender(method, protocol, num_beams=args.num_beams, batch_size=args.batch_size, content_prior=args.content_prior)
+            gamma = 0.0 if method == GENERATION else (args.content_prior if args.content_prior is not None else model.content_prior)
+            for result in evaluate_settings(corpus, rec, method_label(method, protocol), HISTORY_SETTINGS[args.history], max_users=args.max_users,
+                                            seed=args.seed, batch_size=args.batch_size, progress=args.progress):
+                result.update(protocol=protocol, checkpoint=str(model.path), pretrained_corpora=model.pretrained_corpora,
+                              setting="seen platform" if seen else "zero-shot", index_seconds=index_seconds, id_precision=args.id_precision,
+                              unique_ids=len(set(catalog.ids)) == len(catalog.ids), num_beams=args.num_beams, content_prior=gamma)
+                results.append(result)
     if args.baselines:
-        methods = list(METHODS) if args.baselines == "all" else [m.strip() for m in args.baselines.split(",") if m.strip()]
-        results += evaluate_methods(corpus, methods, max_users=args.max_users, seed=args.seed, progress=args.progress)
+        methods = list(BASELINES) if args.baselines == "all" else [m.strip() for m in args.baselines.split(",") if m.strip()]
+        results += evaluate_methods(corpus, methods, max_users=args.max_users, seed=args.seed, exclude_history=HISTORY_SETTINGS[args.history],
+                                    progress=args.progress)
     return results
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(ZeroShotArguments, description=__doc__.splitlines()[0])
-    (args,) = parser.parse_args_into_dataclasses(sys.argv[1:] if argv is None else argv, look_for_args_file=False)
-    if args.num_beams < 10:
-        raise FoundationRecError(f"--num-beams {args.num_beams} is below 10; Recall@10 needs at least 10 beams")
-    if args.method not in METHOD_CHOICES:
-        raise FoundationRecError(f"unknown --method {args.method!r}; use generate, rerank or both")
-    if args.calibration < 0:
-        raise FoundationRecError(f"--calibration {args.calibration} must be >= 0 (0: plain scores, 1: pointwise mutual information)")
-    if args.rerank_pool < 1:
-        raise FoundationRecError(f"--rerank-pool {args.rerank_pool} must be at least 1")
+    (args,) = parse_flags(parser, sys.argv[1:] if argv is None else argv)
+    if args.num_beams < defaults.MIN_BEAMS:
+        raise FoundationRecError(f"--num-beams {args.num_beams} is below {defaults.MIN_BEAMS}; Recall@10 needs at least {defaults.MIN_BEAMS} beams")
+    unknown = [m for m in args.methods.split(",") if m not in METHODS]
+    if unknown:
+        raise FoundationRecError(f"unknown --methods entry {unknown[0]!r}; use a comma list of {', '.join(METHODS)}")
+    if args.history not in HISTORY_SETTINGS:
+        raise FoundationRecError(f"--history {args.history!r} is not one of kept, excluded, both")
     if args.max_users is not None and args.max_users < 1:
         raise FoundationRecError(f"--max-users {args.max_users} must be positive; leave it out to evaluate every user")
     if args.content_prior is not None and args.content_prior < 0:

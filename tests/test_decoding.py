@@ -492,27 +492,6 @@ def test_candidate_scores_equal_beam_search_scores(request, catalog, model_name)
                 torch.testing.assert_close(row[8 + j], expected.detach(), rtol=0, atol=1e-4)
 
 
-def test_node_bias_scores_are_the_calibrated_log_probabilities(llama, catalog):
-    """With node_bias = -prior (node_log_probs of a null prompt), every found item scores
-    (sum log p(token | prompt) - sum log p(token | null prompt)) / length, computed here by teacher forcing."""
-    from foundation_rec.decoding import candidate_log_probs, node_log_probs
-
-    ids, mask = prompts(5, left_pad=True)
-    null = torch.tensor([[7, 8]])
-    prior = node_log_probs(llama, null, torch.ones_like(null), catalog, eos_token_id=EOS, pad_token_id=PAD, chunk=64)
-    assert prior.shape == (catalog.num_nodes,) and prior[0] == 0 and bool((prior[1:] <= 0).all())
-    out = beam_search(llama, ids, mask, num_beams=6, max_new_tokens=catalog.max_depth, eos_token_id=EOS, pad_token_id=PAD,
-                      trie=catalog, node_bias=-prior)
-    sequences = catalog.sequences()
-    for b in range(len(ids)):
-        found = [sequences[int(i)][:-1] for i in out.items[b]]
-        cond, lengths = candidate_log_probs(llama, ids[b : b + 1], mask[b : b + 1], [found], eos_token_id=EOS, pad_token_id=PAD)
-        base, _ = candidate_log_probs(llama, null, torch.ones_like(null), [found], eos_token_id=EOS, pad_token_id=PAD)
-        torch.testing.assert_close(out.scores[b], (cond - base).sum(1) / lengths, rtol=0, atol=1e-4)
-    plain = beam_search(llama, ids, mask, num_beams=6, max_new_tokens=catalog.max_depth, eos_token_id=EOS, pad_token_id=PAD, trie=catalog)
-    assert not torch.equal(plain.items, out.items)  # the calibration changes what is found
-
-
 def test_best_below_by_hand():
     """Items 0..3 with IDs [5,6], [5,7], [8], [5,6,9]: each node holds the best item score below it."""
     trie = Trie.build([[5, 6, 1], [5, 7, 1], [8, 1], [5, 6, 9, 1]], vocab_size=10, eos_token_id=1)

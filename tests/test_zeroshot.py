@@ -29,6 +29,26 @@ def test_zeroshot_cli_writes_results_for_unseen_target(tiny_checkpoint, fixture_
     assert "| yelp | idgenrec-zeroshot |" in (tmp_path / "yelp.md").read_text()
 
 
+def test_methods_and_history_settings_are_rows_on_the_same_users(tiny_checkpoint, fixture_data, tmp_path):
+    """--methods adds generation alone as its own row; --history both scores each row kept and excluded, same users."""
+    assert zeroshot_main(["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(fixture_data), "--out", str(tmp_path),
+                          "--methods", "idgenrec-zeroshot,idgenrec", "--protocol", "strict", "--history", "both", "--num-beams", "10",
+                          "--progress", "false"]) == 0
+    results = json.loads((tmp_path / "yelp.json").read_text())["results"]
+    assert [(r["method"], r["exclude_history"]) for r in results] == [
+        ("idgenrec-zeroshot", False), ("idgenrec-zeroshot", True), ("idgenrec", False), ("idgenrec", True)]
+    assert len({r["users_evaluated"] for r in results}) == 1 and results[2]["content_prior"] == 0.0
+
+
+@pytest.mark.parametrize(("flags", "message"), [(["--methods", "idgenrec-rerank"], "unknown --methods entry 'idgenrec-rerank'; use a comma list of"),
+                                                (["--history", "sometimes"], "--history 'sometimes' is not one of kept, excluded, both")])
+def test_bad_methods_or_history_are_one_line(tiny_checkpoint, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        zeroshot_main(["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
 def test_leakage_guard_refuses_a_pretrained_platform(tiny_checkpoint, fixture_data, tmp_path, capsys):
     args = ["--target", "amazon2014-beauty", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(fixture_data), "--out", str(tmp_path),
             "--num-beams", "10", "--progress", "false"]
@@ -163,3 +183,12 @@ def test_a_catalog_takes_counts_from_a_count_field_or_a_file_and_falls_back_to_s
     assert model.index_catalog(records, name="logged", counts=tmp_path / "log.csv", progress=False).counts.popularity[3] == 2
     with pytest.raises(FoundationRecError, match="record 2: count -1 is not a non-negative number"):
         model.index_catalog([records[0], {**records[1], "count": -1}], name="bad", progress=False)
+
+
+@pytest.mark.parametrize("module", ["zeroshot", "pretrain", "demo"])
+def test_an_unknown_flag_is_one_line_naming_it(module, capsys):
+    main = __import__(f"foundation_rec.{module}", fromlist=["main"]).main
+    with pytest.raises(SystemExit) as info:
+        main(["--target", "yelp", "--protocols", "counts"] if module == "zeroshot" else ["--protocols", "counts"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and err == ["error: unknown argument '--protocols'; run with --help to list the flags"]

@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import FoundationRecError
-from ..splits import train_part
+from ..splits import MAX_HISTORY, train_part
 from .common import pad_items
 
 
@@ -109,6 +109,22 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def _train_epoch(net: SASRecNet, optimizer, inputs: np.ndarray, targets: np.ndarray, batches, device: str) -> tuple[float, int]:
+    """One pass of full-softmax cross-entropy over ``batches`` of windows; returns (summed loss, predicted positions)."""
+    net.train()
+    total, count = 0.0, 0
+    for idx in batches:
+        x, y = (torch.from_numpy(a).to(device) for a in _trim(inputs[idx], targets[idx]))
+        real = y > 0
+        loss = nn.functional.cross_entropy(net.scores(net(x)[real]), y[real] - 1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total, count = total + loss.item() * int(real.sum()), count + int(real.sum())
+    net.train(False)
+    return total, count
+
+
 class SASRec:
     """A trained SASRec behind the harness's ``recommend`` protocol."""
 
@@ -138,11 +154,18 @@ class SASRec:
         patience: int = 5,
         time_budget: float | None = None,
         valid_users: int = 2000,
+        valid_history: int = MAX_HISTORY,
+        valid_exclude_history: bool = False,
         seed: int = 0,
         device: str = "cpu",
         progress: bool = True,
     ) -> SASRec:
         """Train on ``corpus``'s train split with early stopping on valid NDCG@10; ``dropout=None`` picks 0.5 on Amazon, else 0.2.
+
+        Validation goes through the harness with ``valid_history`` history items (the harness's cap by
+        default; ``max_len`` for the literature's whole-history protocol) and, with
+        ``valid_exclude_history``, the history removed from the list (the literature's ``filter_seen``).
+        ``valid_users=None`` validates on every user.
 
         ``time_budget`` (CPU seconds of this process, so other jobs on a shared machine do not eat into it)
         ends training after the epoch that exhausts it; ``model.stopped`` says
@@ -168,18 +191,10 @@ class SASRec:
         epochs = tqdm(range(1, max_epochs + 1), desc=f"train sasrec on {corpus.name}", unit="epoch", disable=not progress)
         for epoch in epochs:
             start = time.perf_counter()
-            net.train()
-            total, count = 0.0, 0
-            for idx in tqdm(_batches(lengths, batch_size, rng), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress):
-                x, y = (torch.from_numpy(a).to(device) for a in _trim(inputs[idx], targets[idx]))
-                real = y > 0
-                loss = nn.functional.cross_entropy(net.scores(net(x)[real]), y[real] - 1)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total, count = total + loss.item() * int(real.sum()), count + int(real.sum())
-            net.train(False)
-            ndcg = evaluate(corpus, model, "sasrec", split="valid", max_users=valid_users, seed=seed, progress=False)["metrics"]["N@10"]
+            batches = tqdm(_batches(lengths, batch_size, rng), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
+            total, count = _train_epoch(net, optimizer, inputs, targets, batches, device)
+            ndcg = evaluate(corpus, model, "sasrec", split="valid", max_users=valid_users, seed=seed, max_history=valid_history,
+                            exclude_history=valid_exclude_history, progress=False)["metrics"]["N@10"]
             model.history.append({"epoch": epoch, "loss": round(total / count, 4), "valid_N@10": round(ndcg, 4), "seconds": round(time.perf_counter() - start, 1)})
             epochs.set_postfix(loss=f"{total / count:.3f}", valid_ndcg10=f"{ndcg:.4f}", best=f"{max(best, ndcg):.4f}")
             if ndcg > best:

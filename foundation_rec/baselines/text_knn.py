@@ -19,7 +19,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from ..text_embeddings import item_embeddings
+from ..text_embeddings import item_vectors
 from .common import pad_items
 
 RECENCY_DECAY = 0.0  # chosen on the Amazon pool's validation users (benchmarks/anchors.py): the latest item alone
@@ -43,7 +43,8 @@ class TextKNN:
 
     @classmethod
     def fit(cls, corpus, decay: float = 1.0, popularity: np.ndarray | None = None, weight: float = 0.0) -> TextKNN:
-        return cls(*item_embeddings(corpus), decay=decay, popularity=popularity, weight=weight)
+        vectors, info = item_vectors(corpus.items.data.column("text").to_pylist(), f"{corpus.name} items")
+        return cls(vectors.numpy(), info, decay=decay, popularity=popularity, weight=weight)
 
     def query(self, history: np.ndarray) -> np.ndarray:
         """The user's unit query: ``sum_i decay ** age_i * v_i``, normalised (zero for an empty history)."""
