@@ -3,10 +3,10 @@
 For catalogs of synthetic item IDs (3-8 tokens with EOS, Zipf-distributed words from the model's
 vocabulary, fixed seed) and beam sizes, times on the same model and prompts:
 
-* ``ours``      - :func:`foundation_rec.decoding.beam_search` with the tensor trie;
+* ``ours``      - :func:`foundation_rec.decoding.item_search` with the tensor trie;
 * ``reference`` - ``model.generate(num_beams=k, num_return_sequences=k, prefix_allowed_tokens_fn=...)``
   walking a Python dict trie (IDGenRec's original constrained decoding);
-* ``ours_free`` / ``hf_free`` - the same searches without a constraint (same ``max_new_tokens``).
+* ``ours_free`` / ``hf_free`` - the same searches without a constraint (same ``max_new_tokens``; ours: :func:`~foundation_rec.decoding.id_search`).
 
 and checks that ours returns the reference's items in the same order. Writes
 ``benchmarks/results/decoding.{json,md}`` (``decoding_smollm2.*`` for SmolLM2, ``*_quick.*`` with ``--quick``).
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_decoding import dict_trie, reference_beam_search
 
 from foundation_rec.atomic import write_json, write_text
-from foundation_rec.decoding import beam_search
+from foundation_rec.decoding import id_search, item_search
 from foundation_rec.errors import FoundationRecError, cli_errors
 from foundation_rec.trie import Trie
 
@@ -159,7 +159,7 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         (
-            "ours: `foundation_rec.decoding.beam_search` with a tensor trie; reference: `model.generate(num_beams=k, "
+            "ours: `foundation_rec.decoding.item_search` with a tensor trie; reference: `model.generate(num_beams=k, "
             "num_return_sequences=k, prefix_allowed_tokens_fn=<dict-trie walk>)`; free: no constraint, same max_new_tokens. "
             "speed-up = reference / ours; same top-k = identical item lists in identical order for every prompt."
         ),
@@ -174,9 +174,9 @@ def measure(model, trie, prefix_trie, input_ids, mask, k: int, *, eos: int, pad:
     kw = {"num_beams": k, "max_new_tokens": trie.max_depth, "eos_token_id": eos, "pad_token_id": pad}
     inputs = (model, input_ids, mask)
     runs = {
-        "ours": functools.partial(beam_search, *inputs, trie=trie, **kw),
+        "ours": functools.partial(item_search, *inputs, trie, **kw),
         "reference": functools.partial(reference_beam_search, *inputs, prefix_trie=prefix_trie, decoder_start_token_id=start, **kw),
-        "ours_free": functools.partial(beam_search, *inputs, **kw),
+        "ours_free": functools.partial(id_search, *inputs, **kw),
         "hf_free": functools.partial(reference_beam_search, *inputs, decoder_start_token_id=start, **kw),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}

@@ -1,10 +1,10 @@
-"""Time one checkout's ``beam_search`` on the decoding benchmark's setting, to compare two versions of the code.
+"""Time one checkout's item search (``item_search``, ``beam_search`` before the split) on the decoding benchmark's setting, to compare two versions of the code.
 
     git worktree add /tmp/old <commit>
     python benchmarks/decoding_versions.py --root /tmp/old
     python benchmarks/decoding_versions.py --root .
 
-The package is imported from ``--root`` (so the same script times any checkout whose ``beam_search``
+The package is imported from ``--root`` (so the same script times any checkout whose item search
 and ``Trie.build`` take these arguments). The setting is ``benchmarks/decoding.py``'s: a random-weight
 4+4-layer T5 (seed 0), a synthetic catalog of ``--items`` IDs, 4 prompts of 10 history IDs, beam sizes
 ``--beams``; it prints the best and the median of ``--repeats`` timed searches after a warm-up, per beam size,
@@ -34,7 +34,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(args.root.resolve()))
     import foundation_rec  # imported from --root first: decoding.py's own path entry then finds it already loaded
-    from foundation_rec.decoding import beam_search
+    from foundation_rec import decoding
     from foundation_rec.trie import Trie
 
     sys.path.insert(1, str(Path(__file__).resolve().parent))
@@ -47,11 +47,15 @@ def main() -> None:
     ids = synthetic_ids(args.items, vocab, eos, seed=args.items)
     trie = Trie.build(ids, vocab_size=vocab, eos_token_id=eos)
     input_ids, mask = make_prompts(ids, 4, 10, pad, left=start is None, seed=args.items + 1)
+    if hasattr(decoding, "item_search"):
+        search = decoding.item_search
+    else:  # checkouts before the item/ID split
+        search = lambda m, i, a, t, **kw: decoding.beam_search(m, i, a, trie=t, max_new_tokens=t.max_depth, **kw)
     for k in args.beams:
         times, out = [], None
         for rep in range(args.repeats + 1):
             t0 = time.perf_counter()
-            out = beam_search(model, input_ids, mask, trie=trie, num_beams=k, max_new_tokens=trie.max_depth, eos_token_id=eos, pad_token_id=pad)
+            out = search(model, input_ids, mask, trie, num_beams=k, eos_token_id=eos, pad_token_id=pad)
             if rep:
                 times.append(time.perf_counter() - t0)
         digest = hashlib.sha1(out.items.numpy().tobytes()).hexdigest()[:12]

@@ -82,7 +82,8 @@ def training_record(checkpoint: Path) -> dict:
 def sasrec_rows(name: str, target: str, users: int, seed: int) -> list[dict]:
     file = RESULTS / f"{name}.json"
     if not file.is_file():
-        return []
+        raise SystemExit(f"no results/{name}.json with SASRec on the same users; run benchmarks/baselines.py --converged --name {name} "
+                         "(see its docstring) or pass --sasrec-from")
     rows = [r for r in json.loads(file.read_text(encoding="utf-8"))["results"] if r["corpus"] == target and r["method"] == "sasrec"]
     for row in rows:
         if row["users_evaluated"] != users or (row["sampled"] and row["sample_seed"] != seed):
@@ -149,15 +150,15 @@ def tables(payload: dict) -> str:
 def summary(payload: dict, targets: list[str]) -> list[str]:
     """The README's table: N@10 of the anchors and of the first variant's methods, both protocols, both settings."""
     rows, variant = payload["results"], next(iter(payload["variants"]), None)
-    header = ["target", "history", "text-kNN", "popularity [c]", "pop x text-kNN [c]", "generation", "prior [s]", "**default [s]**",
+    header = ["target", "history", "text-kNN", "popularity [c]", "pop x text-kNN [c]", "SASRec (trained)", "generation", "prior [s]", "**default [s]**",
               "prior [c]", "**default [c]**", "default [c] / best anchor [c]", "default [s] / text-kNN"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for exclude, title in SETTINGS.items():
         for t in targets:
             n = {m: (cell(rows, t, m, exclude) or cell(rows, t, m, exclude, variant) or {"metrics": {"N@10": float("nan")}})["metrics"]["N@10"]
-                 for m in [*ANCHORS, GENERATE, PRIOR, PRIOR_COUNTS, SCORER, SCORER_COUNTS]}
+                 for m in [*ANCHORS, "sasrec", GENERATE, PRIOR, PRIOR_COUNTS, SCORER, SCORER_COUNTS]}
             best = max(n["popularity"], n["popularity-text-knn"])
-            cells = [f"{t}, {title}", *(f"{n[m]:.4f}" for m in ("history", "text-knn", "popularity", "popularity-text-knn", GENERATE, SCORER)),
+            cells = [f"{t}, {title}", *(f"{n[m]:.4f}" for m in ("history", "text-knn", "popularity", "popularity-text-knn", "sasrec", GENERATE, SCORER)),
                      f"**{n[PRIOR]:.4f}**", f"{n[SCORER_COUNTS]:.4f}", f"**{n[PRIOR_COUNTS]:.4f}**",
                      f"{n[PRIOR_COUNTS] / best:.2f}x" if best else "-", f"{n[PRIOR] / n['text-knn']:.2f}x" if n["text-knn"] else "-"]
             lines.append("| " + " | ".join(cells) + " |")
@@ -227,7 +228,8 @@ def main() -> None:
     parser.add_argument("--methods", default=f"{GENERATE},{PRIOR},{PRIOR_COUNTS},{SCORER},{SCORER_COUNTS}", help=f"the model's methods to run, a comma list of {', '.join(MODEL_METHODS)}")
     parser.add_argument("--content-prior", type=float, default=defaults.CONTENT_PRIOR, help=f"gamma of {PRIOR} (zeroshot's default)")
     parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
-    parser.add_argument("--sasrec-from", default="baselines", help="results/<NAME>.json holding SASRec on the same users")
+    parser.add_argument("--sasrec-from", default="baselines_converged", help="results/<NAME>.json holding SASRec on the same users "
+                        "(benchmarks/baselines.py --converged: trained until early stopping)")
     parser.add_argument("--name", default="transfer")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None)
@@ -249,7 +251,10 @@ def main() -> None:
             corpus = load_corpus(target, args.data_dir)
             base = evaluate_methods(corpus, ["random", *ANCHORS], max_users=users, seed=args.seed,
                                     exclude_history=(False, True), progress=False)
-            payload["results"] += base + sasrec_rows(args.sasrec_from, target, base[0]["users_evaluated"], args.seed)
+            payload["results"] += base
+        users_evaluated = cell(payload["results"], target, "text-knn", False)["users_evaluated"]
+        payload["results"] = [r for r in payload["results"] if not (r["corpus"] == target and r["method"] == "sasrec")]
+        payload["results"] += sasrec_rows(args.sasrec_from, target, users_evaluated, args.seed)  # refreshed on every run
         if cell(payload["results"], target, "random-expected", False) is None:
             payload["results"] += expected_random_rows(target, args.max_users, args)
         for name, ckpt in variants.items():

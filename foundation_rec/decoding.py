@@ -1,6 +1,9 @@
-"""One batched beam search for both roles: trie-constrained item decoding and diverse ID generation.
+"""One batched beam search core for both roles, behind two entry points that take only the options of their role:
+:func:`item_search` (trie-constrained item decoding, with a per-prompt prior) and :func:`id_search` (diverse ID
+generation: groups, masks, whole words, vocabulary subsets, replay), so option sets that cannot be combined cannot be
+written.
 
-:func:`beam_search` runs a Hugging Face seq2seq (T5-style: encoder once, decoder with a KV cache)
+The core runs a Hugging Face seq2seq (T5-style: encoder once, decoder with a KV cache)
 or decoder-only model (left-padded prompts, KV cache) and follows the selection rules of
 ``transformers``' own beam search, so with a trie its results equal ``model.generate(num_beams=k,
 num_return_sequences=k, prefix_allowed_tokens_fn=...)`` (the reference in ``benchmarks/reference_decoding.py``, which the
@@ -31,7 +34,7 @@ was chosen at this step by groups ``0..g-1`` of the same prompt (Hamming diversi
 its own finished sequences; the result is all groups' finished sequences sorted by score (scores
 include the penalties), a sequence found by several groups kept once.
 
-Options of :func:`beam_search`:
+Options (``trie`` and ``node_prior`` are :func:`item_search`'s; the others are :func:`id_search`'s):
 
 * ``trie`` restricts outputs to its items (its EOS must be ``eos_token_id``);
 * ``bad_token_mask`` (bool ``[V]``, or ``[B, V]`` for one mask per prompt) forbids tokens at every
@@ -207,7 +210,7 @@ def _subset_head(head, subset: _Subset, origin: torch.Tensor) -> list:
 MAX_TAIL_POSITIONS = 256  # CPU: the most path tokens one call scores for the beams' remaining paths (see _score_tails)
 
 
-class _IncrementalModel:
+class IncrementalModel:
     """Feeds one token (or a known path) per beam to a Hugging Face model, keeping and reordering its KV cache.
 
     Rows are whatever beams the caller still needs: each call names, per new row, the row of the
@@ -252,7 +255,7 @@ class _IncrementalModel:
         elif self.subset is not None:
             hooks = _subset_head(head, self.subset, self.origin)
         else:
-            hooks = [head.register_forward_pre_hook(_only_positions(select))]
+            hooks = [head.register_forward_pre_hook(only_positions(select))]
         try:
             if self.seq2seq:
                 states, mask = self.encoder
@@ -308,7 +311,7 @@ class _IncrementalModel:
         return self._forward(tokens, tokens.shape[1], select, attention_mask=mask, position_ids=position, **cache)
 
 
-def _only_positions(select: torch.Tensor):
+def only_positions(select: torch.Tensor):
     """A forward pre-hook for the output layer that keeps the hidden states at ``select`` (``[rows,
     width]``) as one ``[1, selected, d]`` sequence; calls from other threads pass unchanged."""
     owner = threading.get_ident()
@@ -393,7 +396,7 @@ class _Rows:
 
 @dataclass
 class _Search:
-    """The settings of one :func:`beam_search` call (tensors on its device) and its steps."""
+    """The settings of one beam search call (tensors on its device) and its steps."""
 
     batch: int
     vocab: int
@@ -492,7 +495,7 @@ class _Search:
         if self.word_pieces is not None:
             text_tokens, continuation = self.word_pieces
             closing, continuation = step == self.max_new_tokens - 1, continuation[rows.prompt] if self.local else continuation
-            log_probs = log_probs.masked_fill(_unfollowable(continuation, text_tokens, rows.prompt, rows.last, self.eos_token_id, closing), NEG_INF)
+            log_probs = log_probs.masked_fill(unfollowable(continuation, text_tokens, rows.prompt, rows.last, self.eos_token_id, closing), NEG_INF)
         return log_probs
 
     def candidates(self, log_probs: torch.Tensor, run: _Running, g: int, chosen: torch.Tensor | None):
@@ -601,7 +604,7 @@ class _Search:
 
 
 @torch.inference_mode()
-def beam_search(
+def _beam_search(
     model,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -626,14 +629,13 @@ def beam_search(
     first_group: FirstGroup | None = None,
     record_first_group: bool = False,
 ) -> BeamSearchOutput:
-    """Beam search over ``model`` for each prompt row of ``input_ids`` (left-padded for decoder-only);
-    ``num_beams`` results per prompt, best first. The module docstring gives the selection rules, the
-    scores and the meaning of each option (*Options*)."""
+    """The shared core of :func:`item_search` and :func:`id_search`: beam search over ``model`` for each prompt row of
+    ``input_ids`` (left-padded for decoder-only); ``num_beams`` results per prompt, best first."""
     start = _check_args(
         model, input_ids, num_beams, max_new_tokens, num_beam_groups, diversity_penalty, trie, eos_token_id, decoder_start_token_id, node_prior
     )
-    subset = _check_subset(model, input_ids, vocab_subset, trie, bad_token_mask, eos_token_id)
-    stepper = _IncrementalModel(model, input_ids, attention_mask, start, inputs_embeds, subset, encoder_states)
+    subset = _check_subset(model, input_ids, vocab_subset, bad_token_mask, eos_token_id)
+    stepper = IncrementalModel(model, input_ids, attention_mask, start, inputs_embeds, subset, encoder_states)
     logits = stepper.first()
     eos, pad, bad, pieces = eos_token_id, pad_token_id, bad_token_mask, word_pieces
     if subset is not None:  # the search runs on per-prompt indices: EOS is 0, padding L
@@ -676,12 +678,66 @@ def beam_search(
     return out
 
 
-def _check_subset(model, input_ids, vocab_subset, trie, bad_token_mask, eos_token_id) -> _Subset | None:
+def item_search(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    trie: Trie,
+    *,
+    num_beams: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    max_new_tokens: int | None = None,
+    decoder_start_token_id: int | None = None,
+    length_penalty: float = 1.0,
+    inputs_embeds: torch.Tensor | None = None,
+    node_prior: torch.Tensor | None = None,
+) -> BeamSearchOutput:
+    """Item search: the ``num_beams`` best catalog items of ``trie`` per prompt (``out.items``), trie-constrained beam
+    search with an optional per-prompt ``node_prior`` added after the length normalisation (the module docstring gives
+    the rules). ``max_new_tokens`` defaults to the trie's depth."""
+    return _beam_search(model, input_ids, attention_mask, num_beams=num_beams, max_new_tokens=max_new_tokens or trie.max_depth,
+                        eos_token_id=eos_token_id, pad_token_id=pad_token_id, trie=trie, decoder_start_token_id=decoder_start_token_id,
+                        length_penalty=length_penalty, inputs_embeds=inputs_embeds, node_prior=node_prior)
+
+
+def id_search(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    num_beam_groups: int = 1,
+    diversity_penalty: float = 0.0,
+    bad_token_mask: torch.Tensor | None = None,
+    decoder_start_token_id: int | None = None,
+    length_penalty: float = 1.0,
+    min_new_tokens: int = 0,
+    no_repeat_tokens: bool = False,
+    word_pieces: tuple[torch.Tensor, torch.Tensor] | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    vocab_subset: torch.Tensor | None = None,
+    encoder_states: torch.Tensor | None = None,
+    first_group: FirstGroup | None = None,
+    record_first_group: bool = False,
+) -> BeamSearchOutput:
+    """ID search: free generation of ``num_beams`` sequences per prompt (``out.sequences``), optionally diverse
+    (``num_beam_groups``, ``diversity_penalty``), over a per-prompt ``vocab_subset``, with masks, whole words and
+    group 0 replayed or recorded (the module docstring gives each option)."""
+    return _beam_search(model, input_ids, attention_mask, num_beams=num_beams, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                        pad_token_id=pad_token_id, num_beam_groups=num_beam_groups, diversity_penalty=diversity_penalty,
+                        bad_token_mask=bad_token_mask, decoder_start_token_id=decoder_start_token_id, length_penalty=length_penalty,
+                        min_new_tokens=min_new_tokens, no_repeat_tokens=no_repeat_tokens, word_pieces=word_pieces, inputs_embeds=inputs_embeds,
+                        vocab_subset=vocab_subset, encoder_states=encoder_states, first_group=first_group, record_first_group=record_first_group)
+
+
+def _check_subset(model, input_ids, vocab_subset, bad_token_mask, eos_token_id) -> _Subset | None:
     """The :class:`_Subset` of ``vocab_subset`` (None without one), or a one-line FoundationRecError for unusable arguments."""
     if vocab_subset is None:
         return None
-    if trie is not None:
-        raise FoundationRecError("vocab_subset needs trie=None: a trie already names the tokens each step may take")
     if vocab_subset.ndim != 2 or len(vocab_subset) != len(input_ids) or vocab_subset.is_floating_point():
         raise FoundationRecError(f"vocab_subset must be an integer tensor [{len(input_ids)}, L] (token ids per prompt, -1 padding)")
     head = model.get_output_embeddings()
@@ -691,7 +747,7 @@ def _check_subset(model, input_ids, vocab_subset, trie, bad_token_mask, eos_toke
     return _Subset.build(vocab_subset.to(input_ids.device), eos_token_id)
 
 
-def _score_tails(stepper: _IncrementalModel, trie: Trie, nodes: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor, vocab: int):
+def _score_tails(stepper: IncrementalModel, trie: Trie, nodes: torch.Tensor, source: torch.Tensor, tokens: torch.Tensor, vocab: int):
     """When every beam (at ``nodes``, continuing ``source`` with ``tokens``) has a single path left to its
     leaf, feed each its last token and the path in one model call: ``(path tokens [N, D], their
     log-probabilities [N, D], 0)``.
@@ -716,10 +772,10 @@ def _score_tails(stepper: _IncrementalModel, trie: Trie, nodes: torch.Tensor, so
     return paths, scores, 0
 
 
-def _unfollowable(
+def unfollowable(
     continuation: torch.Tensor, text_tokens: torch.Tensor, row_prompt: torch.Tensor, row_last: torch.Tensor | None, eos_token_id: int, closing: bool
 ) -> torch.Tensor:
-    """Bool ``[rows, V]``: the tokens ``word_pieces`` forbids next in each row (see :func:`beam_search`);
+    """Bool ``[rows, V]``: the tokens ``word_pieces`` forbids next in each row (see :func:`id_search`);
     ``continuation`` is ``[V]``, or ``[rows, V]`` for one vocabulary per row (``vocab_subset``).
 
     A continuation piece may not start the output and may follow the row's last token only where it
@@ -762,10 +818,10 @@ def candidate_log_probs(
     inputs_embeds: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities of given outputs: for prompt ``b``, each token list of
-    ``candidates[b]`` followed by EOS, under the full-vocabulary softmax (as :func:`beam_search` scores).
+    ``candidates[b]`` followed by EOS, under the full-vocabulary softmax (as the beam search scores).
     Returns ``(log_probs [N, width], lengths [N])`` over all candidates in order (0 past a length).
     The prompt runs once; its KV cache serves every candidate."""
-    stepper = _IncrementalModel(model, input_ids, attention_mask, decoder_start_token_id, inputs_embeds)
+    stepper = IncrementalModel(model, input_ids, attention_mask, decoder_start_token_id, inputs_embeds)
     first = torch.log_softmax(stepper.first(), dim=-1)  # [B, V]
     rows = [(b, list(c) + [eos_token_id]) for b, cands in enumerate(candidates) for c in cands]
     if not rows:
@@ -788,7 +844,7 @@ def candidate_log_probs(
 
 def score_candidates(model, input_ids, attention_mask, candidates, **kwargs) -> list[torch.Tensor]:
     """Exact scores of given outputs (see :func:`candidate_log_probs`): the length-normalised
-    log-probability of each candidate + EOS, the score :func:`beam_search` gives a finished sequence
+    log-probability of each candidate + EOS, the score the beam search gives a finished sequence
     (length penalty 1.0), as one tensor per prompt."""
     log_probs, lengths = candidate_log_probs(model, input_ids, attention_mask, candidates, **kwargs)
     if not len(lengths):

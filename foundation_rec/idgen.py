@@ -5,7 +5,7 @@ brand: Maybelline`` -> ``maybelline great lash mascara``.
 
 Uniqueness follows IDGenRec's Algorithm 1 (Tan et al., SIGIR 2024), batched
 (:meth:`IDGenerator.assign`): every pending item gets ``num_beams`` candidates from diverse beam
-search (:func:`foundation_rec.decoding.beam_search`, ``num_beam_groups`` groups, diversity penalty
+search (:func:`foundation_rec.decoding.id_search`, ``num_beam_groups`` groups, diversity penalty
 ``lambda``); in item order, each item takes its best candidate that is not taken yet. Items whose
 candidates are all taken run again with ``lambda`` raised by ``penalty_step`` up to ``max_penalty``;
 after that the ID length grows by ``length_step`` tokens (both the longest ID and the shortest one
@@ -29,7 +29,7 @@ Starting point, before any recommendation training:
   an untrained model writes IDs made of the item's own words. Each step's softmax runs over those
   tokens only (``IDGenConfig.softmax = "text"``, as :meth:`IDGenerator.logits` normalises in
   training), so the output layer computes a few dozen logits per beam instead of the whole
-  vocabulary (``vocab_subset`` of :func:`~foundation_rec.decoding.beam_search`). It is
+  vocabulary (``vocab_subset`` of :func:`~foundation_rec.decoding.id_search`). It is
   also taught extractive IDs with :func:`warmup` (the first informative words of the title,
   :func:`keyword_id`), which teaches it which of those words to pick and in what order.
 
@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from . import atomic, cross_attention, int8
 from .backbones import Backbone, BackboneConfig, load_backbone
-from .decoding import FirstGroup, beam_search
+from .decoding import FirstGroup, id_search
 from .errors import FoundationRecError
 
 TABLE_FILE = "ids.json"
@@ -198,7 +198,7 @@ class IDGenerator:
 
     # ----------------------------------------------------------------------------- inputs
 
-    def _inputs(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def inputs(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenized model inputs: the item text (seq2seq) or a prompt asking for a tag (causal, left-padded)."""
         tok, limit = self.tokenizer, self.config.max_input_tokens
         if self.backbone.seq2seq:
@@ -262,7 +262,7 @@ class IDGenerator:
         if not self._continuation.any():
             return None
         rows = self.value_tokens(texts) if rows is None else rows
-        return _padded(rows), self._continuation
+        return padded(rows), self._continuation
 
     # ----------------------------------------------------------------------------- generation
 
@@ -306,10 +306,10 @@ class IDGenerator:
             batch_texts = [texts[i] for i in batch]
             rows = self.value_tokens(batch_texts) if cfg.extractive else None
             per_item = cfg.extractive and cfg.softmax == "text"  # each item's own tokens are its output vocabulary
-            inputs = self._inputs(batch_texts)
+            inputs = self.inputs(batch_texts)
             replayable = first_groups is not None and cfg.num_beam_groups > 1
             replay = replayable and all(t in first_groups for t in batch_texts)
-            result = beam_search(
+            result = id_search(
                 model,
                 **inputs,
                 encoder_states=self._encoder_states(batch_texts, inputs, encoded) if encoded is not None and self.backbone.seq2seq else None,
@@ -323,7 +323,7 @@ class IDGenerator:
                 bad_token_mask=self.text_token_mask(batch_texts, rows=rows) if cfg.extractive and not per_item else self.bad_token_mask(),
                 no_repeat_tokens=cfg.extractive,
                 word_pieces=self.word_pieces(batch_texts, rows=rows) if cfg.extractive else None,
-                vocab_subset=_padded(rows).to(self.backbone.device) if per_item else None,
+                vocab_subset=padded(rows).to(self.backbone.device) if per_item else None,
                 first_group=FirstGroup.stack([first_groups[t] for t in batch_texts]) if replay else None,
                 record_first_group=replayable and not replay,
             )
@@ -350,7 +350,7 @@ class IDGenerator:
                 states[b, : len(encoded[text])] = encoded[text]
             return states
         model = self.inference_model()
-        cross_attention.enable(model)  # as beam_search computes it (cross_attention.py)
+        cross_attention.enable(model)  # as the beam search computes it (cross_attention.py)
         encoder, step = model.get_encoder(), ENCODER_CHUNK
         with torch.inference_mode():  # in chunks: activations under glibc's mmap threshold are reused, not faulted in again
             states = torch.cat([encoder(**{k: v[i : i + step] for k, v in inputs.items()}).last_hidden_state for i in range(0, len(texts), step)])
@@ -413,7 +413,7 @@ class IDGenerator:
             first_groups = {texts[i]: first_groups[texts[i]] for i in pending if texts[i] in first_groups}
             rounds.set_postfix(pending=len(pending))
         for item in pending:
-            result.ids[item] = _fallback(first_choice[item] or keyword_id(texts[item]) or "item", texts[item], taken)
+            result.ids[item] = fallback(first_choice[item] or keyword_id(texts[item]) or "item", texts[item], taken)
             taken.add(result.ids[item])
         result.fallbacks = len(pending)
         return result
@@ -433,7 +433,7 @@ class IDGenerator:
         for row, ids in enumerate(id_token_ids):
             targets[row, : len(ids)], mask[row, : len(ids)] = torch.as_tensor(ids), 1
         targets, mask = targets.to(device), mask.to(device)
-        inputs, model = self._inputs(texts), self.backbone.hf_model
+        inputs, model = self.inputs(texts), self.backbone.hf_model
         if self.backbone.seq2seq:
             start = torch.full_like(targets[:, :1], model.config.decoder_start_token_id)
             logits = model(**inputs, decoder_input_ids=torch.cat([start, targets[:, :-1]], dim=1), decoder_attention_mask=mask).logits
@@ -477,7 +477,7 @@ ENCODER_CHUNK = 64  # prompts per encoder call (a 256 x 64-token batch's feed-fo
 ENCODED_BYTES = 1 << 30  # assign: the most encoder outputs kept between rounds (Yelp's 19k distinct texts: ~0.5 GiB)
 
 
-def _padded(rows: Sequence[Sequence[int]]) -> torch.Tensor:
+def padded(rows: Sequence[Sequence[int]]) -> torch.Tensor:
     """``[len(rows), longest]`` token ids, padded with -1."""
     tokens = torch.full((len(rows), max(1, *map(len, rows))), -1, dtype=torch.long)
     for b, ids in enumerate(rows):
@@ -496,7 +496,7 @@ def _prompt(tokenizer, text: str) -> str:
     return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
 
 
-def _fallback(base: str, text: str, taken: set[str]) -> str:
+def fallback(base: str, text: str, taken: set[str]) -> str:
     """``base`` if free, else plus one word of ``text`` that makes it free, else plus the smallest free counter (never fails)."""
     if base not in taken:
         return base

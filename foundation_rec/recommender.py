@@ -13,7 +13,7 @@ Training is teacher forcing on the target item's ID tokens followed by EOS:
 Batches are right-padded and padding is ``-100`` in the labels. :meth:`GenerativeRecommender.loss_from_embeds`
 runs the same loss from input *embeddings*, which is how the ID-generator phase inserts soft ID
 embeddings into the prompt. Recommendation is trie-constrained beam search
-(:func:`foundation_rec.decoding.beam_search`): only real items come out, best first, with scores.
+(:func:`foundation_rec.decoding.item_search`): only real items come out, best first, with scores.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from . import defaults
 from .content import ContentProjection, content_index
 from .content_prior import ContentScorer
-from .decoding import beam_search, score_candidates
+from .decoding import item_search, score_candidates
 from .errors import FoundationRecError
 from .idgen import encode_ids
 from .prompts import EVAL_TEMPLATE, Prompt, PromptBuilder
@@ -185,15 +185,14 @@ class GenerativeRecommender:
         """Top ``k`` trie items (flat trie indices, ``-1`` padded) and their scores for each prompt."""
         input_ids, attention_mask = (t.to(self.device) for t in self.left_padded([p.tokens for p in prompts]))
         with self._inference():
-            out = beam_search(
+            out = item_search(
                 self.model,
                 input_ids,
                 attention_mask,
+                trie,
                 num_beams=max(num_beams or k, k),
-                max_new_tokens=trie.max_depth,
                 eos_token_id=self.eos_token_id,
                 pad_token_id=self.pad_token_id,
-                trie=trie,
                 decoder_start_token_id=self.decoder_start_token_id,
                 inputs_embeds=self.prompt_embeds(prompts, input_ids, vectors),
                 node_prior=node_prior,

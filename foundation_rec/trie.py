@@ -175,7 +175,7 @@ class Trie:
         A node whose descendants form one path to a leaf (every node on it has a single child) has
         that path's tokens, EOS included; any other node (a branching node, a leaf, a dead node -1)
         has length 0. Once every beam is on such a path, decoding knows all remaining tokens and can
-        score them in one model call (see :func:`foundation_rec.decoding.beam_search`).
+        score them in one model call (see :func:`foundation_rec.decoding.item_search`).
         """
         if self._tail_length is None:
             counts = self.offsets[1:] - self.offsets[:-1]

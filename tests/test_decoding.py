@@ -1,4 +1,4 @@
-"""beam_search against Hugging Face generate() (the reference), on tiny random T5 and Llama models."""
+"""item_search and id_search against Hugging Face generate() (the reference), on tiny random T5 and Llama models."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-from foundation_rec.decoding import _only_positions, _unfollowable, beam_search, score_candidates
+from foundation_rec.decoding import id_search, item_search, only_positions, score_candidates, unfollowable
 from foundation_rec.errors import FoundationRecError
 from foundation_rec.trie import Trie
 
@@ -108,7 +108,7 @@ def test_constrained_t5_equals_hf_reference(t5, catalog, num_beams, length_penal
         "pad_token_id": PAD,
         "length_penalty": length_penalty,
     }
-    ours = beam_search(t5, ids, mask, trie=catalog, **kw)
+    ours = item_search(t5, ids, mask, trie=catalog, **kw)
     ref = reference_beam_search(t5, ids, mask, prefix_trie=dict_trie(catalog), decoder_start_token_id=PAD, **kw)
     assert ours.items.shape == (3, num_beams)
     assert_catalog_items(ours, catalog)
@@ -143,7 +143,7 @@ def test_single_paths_scored_in_one_call_equal_hf_reference(request, name):
         head.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[:-1].numel())),
     ]
     try:
-        ours = beam_search(model, ids, mask, trie=trie, **kw)
+        ours = item_search(model, ids, mask, trie=trie, **kw)
     finally:
         for hook in hooks:
             hook.remove()
@@ -153,7 +153,8 @@ def test_single_paths_scored_in_one_call_equal_hf_reference(request, name):
     assert width > 1
     # only the paths' real tokens reached the output layer, not the right padding of the shorter ones
     assert 0 < head_rows[-1] < rows * width
-    assert not head._forward_pre_hooks  # the selection hook is gone
+    hidden = torch.zeros(2, 3, head.in_features)
+    assert head(hidden).shape[:2] == (2, 3)  # the selection hook is gone: every position reaches the output layer again
     assert_catalog_items(ours, trie)
     assert_same(ours, ref)
 
@@ -164,12 +165,12 @@ def test_single_paths_without_a_known_output_layer(t5, monkeypatch):
     trie = single_path_catalog()
     ids, mask = prompts(3, left_pad=False)
     kw = {"num_beams": 4, "max_new_tokens": trie.max_depth, "eos_token_id": EOS, "pad_token_id": PAD, "trie": trie}
-    expected = beam_search(t5, ids, mask, **kw)
+    expected = item_search(t5, ids, mask, **kw)
     monkeypatch.setattr(t5, "get_output_embeddings", lambda: None)
     widths = []
     hook = t5.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["decoder_input_ids"].shape[1]), with_kwargs=True)
     try:
-        got = beam_search(t5, ids, mask, **kw)
+        got = item_search(t5, ids, mask, **kw)
     finally:
         hook.remove()
     assert max(widths) > 1  # the paths were fed in one call
@@ -182,7 +183,7 @@ def test_output_layer_selection_is_for_its_own_thread_only():
     calls of the same model (a demo serving two requests) unchanged."""
     hidden = torch.arange(2 * 3 * 4, dtype=torch.float).view(2, 3, 4)
     select = torch.tensor([[True, True, False], [True, False, False]])
-    hook = _only_positions(select)
+    hook = only_positions(select)
     (kept,) = hook(None, (hidden,))
     assert torch.equal(kept, hidden[select][None]) and kept.shape == (1, 3, 4)
     other = []
@@ -195,12 +196,12 @@ def test_output_layer_selection_is_for_its_own_thread_only():
 def test_constrained_decoder_only_equals_hf_reference(llama, catalog):
     ids, mask = prompts(1, left_pad=True)
     kw = {"num_beams": 8, "max_new_tokens": catalog.max_depth + 2, "eos_token_id": EOS, "pad_token_id": PAD}
-    ours = beam_search(llama, ids, mask, trie=catalog, **kw)
+    ours = item_search(llama, ids, mask, trie=catalog, **kw)
     ref = reference_beam_search(llama, ids, mask, prefix_trie=dict_trie(catalog), **kw)
     assert_catalog_items(ours, catalog)
     assert_same(ours, ref)
     # left padding is handled: a prompt decodes the same alone as in the padded batch
-    alone = beam_search(llama, ids[2:, -4:], mask[2:, -4:], trie=catalog, **kw)
+    alone = item_search(llama, ids[2:, -4:], mask[2:, -4:], trie=catalog, **kw)
     assert torch.equal(alone.items[0], ours.items[2])
 
 
@@ -209,10 +210,10 @@ def test_unconstrained_with_bad_tokens_equals_hf_reference(request, model_name):
     model = request.getfixturevalue(model_name)
     ids, mask = prompts(2, left_pad=model_name == "llama")
     kw = {"num_beams": 6, "max_new_tokens": 5, "eos_token_id": EOS, "pad_token_id": PAD}
-    unmasked = beam_search(model, ids, mask, **kw)
+    unmasked = id_search(model, ids, mask, **kw)
     bad = torch.zeros(V, dtype=torch.bool)
     bad[unmasked.sequences[:, 0, :2].flatten()] = True  # forbid tokens the free search likes best
-    ours = beam_search(model, ids, mask, bad_token_mask=bad, **kw)
+    ours = id_search(model, ids, mask, bad_token_mask=bad, **kw)
     ref = reference_beam_search(model, ids, mask, bad_token_mask=bad, decoder_start_token_id=PAD, **kw)
     assert_same(ours, ref)
     assert (ours.items == -1).all() and ours.sequences.shape == (3, 6, 5)
@@ -225,7 +226,7 @@ def test_small_catalog_returns_fewer_items_not_filler(t5, catalog):
     small = Trie.build(catalog.sequences()[:3], vocab_size=V, eos_token_id=EOS)
     ids, mask = prompts(3, left_pad=False)
     kw = {"num_beams": 5, "max_new_tokens": small.max_depth, "eos_token_id": EOS, "pad_token_id": PAD}
-    out = beam_search(t5, ids, mask, trie=small, **kw)
+    out = item_search(t5, ids, mask, trie=small, **kw)
     assert (torch.sort(out.items[:, :3], dim=1).values == torch.tensor([0, 1, 2])).all()
     assert (out.items[:, 3:] == -1).all() and torch.isinf(out.scores[:, 3:]).all()
     assert torch.isfinite(out.scores[:, :3]).all()
@@ -234,36 +235,29 @@ def test_small_catalog_returns_fewer_items_not_filler(t5, catalog):
     assert (ref.scores[:, 3:] < -1e6).all()
 
 
-def test_diverse_groups_without_penalty_repeat_plain_beam_search(t5, catalog):
+def test_diverse_groups_without_penalty_repeat_plain_beam_search(t5):
     ids, mask = prompts(4, left_pad=False)
     kw = {"max_new_tokens": 6, "eos_token_id": EOS, "pad_token_id": PAD}
-    plain = beam_search(t5, ids, mask, num_beams=3, **kw)
-    groups = beam_search(t5, ids, mask, num_beams=9, num_beam_groups=3, diversity_penalty=0.0, **kw)
+    plain = id_search(t5, ids, mask, num_beams=3, **kw)
+    groups = id_search(t5, ids, mask, num_beams=9, num_beam_groups=3, diversity_penalty=0.0, **kw)
     # every group runs the same search; duplicates across groups are dropped, leaving the plain result
     torch.testing.assert_close(groups.scores[:, :3], plain.scores)
     assert torch.equal(groups.sequences[:, :3], plain.sequences)
     assert torch.isinf(groups.scores[:, 3:]).all()
-    constrained = beam_search(t5, ids, mask, num_beams=4, trie=catalog, **{**kw, "max_new_tokens": catalog.max_depth})
-    grouped = beam_search(t5, ids, mask, num_beams=8, num_beam_groups=2, trie=catalog, **{**kw, "max_new_tokens": catalog.max_depth})
-    assert torch.equal(grouped.items[:, :4], constrained.items)
 
 
-@pytest.mark.parametrize("use_trie", [False, True])
-def test_diversity_penalty_makes_groups_differ(t5, catalog, use_trie):
+def test_diversity_penalty_makes_groups_differ(t5, catalog):
     ids, mask = prompts(5, left_pad=False)
-    trie = catalog if use_trie else None
-    kw = {"num_beams": 6, "max_new_tokens": catalog.max_depth, "eos_token_id": EOS, "pad_token_id": PAD, "trie": trie}
-    plain = beam_search(t5, ids, mask, **kw)
-    diverse = beam_search(t5, ids, mask, num_beam_groups=6, diversity_penalty=50.0, **kw)
+    kw = {"num_beams": 6, "max_new_tokens": catalog.max_depth, "eos_token_id": EOS, "pad_token_id": PAD}
+    plain = id_search(t5, ids, mask, **kw)
+    diverse = id_search(t5, ids, mask, num_beam_groups=6, diversity_penalty=50.0, **kw)
     assert torch.isfinite(diverse.scores).all()
     for b in range(3):
         firsts = diverse.sequences[b, :, 0].tolist()
         assert len(set(firsts)) == 6  # a huge penalty: each group starts with its own token
         assert len(set(plain.sequences[b, :, 0].tolist())) < 6  # while plain beams share first tokens
-    if use_trie:
-        assert_catalog_items(diverse, catalog)
     # a mild penalty still changes the result
-    mild = beam_search(t5, ids, mask, num_beam_groups=3, diversity_penalty=0.5, **kw)
+    mild = id_search(t5, ids, mask, num_beam_groups=3, diversity_penalty=0.5, **kw)
     assert not torch.equal(mild.sequences[:, :, :2], plain.sequences[:, :, :2])
 
 
@@ -289,7 +283,7 @@ def test_word_ids_end_to_end(catalog):
     )
     model = T5ForConditionalGeneration(config).train(False)
     batch = tokenizer(["red lipstick matte soft brush", "pink nail gloss"], return_tensors="pt", padding=True)
-    out = beam_search(
+    out = item_search(
         model,
         batch.input_ids,
         batch.attention_mask,
@@ -309,18 +303,18 @@ def test_user_errors_are_one_line(t5, catalog):
     ids, mask = prompts(6, left_pad=False)
     kw = {"eos_token_id": EOS, "pad_token_id": PAD}
     with pytest.raises(FoundationRecError, match=f"max_new_tokens >= {catalog.max_depth}"):
-        beam_search(t5, ids, mask, num_beams=2, max_new_tokens=catalog.max_depth - 1, trie=catalog, **kw)
+        item_search(t5, ids, mask, num_beams=2, max_new_tokens=catalog.max_depth - 1, trie=catalog, **kw)
     with pytest.raises(FoundationRecError, match="multiple of num_beam_groups"):
-        beam_search(t5, ids, mask, num_beams=5, num_beam_groups=2, max_new_tokens=3, **kw)
+        id_search(t5, ids, mask, num_beams=5, num_beam_groups=2, max_new_tokens=3, **kw)
     with pytest.raises(FoundationRecError, match="non-empty"):
-        beam_search(t5, ids[:0], mask[:0], num_beams=2, max_new_tokens=3, **kw)
+        id_search(t5, ids[:0], mask[:0], num_beams=2, max_new_tokens=3, **kw)
     with pytest.raises(FoundationRecError, match="same EOS"):
-        beam_search(t5, ids, mask, num_beams=2, max_new_tokens=8, trie=catalog, eos_token_id=2, pad_token_id=PAD)
+        item_search(t5, ids, mask, num_beams=2, max_new_tokens=8, trie=catalog, eos_token_id=2, pad_token_id=PAD)
     big = Trie.build([[V + 5, EOS]], vocab_size=V + 10, eos_token_id=EOS)
     with pytest.raises(FoundationRecError, match="model's tokenizer"):
-        beam_search(t5, ids, mask, num_beams=2, max_new_tokens=3, trie=big, **kw)
+        item_search(t5, ids, mask, num_beams=2, max_new_tokens=3, trie=big, **kw)
     with pytest.raises(FoundationRecError, match=f"shape \\[{V}\\]"):
-        beam_search(t5, ids, mask, num_beams=2, max_new_tokens=3, bad_token_mask=torch.zeros(V - 1, dtype=torch.bool), **kw)
+        id_search(t5, ids, mask, num_beams=2, max_new_tokens=3, bad_token_mask=torch.zeros(V - 1, dtype=torch.bool), **kw)
 
 
 @pytest.mark.parametrize("model_name", ["t5", "llama"])
@@ -332,9 +326,9 @@ def test_per_prompt_masks_and_no_repeated_tokens(request, model_name):
     for row in range(len(ids)):  # each prompt may use its own 12 tokens (and EOS)
         bad[row, 2 + 12 * row : 14 + 12 * row] = False
     bad[:, EOS] = False
-    out = beam_search(model, ids, mask, bad_token_mask=bad, no_repeat_tokens=True, **kw)
+    out = id_search(model, ids, mask, bad_token_mask=bad, no_repeat_tokens=True, **kw)
     for row in range(len(ids)):
-        alone = beam_search(model, ids[row : row + 1], mask[row : row + 1], bad_token_mask=bad[row], no_repeat_tokens=True, **kw)
+        alone = id_search(model, ids[row : row + 1], mask[row : row + 1], bad_token_mask=bad[row], no_repeat_tokens=True, **kw)
         assert torch.equal(alone.sequences[0], out.sequences[row][:, : alone.sequences.shape[-1]])
         for seq, score in zip(out.sequences[row].tolist(), out.scores[row].tolist(), strict=True):
             if score == float("-inf"):
@@ -343,7 +337,7 @@ def test_per_prompt_masks_and_no_repeated_tokens(request, model_name):
             assert tokens and len(set(tokens)) == len(tokens)  # no token twice
             assert not bad[row, tokens].any()  # only the prompt's own tokens
     with pytest.raises(FoundationRecError, match=r"bad_token_mask must be a bool tensor of shape \[120\] or \[3, 120\]"):
-        beam_search(model, ids, mask, bad_token_mask=bad[:2], **kw)
+        id_search(model, ids, mask, bad_token_mask=bad[:2], **kw)
 
 
 def test_word_pieces_keep_sub_words_in_their_text_order(t5):
@@ -356,7 +350,7 @@ def test_word_pieces_keep_sub_words_in_their_text_order(t5):
     for b, row in enumerate(text.tolist()):
         allowed[b, [t for t in row if t >= 0]] = True
     allowed[:, EOS] = True
-    out = beam_search(t5, ids, mask, num_beams=6, max_new_tokens=5, eos_token_id=EOS, pad_token_id=PAD, bad_token_mask=~allowed,
+    out = id_search(t5, ids, mask, num_beams=6, max_new_tokens=5, eos_token_id=EOS, pad_token_id=PAD, bad_token_mask=~allowed,
                       no_repeat_tokens=True, word_pieces=(text, continuation))
     pairs = [set(itertools.pairwise(row)) for row in text.tolist()]
     word_final = [{5: False, 61: False, 62: True, 7: False, 63: True}, {8: False, 64: True, 9: False, 65: False, 66: True, 10: True},
@@ -391,14 +385,14 @@ def test_vocab_subset_equals_the_model_restricted_to_each_prompts_tokens(request
     bad[40] = True  # in prompt 0's text, never allowed
     kw = {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.7, "max_new_tokens": 5, "min_new_tokens": 2,
           "eos_token_id": EOS, "pad_token_id": PAD, "no_repeat_tokens": True, "bad_token_mask": bad}
-    out = beam_search(model, ids, mask, word_pieces=(text, continuation), vocab_subset=text, **kw)
+    out = id_search(model, ids, mask, word_pieces=(text, continuation), vocab_subset=text, **kw)
     head = model.get_output_embeddings()
     for b in range(3):
         allowed = torch.zeros(V, dtype=torch.bool)
         allowed[[t for t in text[b].tolist() if t >= 0] + [EOS]] = True
         hook = head.register_forward_hook(lambda _m, _a, logits, allowed=allowed & ~bad: logits.masked_fill(~allowed, float("-inf")))
         try:
-            alone = beam_search(model, ids[b : b + 1], mask[b : b + 1], word_pieces=(text[b : b + 1], continuation), **kw)
+            alone = id_search(model, ids[b : b + 1], mask[b : b + 1], word_pieces=(text[b : b + 1], continuation), **kw)
         finally:
             hook.remove()
         width = alone.sequences.shape[-1]
@@ -408,13 +402,10 @@ def test_vocab_subset_equals_the_model_restricted_to_each_prompts_tokens(request
         assert torch.isfinite(out.scores[b]).sum() >= 2  # real sequences were compared, not padding
         found = {t for row in out.sequences[b].tolist() for t in row} - {PAD, EOS}
         assert found <= set(text[b].tolist()) - {40}
-    with pytest.raises(FoundationRecError, match="vocab_subset needs trie=None"):
-        beam_search(model, ids, mask, num_beams=2, max_new_tokens=8, eos_token_id=EOS, pad_token_id=PAD, vocab_subset=text,
-                    trie=Trie.build([[5, EOS]], vocab_size=V, eos_token_id=EOS))
     with pytest.raises(FoundationRecError, match=r"vocab_subset must be an integer tensor \[3, L\]"):
-        beam_search(model, ids, mask, num_beams=2, max_new_tokens=3, eos_token_id=EOS, pad_token_id=PAD, vocab_subset=text[:2])
+        id_search(model, ids, mask, num_beams=2, max_new_tokens=3, eos_token_id=EOS, pad_token_id=PAD, vocab_subset=text[:2])
     with pytest.raises(FoundationRecError, match="must use the model's 120 token ids"):
-        beam_search(model, ids, mask, num_beams=2, max_new_tokens=3, eos_token_id=EOS, pad_token_id=PAD, vocab_subset=text + V)
+        id_search(model, ids, mask, num_beams=2, max_new_tokens=3, eos_token_id=EOS, pad_token_id=PAD, vocab_subset=text + V)
 
 
 @pytest.mark.parametrize("model_name", ["t5", "llama"])
@@ -429,23 +420,23 @@ def test_replayed_first_group_gives_the_search_it_replaces(request, model_name, 
     kw = {"num_beams": 4, "num_beam_groups": 2, "max_new_tokens": 5, "min_new_tokens": 1, "eos_token_id": EOS, "pad_token_id": PAD,
           "no_repeat_tokens": True}
     extra = (lambda rows: {"vocab_subset": text[rows]}) if subset else (lambda rows: {})
-    recorded = beam_search(model, ids, mask, diversity_penalty=0.5, record_first_group=True, **kw, **extra([0, 1, 2]))
+    recorded = id_search(model, ids, mask, diversity_penalty=0.5, record_first_group=True, **kw, **extra([0, 1, 2]))
     assert (recorded.first_group.steps[:, 0] >= 0).all()  # group 0 chose tokens at the first step
     rows = [2, 0]  # a smaller batch, another order: prompt 0's subset is no longer the widest row's neighbour
-    full = beam_search(model, ids[rows], mask[rows], diversity_penalty=2.0, **kw, **extra(rows))
+    full = id_search(model, ids[rows], mask[rows], diversity_penalty=2.0, **kw, **extra(rows))
     fed = []
     hook = model.register_forward_pre_hook(lambda _m, args, kwargs: fed.append(next(
         v.shape[0] for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim() >= 2)), with_kwargs=True)
     try:
-        replayed = beam_search(model, ids[rows], mask[rows], diversity_penalty=2.0, first_group=recorded.first_group[rows], **kw, **extra(rows))
+        replayed = id_search(model, ids[rows], mask[rows], diversity_penalty=2.0, first_group=recorded.first_group[rows], **kw, **extra(rows))
     finally:
         hook.remove()
     assert torch.equal(replayed.sequences, full.sequences)
     assert torch.allclose(replayed.scores, full.scores, atol=1e-6)
-    assert not torch.equal(full.sequences, beam_search(model, ids[rows], mask[rows], diversity_penalty=0.5, **kw, **extra(rows)).sequences)
+    assert not torch.equal(full.sequences, id_search(model, ids[rows], mask[rows], diversity_penalty=0.5, **kw, **extra(rows)).sequences)
     assert max(fed[1:]) <= len(rows) * 2  # after the first step only group 1's beams (2 per prompt) are fed
     with pytest.raises(FoundationRecError, match="first_group must come from a search of the same 2 prompts"):
-        beam_search(model, ids[rows], mask[rows], diversity_penalty=2.0, first_group=recorded.first_group, **kw, **extra(rows))
+        id_search(model, ids[rows], mask[rows], diversity_penalty=2.0, first_group=recorded.first_group, **kw, **extra(rows))
 
 
 def test_word_piece_mask_by_hand():
@@ -454,12 +445,12 @@ def test_word_piece_mask_by_hand():
     continuation[10:] = True
     text = torch.tensor([[2, 3, 10, 4, 11, -1]])
     prompt = torch.tensor([0, 0, 0])
-    first = _unfollowable(continuation, text, prompt[:1], None, EOS, closing=False)
+    first = unfollowable(continuation, text, prompt[:1], None, EOS, closing=False)
     assert first[0].nonzero().flatten().tolist() == [10, 11]  # no piece starts an ID
-    after = _unfollowable(continuation, text, prompt, torch.tensor([3, 2, 4]), EOS, closing=False)
+    after = unfollowable(continuation, text, prompt, torch.tensor([3, 2, 4]), EOS, closing=False)
     # inside 'runn' only '##ing' may come (no EOS, no new word); after 'the' anything but a piece; inside 'man' only '##go'
     assert (~after).nonzero().tolist() == [[0, 10], *([1, t] for t in range(10)), [2, 11]]
-    closing = _unfollowable(continuation, text, prompt, torch.tensor([3, 2, 4]), EOS, closing=True)
+    closing = unfollowable(continuation, text, prompt, torch.tensor([3, 2, 4]), EOS, closing=True)
     # the last step also forbids ending on 'runn' or 'man' (always continued by a piece)
     assert (~closing).nonzero().tolist() == [[0, 10], *([1, t] for t in range(10) if t not in (3, 4)), [2, 11]]
 
@@ -472,7 +463,7 @@ def test_candidate_scores_equal_beam_search_scores(request, catalog, model_name)
     ids, mask = prompts(4, left_pad=model_name == "llama")
     start = PAD if model_name == "t5" else None
     sequences = catalog.sequences()
-    out = beam_search(model, ids, mask, num_beams=8, max_new_tokens=catalog.max_depth, eos_token_id=EOS, pad_token_id=PAD,
+    out = item_search(model, ids, mask, num_beams=8, max_new_tokens=catalog.max_depth, eos_token_id=EOS, pad_token_id=PAD,
                       trie=catalog, decoder_start_token_id=start)
     found = [[sequences[int(i)][:-1] for i in row] for row in out.items]
     extra = [[sequences[7][:-1], sequences[99][:-1]] for _ in found]
@@ -516,7 +507,7 @@ def test_node_prior_is_added_after_length_normalisation(llama, catalog):
     ids, mask = prompts(6, left_pad=True)
     item_prior = torch.randn(len(ids), catalog.num_items, generator=torch.Generator().manual_seed(3))
     for weight in (1.0, 1000.0):
-        out = beam_search(llama, ids, mask, num_beams=6, max_new_tokens=catalog.max_depth, eos_token_id=EOS, pad_token_id=PAD,
+        out = item_search(llama, ids, mask, num_beams=6, max_new_tokens=catalog.max_depth, eos_token_id=EOS, pad_token_id=PAD,
                           trie=catalog, node_prior=weight * catalog.best_below(item_prior))
         sequences = catalog.sequences()
         for b in range(len(ids)):
@@ -526,7 +517,7 @@ def test_node_prior_is_added_after_length_normalisation(llama, catalog):
             torch.testing.assert_close(out.scores[b], expected, rtol=1e-5, atol=1e-3)
     assert torch.equal(out.items, item_prior.topk(6).indices)
     with pytest.raises(FoundationRecError, match="node_prior must be"):
-        beam_search(llama, ids, mask, num_beams=6, max_new_tokens=catalog.max_depth, eos_token_id=EOS, pad_token_id=PAD,
+        item_search(llama, ids, mask, num_beams=6, max_new_tokens=catalog.max_depth, eos_token_id=EOS, pad_token_id=PAD,
                     trie=catalog, node_prior=torch.zeros(catalog.num_nodes))
 
 
@@ -539,7 +530,7 @@ def _stepper_logits(model, grouped: bool, width: int) -> list[torch.Tensor]:
     cross_attention.enable = enable if grouped else (lambda _model: False)
     try:
         with torch.inference_mode():
-            stepper = decoding._IncrementalModel(model, ids, mask, PAD)
+            stepper = decoding.IncrementalModel(model, ids, mask, PAD)
             out = [stepper.first()]
             tokens = torch.randint(3, V, (6, width), generator=torch.Generator().manual_seed(1))
             out.append(stepper.next(torch.tensor([0, 0, 1, 2, 2, 2]), tokens if width > 1 else tokens[:, 0]))

@@ -15,21 +15,21 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from foundation_rec import idgen
 from foundation_rec.backbones import Backbone, BackboneConfig, load_backbone
 from foundation_rec.corpora import load_corpus
-from foundation_rec.decoding import beam_search
+from foundation_rec.decoding import id_search
 from foundation_rec.errors import FoundationRecError
 from foundation_rec.idgen import (
     IDGenConfig,
     IDGenerator,
     IDTable,
-    _fallback,
-    _padded,
     build_table,
     encode_ids,
+    fallback,
     field_values,
     id_report,
     keyword_id,
     keyword_loss,
     normalize_id,
+    padded,
 )
 
 TEXTS = [
@@ -127,10 +127,10 @@ def test_keyword_id():
 
 
 def test_fallback_never_fails():
-    assert _fallback("great lash", "title: Great Lash Mascara", set()) == "great lash"
-    assert _fallback("great lash", "title: Great Lash Mascara", {"great lash"}) == "great lash mascara"
+    assert fallback("great lash", "title: Great Lash Mascara", set()) == "great lash"
+    assert fallback("great lash", "title: Great Lash Mascara", {"great lash"}) == "great lash mascara"
     taken = {"great lash", "great lash mascara", "great lash 2"}
-    assert _fallback("great lash", "title: Great Lash Mascara", taken) == "great lash 3"
+    assert fallback("great lash", "title: Great Lash Mascara", taken) == "great lash 3"
 
 
 def test_schedule():
@@ -140,14 +140,14 @@ def test_schedule():
 
 
 def test_min_new_tokens_forbids_an_early_eos(cold):
-    inputs = cold._inputs(TEXTS[:3])
+    inputs = cold.inputs(TEXTS[:3])
     tok = cold.tokenizer
     eager = copy.deepcopy(cold.backbone.hf_model)  # a model that always wants to stop: EOS's output row scaled up
     with torch.no_grad():
         eager.get_output_embeddings().weight[tok.eos_token_id] = eager.get_output_embeddings().weight.abs().max(0).values * 50
     kw = {"num_beams": 4, "max_new_tokens": 6, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
-    free = beam_search(eager, **inputs, **kw)
-    out = beam_search(eager, **inputs, min_new_tokens=3, **kw)
+    free = id_search(eager, **inputs, **kw)
+    out = id_search(eager, **inputs, min_new_tokens=3, **kw)
     assert (free.sequences[:, :, 0] == tok.eos_token_id).any()  # free to stop, it stops at once
     assert (out.sequences[:, :, :3] != tok.eos_token_id).all()
     assert (out.sequences[:, :, 3] == tok.eos_token_id).any()  # and stops as soon as it may
@@ -193,8 +193,8 @@ def test_warmup_gives_extractive_tag_like_ids(warm, cold):
 def test_token_distributions_match_beam_scores(family, cold):
     generator = cold if family == "seq2seq" else causal_generator()
     tok = generator.tokenizer
-    out = beam_search(
-        generator.backbone.hf_model, **generator._inputs(TEXTS[:3]), num_beams=2, max_new_tokens=5,
+    out = id_search(
+        generator.backbone.hf_model, **generator.inputs(TEXTS[:3]), num_beams=2, max_new_tokens=5,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, length_penalty=0.0,
     )  # fmt: skip
     rows = out.sequences[:, 0].tolist()
@@ -293,10 +293,10 @@ def test_extractive_beam_scores_are_the_training_distributions(cold):
     generator = IDGenerator(cold.backbone, dataclasses.replace(FAST, extractive=True))
     tok, texts = generator.tokenizer, TEXTS[:4]
     rows = generator.value_tokens(texts)
-    out = beam_search(
-        generator.backbone.hf_model, **generator._inputs(texts), num_beams=2, max_new_tokens=4, eos_token_id=tok.eos_token_id,
+    out = id_search(
+        generator.backbone.hf_model, **generator.inputs(texts), num_beams=2, max_new_tokens=4, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, length_penalty=0.0, bad_token_mask=generator.bad_token_mask(), no_repeat_tokens=True,
-        vocab_subset=_padded(rows),
+        vocab_subset=padded(rows),
     )  # fmt: skip
     seqs = [row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row for row in out.sequences[:, 0].tolist()]
     probs = generator.token_distributions(texts, seqs)
@@ -312,8 +312,8 @@ def test_extractive_beam_scores_are_the_training_distributions(cold):
 def test_identical_texts_are_searched_once(cold, monkeypatch):
     """A chain's branches share a text: candidates runs one search per distinct text and gives each copy the same list."""
     prompts = []
-    search = idgen.beam_search
-    monkeypatch.setattr(idgen, "beam_search", lambda model, input_ids, **kw: prompts.append(len(input_ids)) or search(model, input_ids, **kw))
+    search = idgen.id_search
+    monkeypatch.setattr(idgen, "id_search", lambda model, input_ids, **kw: prompts.append(len(input_ids)) or search(model, input_ids, **kw))
     texts = [TEXTS[0], TEXTS[1], TEXTS[0], TEXTS[0]]
     found = cold.candidates(texts)
     assert sum(prompts) == 2
@@ -360,8 +360,8 @@ def test_retries_replay_group_zero_and_give_the_same_ids(family, cold, monkeypat
     texts = list(dict.fromkeys(TEXTS))
     taken = {c for options in generator.candidates(texts) for c in options}  # every text collides in round 1
     calls = []
-    search = idgen.beam_search
-    monkeypatch.setattr(idgen, "beam_search", lambda model, input_ids, **kw: calls.append(kw["first_group"] is not None) or search(model, input_ids, **kw))
+    search = idgen.id_search
+    monkeypatch.setattr(idgen, "id_search", lambda model, input_ids, **kw: calls.append(kw["first_group"] is not None) or search(model, input_ids, **kw))
     replayed = generator.assign(texts, set(taken), progress=False)
     used = list(calls)
     candidates = generator.candidates
