@@ -701,37 +701,16 @@ def item_search(
                         length_penalty=length_penalty, inputs_embeds=inputs_embeds, node_prior=node_prior)
 
 
-def id_search(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    *,
-    num_beams: int,
-    max_new_tokens: int,
-    eos_token_id: int,
-    pad_token_id: int,
-    num_beam_groups: int = 1,
-    diversity_penalty: float = 0.0,
-    bad_token_mask: torch.Tensor | None = None,
-    decoder_start_token_id: int | None = None,
-    length_penalty: float = 1.0,
-    min_new_tokens: int = 0,
-    no_repeat_tokens: bool = False,
-    word_pieces: tuple[torch.Tensor, torch.Tensor] | None = None,
-    inputs_embeds: torch.Tensor | None = None,
-    vocab_subset: torch.Tensor | None = None,
-    encoder_states: torch.Tensor | None = None,
-    first_group: FirstGroup | None = None,
-    record_first_group: bool = False,
-) -> BeamSearchOutput:
-    """ID search: free generation of ``num_beams`` sequences per prompt (``out.sequences``), optionally diverse
-    (``num_beam_groups``, ``diversity_penalty``), over a per-prompt ``vocab_subset``, with masks, whole words and
-    group 0 replayed or recorded (the module docstring gives each option)."""
-    return _beam_search(model, input_ids, attention_mask, num_beams=num_beams, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                        pad_token_id=pad_token_id, num_beam_groups=num_beam_groups, diversity_penalty=diversity_penalty,
-                        bad_token_mask=bad_token_mask, decoder_start_token_id=decoder_start_token_id, length_penalty=length_penalty,
-                        min_new_tokens=min_new_tokens, no_repeat_tokens=no_repeat_tokens, word_pieces=word_pieces, inputs_embeds=inputs_embeds,
-                        vocab_subset=vocab_subset, encoder_states=encoder_states, first_group=first_group, record_first_group=record_first_group)
+def id_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **options) -> BeamSearchOutput:
+    """ID search: free generation of ``num_beams`` sequences per prompt (``out.sequences``) with the core's options but
+    the item search's: ``num_beams``, ``max_new_tokens``, ``eos_token_id``, ``pad_token_id`` (required), and
+    ``num_beam_groups``, ``diversity_penalty``, ``bad_token_mask``, ``decoder_start_token_id``, ``length_penalty``,
+    ``min_new_tokens``, ``no_repeat_tokens``, ``word_pieces``, ``inputs_embeds``, ``vocab_subset``, ``encoder_states``,
+    ``first_group``, ``record_first_group`` (the module docstring gives each)."""
+    item_options = sorted(options.keys() & {"trie", "node_prior"})
+    if item_options:
+        raise FoundationRecError(f"{item_options[0]} is an option of item_search, not of id_search; use item_search for catalog items")
+    return _beam_search(model, input_ids, attention_mask, **options)
 
 
 def _check_subset(model, input_ids, vocab_subset, bad_token_mask, eos_token_id) -> _Subset | None:

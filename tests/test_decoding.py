@@ -569,3 +569,13 @@ def test_grouped_cross_attention_is_for_its_own_thread_only(t5):
             worker.start()
             worker.join()
     torch.testing.assert_close(seen["out"], expected, rtol=0, atol=1e-6)
+
+
+def test_item_and_id_options_cannot_be_mixed(t5, catalog):
+    """An item search takes no ID-generation option and an ID search no trie: the mix is refused before any work."""
+    ids, mask = prompts(2, left_pad=False)
+    kw = {"num_beams": 4, "max_new_tokens": catalog.max_depth, "eos_token_id": EOS, "pad_token_id": PAD}
+    with pytest.raises(FoundationRecError, match="trie is an option of item_search, not of id_search"):
+        id_search(t5, ids, mask, trie=catalog, **kw)
+    with pytest.raises(TypeError, match="num_beam_groups"):
+        item_search(t5, ids, mask, catalog, num_beam_groups=2, **kw)
