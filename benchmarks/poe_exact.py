@@ -23,8 +23,7 @@ from common import environment, provenance, write_table
 
 from foundation_rec.api import FoundationRec
 from foundation_rec.corpora import load_corpus
-from foundation_rec.evaluate import examples
-from foundation_rec.metrics import ndcg_at_k, target_ranks
+from foundation_rec.evaluate import evaluate_examples, examples
 from foundation_rec.prompts import EVAL_TEMPLATE, PromptBuilder
 
 
@@ -39,10 +38,14 @@ def lm_scores(model: FoundationRec, catalog, histories: list[np.ndarray], candid
     return np.stack(out)
 
 
-def ndcg_of(order: np.ndarray, histories, targets: np.ndarray, exclude: bool) -> float:
-    if exclude:
-        order = np.stack([np.concatenate([row[~np.isin(row, h)], np.full(int(np.isin(row, h).sum()), -1)]) for row, h in zip(order, histories, strict=True)])
-    return ndcg_at_k(target_ranks(order[:, :10], targets), 10)
+class FixedRanking:
+    """The harness's recommender protocol over rankings computed beforehand, one per history object of the examples."""
+
+    def __init__(self, histories: list[np.ndarray], order: np.ndarray):
+        self.rows = {id(h): row for h, row in zip(histories, order, strict=True)}
+
+    def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
+        return np.stack([self.rows[id(h)][:k] for h in histories])
 
 
 def run(model: FoundationRec, target: str, args) -> list[list]:
@@ -59,7 +62,7 @@ def run(model: FoundationRec, target: str, args) -> list[list]:
     base = {}
     for lam in args.lams:
         order = np.take_along_axis(candidates, np.argsort(-(top_prior + lam * lm), axis=1, kind="stable"), axis=1)
-        kept, excluded = (ndcg_of(order, histories, targets, e) for e in (False, True))
+        kept, excluded = (r["N@10"] for r in evaluate_examples(ex, FixedRanking(histories, order), f"poe {lam:g}", len(catalog.ids), (False, True)))
         base.setdefault("kept", kept)
         base.setdefault("excluded", excluded)
         rows.append([target, f"{len(histories):,}", f"{lam:g}", f"{kept:.4f}", f"{kept / base['kept']:.2f}x" if base["kept"] else "-",
