@@ -29,7 +29,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from . import defaults
-from .api import DEFAULT, GENERATION, METHODS, FoundationRec, method_label
+from .api import DEFAULT, GENERATION, METHODS, PRIOR, FoundationRec, method_label
 from .baselines import METHODS as BASELINES
 from .baselines import evaluate_methods
 from .checkpoint import read_config
@@ -133,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     names = resolve_names(args.target)
     writable_dir(args.out, "--out")
     read_config(args.checkpoint)
-    if args.content_prior and not (Path(args.checkpoint) / "recommender" / SCORER_INFO).is_file():
+    has_scorer = (Path(args.checkpoint) / "recommender" / SCORER_INFO).is_file()  # checked before minutes of ID generation
+    if args.content_prior and not has_scorer:
         raise FoundationRecError(f"--content-prior {args.content_prior:g} needs a checkpoint with a content scorer, and {args.checkpoint} has none "
                                  "(pre-train with --content-prior-epochs 4, or pass --content-prior 0)")
+    if PRIOR in args.methods.split(",") and not has_scorer:
+        raise FoundationRecError(f"--methods {PRIOR} needs a checkpoint with a content scorer, and {args.checkpoint} has none; leave {PRIOR} out")
     model = FoundationRec.from_pretrained(args.checkpoint, device=args.device, num_beams=args.num_beams, id_precision=args.id_precision)
     if args.content_prior is None:
         args.content_prior = model.content_prior

@@ -41,6 +41,7 @@ def test_methods_and_history_settings_are_rows_on_the_same_users(tiny_checkpoint
 
 
 @pytest.mark.parametrize(("flags", "message"), [(["--methods", "idgenrec-rerank"], "unknown --methods entry 'idgenrec-rerank'; use a comma list of"),
+                                                (["--methods", "content-prior"], "--methods content-prior needs a checkpoint with a content scorer"),
                                                 (["--history", "sometimes"], "--history 'sometimes' is not one of kept, excluded, both")])
 def test_bad_methods_or_history_are_one_line(tiny_checkpoint, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
