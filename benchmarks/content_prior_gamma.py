@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from common import environment, provenance, write_results
 
-from foundation_rec.api import FoundationRec
+from foundation_rec.api import PRIOR, FoundationRec
 from foundation_rec.checkpoint import read_config
 from foundation_rec.content_prior import PriorRanking
 from foundation_rec.corpora import load_corpus
@@ -42,7 +42,7 @@ def main() -> None:
     for name in args.corpora.split(","):
         corpus = sample_corpus(load_corpus(name, config["run"].get("data_dir")), users or None, seed)
         catalog = model.index_catalog(corpus, progress=False)
-        methods = {"content-prior": PriorRanking(model.recommender.scorer, catalog.vectors)}
+        methods = {PRIOR: PriorRanking(model.recommender.scorer, catalog.vectors)}
         methods.update({f"gamma={g:g}": model.catalog_recommender(content_prior=g) for g in map(float, args.gammas.split(","))})
         for method, rec in methods.items():
             row = evaluate(corpus, rec, method, split="valid", max_users=args.max_users, seed=0, progress=False)

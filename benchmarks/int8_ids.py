@@ -17,6 +17,7 @@ import time
 
 from common import checkpoint_run, environment, provenance, write_table
 
+from foundation_rec.api import DEFAULT
 from foundation_rec.baselines import evaluate_methods
 from foundation_rec.corpora import load_corpus
 from foundation_rec.evaluate import evaluate_settings
@@ -36,11 +37,11 @@ def measure(model, target: str, users: int, seed: int, data_dir) -> list[dict]:
         model._catalog_ids = lambda name, texts, progress, ids=run["ids"]: ids  # index these IDs, not the cached ones
         model.index_catalog(corpus, progress=False)
         rec = model.catalog_recommender()
-        run["results"] = evaluate_settings(corpus, rec, "idgenrec-zeroshot", max_users=users, seed=seed, progress=True)
+        run["results"] = evaluate_settings(corpus, rec, DEFAULT, max_users=users, seed=seed, progress=True)
         run["same_ids_share"] = round(sum(a == b for a, b in zip(runs[0]["ids"], run["ids"], strict=True)) / len(texts), 4)
     del model._catalog_ids
     knn = evaluate_methods(corpus, ["text-knn"], max_users=users, seed=seed, exclude_history=(False, True), progress=True)
-    rows = [{"target": target, "items": len(texts), "method": f"idgenrec-zeroshot ({r['precision']} IDs)", "precision": r["precision"],
+    rows = [{"target": target, "items": len(texts), "method": f"{DEFAULT} ({r['precision']} IDs)", "precision": r["precision"],
              "id_seconds": r["seconds"], "same_ids_share": r["same_ids_share"], "fallbacks": r["fallbacks"], "unique": r["unique"],
              "metrics": [{"exclude_history": x["exclude_history"], "users": x["users_evaluated"], **x["metrics"]} for x in r["results"]]}
             for r in runs]

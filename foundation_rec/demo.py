@@ -36,7 +36,7 @@ import gradio as gr
 from transformers import HfArgumentParser
 
 from . import defaults
-from .api import MAX_HISTORY_LINES, Catalog, FoundationRec
+from .api import DEFAULT, MAX_HISTORY_LINES, Catalog, FoundationRec
 from .corpora import recipe_names
 from .corpora.readers import check_utf8
 from .errors import FoundationRecError, cli_errors, parse_flags
@@ -195,7 +195,7 @@ class DemoApp:
             table = [[rank, r["title"], r["textual_id"], f"{math.exp(r['score'] - recs[0]['score']):.0%}"] for rank, r in enumerate(recs, 1)]
             flagged = sum(not m.matched for m in matches)
             note = f" {flagged} unmatched line(s) left out." if flagged else ""
-            how = (f" Ranked by {recs[0]['method'] if recs else 'idgenrec-zeroshot'}: generation over the catalog's textual IDs guided by the "
+            how = (f" Ranked by {recs[0]['method'] if recs else DEFAULT}: generation over the catalog's textual IDs guided by the "
                    f"content prior{' and the catalog counts' if catalog.counts is not None else ''}; "
                    f"{'your history is kept' if keep_history else 'your history is left out'}.")
             return rows, table, f"{len(table)} recommendations from **{catalog.name}** in {latency * 1000:.0f} ms.{note}{how}"

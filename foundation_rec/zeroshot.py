@@ -97,7 +97,7 @@ def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list
     for method in args.methods.split(","):
         for protocol in protocols if method != GENERATION else (STRICT,):
             rec = model.method_recommender(method, protocol, num_beams=args.num_beams, batch_size=args.batch_size, content_prior=args.content_prior)
-            gamma = 0.0 if method == GENERATION else (args.content_prior if args.content_prior is not None else model.content_prior)
+            gamma = {GENERATION: 0.0, PRIOR: None}.get(method, args.content_prior if args.content_prior is not None else model.content_prior)
             for result in evaluate_settings(corpus, rec, method_label(method, protocol), HISTORY_SETTINGS[args.history], max_users=args.max_users,
                                             seed=args.seed, batch_size=args.batch_size, progress=args.progress):
                 result.update(protocol=protocol, checkpoint=str(model.path), pretrained_corpora=model.pretrained_corpora,
