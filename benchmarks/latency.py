@@ -6,7 +6,7 @@ For each target: index the catalog through the Python API (``FoundationRec.index
 it. The first indexing of a catalog generates its IDs (Algorithm 1 over every item); later ones load
 them from the cache. Both are reported: ``cold`` is the generation time this machine recorded in
 the cache when the IDs were generated (in this run, or an earlier one such as
-``benchmarks/zeroshot.py``; the record says which), ``warm`` the time of a second indexing in this
+``benchmarks/transfer.py``; the record says which), ``warm`` the time of a second indexing in this
 run, with the IDs cached (trie build included), and ``first`` the whole first indexing of this
 run (ID generation and MiniLM item vectors when they are not cached). With a fresh ``FOUNDATION_REC_CACHE`` every cold
 figure is this run's. Then ``--users`` fixed-seed test users are recommended one at

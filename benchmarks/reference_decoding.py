@@ -1,4 +1,4 @@
-"""The reference that :func:`foundation_rec.decoding.beam_search` is checked (``tests/test_decoding.py``)
+"""The reference that :func:`foundation_rec.decoding.item_search` is checked (``tests/test_decoding.py``)
 and benchmarked (``benchmarks/decoding.py``) against: Hugging Face ``model.generate`` with a
 ``prefix_allowed_tokens_fn`` that walks a dict trie, IDGenRec's original constrained decoding.
 
@@ -39,7 +39,7 @@ def reference_beam_search(
     decoder_start_token_id: int | None = None,
     length_penalty: float = 1.0,
 ) -> BeamSearchOutput:
-    """The baseline :func:`~foundation_rec.decoding.beam_search` is checked and benchmarked against: ``model.generate`` with
+    """The baseline :func:`~foundation_rec.decoding.item_search` is checked and benchmarked against: ``model.generate`` with
     ``num_beams = num_return_sequences = num_beams`` and, given ``prefix_trie`` (:func:`dict_trie`),
     a ``prefix_allowed_tokens_fn`` that walks the dict trie from its root for every beam at every step
     (IDGenRec's original constrained decoding). Output in :class:`BeamSearchOutput` form."""
