@@ -16,14 +16,12 @@ weight must be fitted on the Amazon pool. Writes ``results/<--name>.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
-from common import environment, provenance, write_table
+from common import checkpoint_run, environment, provenance, write_table
 
-from foundation_rec.api import FoundationRec
 from foundation_rec.backbones import BackboneConfig, load_backbone
 from foundation_rec.baselines import Popularity
 from foundation_rec.corpora import load_corpus
@@ -76,7 +74,7 @@ class FameRanking:
 
 
 def run(model, backbone, target: str, args) -> list[list]:
-    corpus = load_corpus(target)
+    corpus = load_corpus(target, args.data_dir)
     catalog = model.index_catalog(corpus, progress=False)
     start = time.perf_counter()
     fame = title_fame(backbone, catalog.titles, corpus.meta.get("domain", ""), args.score)
@@ -94,19 +92,15 @@ def run(model, backbone, target: str, args) -> list[list]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default="runs/pretrain/best")
-    parser.add_argument("--targets", default="movielens-100k,steam")
-    parser.add_argument("--max-users", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+def flags(parser) -> None:
     parser.add_argument("--score", choices=("tail", "mean", "sum"), default="tail")
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1, 0.2, 0.5])
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="lm_fame")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = FoundationRec.from_pretrained(args.checkpoint, device="cpu")
+    parser.set_defaults(targets="movielens-100k,steam", max_users=2000, threads=1)
+
+
+def main() -> None:
+    args, model = checkpoint_run(__doc__, "--max-users", 2000, extra=flags)
     backbone = load_backbone(BackboneConfig(preset="smollm2-135m", device="cpu"))
     rows = [row for target in args.targets.split(",") for row in run(model, backbone, target, args)]
     env = environment()

@@ -14,12 +14,11 @@ as ``benchmarks/transfer.py`` (same seed and sample size). Writes ``results/<--n
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
-from common import environment, provenance, write_table
+from common import checkpoint_run, environment, provenance, write_table
 
 from foundation_rec.api import FoundationRec
 from foundation_rec.corpora import load_corpus
@@ -49,7 +48,7 @@ class FixedRanking:
 
 
 def run(model: FoundationRec, target: str, args) -> list[list]:
-    corpus = load_corpus(target)
+    corpus = load_corpus(target, args.data_dir)
     catalog = model.index_catalog(corpus, progress=False)
     ex = examples(corpus, "test", max_users=args.max_users, seed=args.seed)
     histories, targets = list(ex.histories), np.asarray(ex.targets)
@@ -73,19 +72,15 @@ def run(model: FoundationRec, target: str, args) -> list[list]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default="runs/pretrain/best")
-    parser.add_argument("--targets", default="movielens-100k,steam")
-    parser.add_argument("--max-users", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+def flags(parser) -> None:
     parser.add_argument("--pool", type=int, default=100, help="the prior's top items the recommender scores")
     parser.add_argument("--lams", type=float, nargs="+", default=[0.0, 0.01, 0.03, 0.1, 0.3, 1.0])
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="poe_exact")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = FoundationRec.from_pretrained(args.checkpoint, device="cpu")
+    parser.set_defaults(targets="movielens-100k,steam", max_users=2000, threads=1)
+
+
+def main() -> None:
+    args, model = checkpoint_run(__doc__, "--max-users", 2000, extra=flags)
     rows = [row for target in args.targets.split(",") for row in run(model, target, args)]
     env = environment()
     write_table(args.name, {"environment": env, "rows": rows, "args": vars(args)},
