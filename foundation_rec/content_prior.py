@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from .baselines.common import pad_items
 from .checkpoint import load_module
 from .errors import FoundationRecError
 from .metrics import ndcg_at_k
@@ -141,8 +142,9 @@ class PriorRanking:
         self.scorer, self.vectors, self.counts = scorer, vectors, counts
 
     def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
-        return np.concatenate([self.scorer.log_prior(histories[lo : lo + 256], self.vectors, self.counts).topk(k).indices.numpy()
-                               for lo in range(0, len(histories), 256)])
+        top = [self.scorer.log_prior(histories[lo : lo + 256], self.vectors, self.counts).topk(min(k, len(self.vectors))).indices.numpy()
+               for lo in range(0, len(histories), 256)]
+        return pad_items(np.concatenate(top), k)  # a catalog under k items: -1 after its last
 
 
 def right_aligned(histories: list[np.ndarray], length: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser
 
-from . import checkpoint
+from . import atomic, checkpoint
 from .backbones import PRETRAINED_SPACE_PRESETS, SCRATCH_PRESETS, BackboneConfig, load_backbone, resolve_device
 from .bundle import ModelBundle, share_tokenizer
 from .content import MINILM_DIM, ContentProjection
@@ -246,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         summary["test"] = result["test"].get("pooled", {})
         print(json.dumps(summary, indent=2))
         anchors = pool_anchors(trainer)
+        results_file = Path(run.output_dir) / "results.json"
+        if results_file.is_file():  # the anchors next to the shipped method's validation score, on the same users
+            atomic.write_json(results_file, {**json.loads(results_file.read_text()), "valid_anchors": anchors})
         against = "".join(f", {name} {n:.4f}" for name, n in anchors.items())
         print(f"\nDone in {seconds / 60:.1f} min. The foundation model is in {Path(run.output_dir) / 'best'}. On {len(trainer.valid_examples):,} "
               f"validation users of the pre-training pool, the shipped recommender (generation with the content prior, "

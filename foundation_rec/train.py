@@ -91,6 +91,13 @@ class TrainConfig:
             "(every item of each user's training sequence in one causal pass; needs a decoder-only recommender)"
         },
     )
+    poe_gamma: float = field(
+        default=0.0,
+        metadata={"help": "prior in the loop (product of experts): train the recommender on its trie-normalised token distribution times the "
+                  "content prior's ratio best-below(child) / best-below(node) to the power gamma, so it learns what the prior misses, and "
+                  "validate it as trained (CatalogRecommender product=True, gamma); 0: plain teacher forcing. Needs a content prior and the "
+                  "sequence objective"},
+    )
     id_examples: str = field(default="all", metadata={"help": "ID-phase examples: all (every training prefix) or last (each user's longest prefix)"})
     user_ids: bool = field(default=False, metadata={"help": "put a user textual ID (words from the user's training items only) into the prompt"})
     max_prompt_tokens: int = field(default=160, metadata={"help": "prompt length cap; the oldest history items are dropped whole"})
@@ -100,6 +107,9 @@ class TrainConfig:
     valid_users: int = field(default=50, metadata={"help": "validation users per corpus for model selection (0: all)"})
     test_users: int = field(default=0, metadata={"help": "test users per corpus for the final evaluation (0: all)"})
     eval_beams: int = field(default=defaults.NUM_BEAMS, metadata={"help": "beams of the trie-constrained beam search in evaluation (zeroshot's 20 by default)"})
+    valid_generation: bool = field(
+        default=False, metadata={"help": "at each validation also log pure generation's metrics (no content prior, gamma 0) as generation_N@10 etc.; doubles validation time"}
+    )
     eval_batch_size: int = field(default=defaults.BATCH_SIZE, metadata={"help": "prompts per beam search in evaluation"})
     seed: int = field(default=42, metadata={"help": "seed of data order, templates, samples and dropout"})
     precision: str = field(default="auto", metadata={"help": "training arithmetic: auto (bf16 autocast on CUDA, fp32 on the CPU), bf16 (CUDA only) or fp32; the from-scratch recipes set fp32"})
@@ -121,6 +131,10 @@ class TrainConfig:
                 raise FoundationRecError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}; e.g. 1e-3")
         if self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.lr_warmup_ratio < 1:
             raise FoundationRecError("--weight-decay and --grad-clip must be >= 0 and --lr-warmup-ratio in [0, 1)")
+        if self.poe_gamma < 0:
+            raise FoundationRecError(f"--poe-gamma must be >= 0, got {self.poe_gamma}")
+        if self.poe_gamma and self.rec_objective != "sequence":
+            raise FoundationRecError("--poe-gamma trains on every item of a sequence prompt; use it with --rec-objective sequence")
         if self.max_prompt_tokens < 16:
             raise FoundationRecError(f"--max-prompt-tokens must be at least 16, got {self.max_prompt_tokens}")
         for name in ("rec_epochs", "id_epochs", "warmup_epochs", "warmup_items", "max_steps", "valid_users", "test_users"):
@@ -134,7 +148,7 @@ def plan(config: TrainConfig) -> list[tuple[str, int]]:
     stages.append(("regen", 0))
     for r in range(config.rounds):
         phases = ("rec", "id") if config.alt_style == "rec_first" else ("id", "rec")
-        for phase in phases:
+        for phase in phases if config.id_epochs else ("rec",):  # --id-epochs 0: no ID phase, so nothing to regenerate
             stages += [("rec", r), ("valid", r)] if phase == "rec" else [("id", r), ("regen", r + 1), ("valid", r)]
     return [*stages, ("test", config.rounds)]
 
@@ -382,15 +396,65 @@ class Trainer:
         templates = sample_templates(rng, n, len(self.prompts.templates))
         return np.resize(order, -(-n // self.dist.world) * self.dist.world), templates
 
-    def rec_batch(self, examples: PoolExamples, indices: np.ndarray, templates: np.ndarray, all_positions: bool = False) -> Batch:
-        prompts = [self.prompts.build(examples.history(i), int(t), self._user(examples, i)) for i, t in zip(indices, templates, strict=True)]
+    def rec_batch(self, examples: PoolExamples, indices: np.ndarray, templates: np.ndarray, all_positions: bool = False, prompts=None) -> Batch:
+        prompts = prompts or self.rec_prompts(examples, indices, templates)
         targets = [self.prompts.id_tokens[examples.target(i)] for i in indices]
         spans = [list(zip(p.items, p.spans, strict=True)) for p in prompts]
         return self.rec.collate([p.tokens for p in prompts], targets, spans, all_positions)
 
+    def rec_prompts(self, examples: PoolExamples, indices: np.ndarray, templates: np.ndarray) -> list:
+        return [self.prompts.build(examples.history(i), int(t), self._user(examples, i)) for i, t in zip(indices, templates, strict=True)]
+
     def rec_loss(self, examples: PoolExamples, indices, templates) -> tuple[torch.Tensor, int]:
+        if self.config.poe_gamma:
+            return self.poe_loss(examples, indices, templates)
         batch = self.rec_batch(examples, indices, templates, self.config.rec_objective == "sequence").to(self.dist.device)
         return self.rec.loss(batch), batch.num_tokens
+
+    def poe_loss(self, examples: PoolExamples, indices, templates) -> tuple[torch.Tensor, int]:
+        """Prior-in-the-loop loss (``poe_gamma``): for every ID token of every labelled item of a sequence prompt, the
+        cross-entropy over the trie children of its prefix node of ``logit(child) + gamma * (B(child) - B(node))``,
+        ``B`` the best log prior below a node (:meth:`Trie.best_below`) given the items before it in the prompt.
+        Summed over an ID, these are ``log p(item)`` under the product ``p_trie(item) * prior(item)^gamma`` normalised
+        along the trie; items already in their history (repeats, which the strict prior rules out) are skipped."""
+        prompts = self.rec_prompts(examples, indices, templates)
+        batch = self.rec_batch(examples, indices, templates, True, prompts).to(self.dist.device)
+        logits = self.rec.model(inputs_embeds=self.rec.embed(batch.input_ids, batch.content), attention_mask=batch.attention_mask).logits
+        by_corpus: dict[int, list] = {}
+        for b, i in enumerate(indices):
+            seq = [item for item, _ in batch.spans[b]] + [examples.target(i)]
+            starts = [start for _, (start, _) in batch.spans[b]] + [len(prompts[b].tokens)]
+            for j in range(1, len(seq)):
+                if seq[j] not in seq[:j]:
+                    by_corpus.setdefault(int(examples.corpus[i]), []).append((b, starts[j], seq[:j], seq[j]))
+        losses, steps = [], 0
+        for c, rows in by_corpus.items():
+            loss, n = self.poe_corpus_loss(c, rows, logits)
+            losses.append(loss)
+            steps += n
+        return torch.stack(losses).sum() / max(steps, 1), batch.num_tokens
+
+    def poe_corpus_loss(self, c: int, rows: list, logits: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The summed product-of-experts cross-entropy of one corpus's labelled items ``(row, start, history, item)``."""
+        offset, trie = int(self.pool.offsets[c]), self.tries[c].to("cpu")
+        vectors = self.rec.item_vectors[offset : int(self.pool.offsets[c + 1])]
+        log_prior = self.rec.scorer.log_prior([np.asarray(h) - offset for _, _, h, _ in rows], vectors)[:, trie.item_row]
+        best = trie.best_below(log_prior)  # [m, nodes]
+        row_to_item = torch.empty(trie.num_items, dtype=torch.long)
+        row_to_item[trie.item_row] = torch.arange(trie.num_items)
+        paths = trie.paths()[row_to_item[torch.tensor([item - offset for *_, item in rows])]]  # [m, depth]: node after each token
+        before = torch.cat([torch.zeros(len(rows), 1, dtype=torch.long), paths[:, :-1]], 1)  # the prefix node of each token
+        sample, k = torch.nonzero(paths >= 0, as_tuple=True)
+        node, gold = before[sample, k], paths[sample, k]
+        tokens, child, valid = trie.children(node)
+        bias = self.config.poe_gamma * (best[sample[:, None], child.clamp(min=0)] - best[sample, node][:, None])
+        rows_t = torch.tensor([r for r, *_ in rows])[sample]
+        at = torch.tensor([s for _, s, *_ in rows])[sample] + k - 1  # the position whose logits predict the token
+        device = logits.device
+        scores = logits[rows_t.to(device), at.to(device)].gather(1, tokens.to(device)) + bias.to(device, logits.dtype)
+        scores = scores.masked_fill(~valid.to(device), -torch.inf)
+        target = (child == gold[:, None]).long().argmax(1).to(device)
+        return torch.nn.functional.cross_entropy(scores, target, reduction="sum"), len(sample)
 
     def soft_id_loss(self, examples: PoolExamples, indices, templates) -> tuple[torch.Tensor, int]:
         """Recommendation loss with every history item's ID replaced by the generator's soft embedding."""
@@ -553,9 +617,10 @@ class Trainer:
         fallbacks = sum(g.get("fallbacks", 0) for g in self.table.generation.values())
         self.log.write({"step": self.step, "phase": "regen", "unique_ids": len(set(self.id_strings)), "items": len(self.id_strings), "fallbacks": fallbacks})
 
-    def evaluate(self, split: str) -> dict:
+    def evaluate(self, split: str, generation_only: bool = False) -> dict:
         """Recall/NDCG@5,10 per corpus (and pooled) on ``split``'s examples, through the evaluation harness
-        (:func:`foundation_rec.evaluate.evaluate_examples`), users sharded over processes."""
+        (:func:`foundation_rec.evaluate.evaluate_examples`), users sharded over processes; the shipped setting
+        (the content prior at its default gamma), or pure generation with ``generation_only``."""
         examples = self.valid_examples if split == "valid" else self.test_examples
         results = {}
         for c, name in enumerate(self.pool.names()):
@@ -563,10 +628,10 @@ class Trainer:
             if not len(everyone):
                 continue
             mine, offset = everyone[self.dist.rank :: self.dist.world], int(self.pool.offsets[c])
-            gamma = defaults.CONTENT_PRIOR if self.rec.scorer is not None else 0.0  # the shipped setting
+            gamma = (self.config.poe_gamma or defaults.CONTENT_PRIOR) if self.rec.scorer is not None and not generation_only else 0.0  # the shipped setting
             prior_vectors = None if self.rec.item_vectors is None else self.rec.item_vectors[offset : int(self.pool.offsets[c + 1])]
             view = CatalogRecommender(self.rec, self.prompts, self.tries[c], offset, num_beams=self.config.eval_beams, batch_size=self.config.eval_batch_size,
-                                      content_prior=gamma, prior_vectors=prior_vectors)
+                                      content_prior=gamma, prior_vectors=prior_vectors, product=bool(self.config.poe_gamma))
             ex = Examples(split, [examples.history(i) - offset for i in mine], np.asarray([examples.target(i) - offset for i in mine], dtype=np.int64),
                           users_total=len(mine), users_excluded=0, sampled=False, users=[self._user(examples, i) for i in mine])
             # one harness batch: the view batches its prompts itself (eval_batch_size), as before
@@ -650,8 +715,11 @@ class Trainer:
     def _validate(self, round_: int) -> None:
         result = self.evaluate("valid")
         score = result.get("pooled", {}).get(SELECT_METRIC, 0.0)
-        self.history.append({"round": round_, "step": self.step, "metrics": result})
-        self.log.write({"step": self.step, "phase": "valid", "round": round_, **result.get("pooled", {})})
+        extra = {}
+        if self.config.valid_generation and self.rec.scorer is not None:
+            extra = {f"generation_{k}": v for k, v in self.evaluate("valid", generation_only=True).get("pooled", {}).items() if k != "users"}
+        self.history.append({"round": round_, "step": self.step, "metrics": result, **extra})
+        self.log.write({"step": self.step, "phase": "valid", "round": round_, **result.get("pooled", {}), **extra})
         if self.best is None or score > self.best:
             self.best = score
             self.save_checkpoint("best")

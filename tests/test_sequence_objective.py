@@ -158,3 +158,49 @@ def test_rec_preset_and_objective_errors_are_one_line(fixture_data, tmp_path, ca
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0, 1000.0])
+def test_prior_in_the_loop_loss_is_the_product_of_experts_normalised_over_the_catalog(fixture_data, tmp_path, gamma):
+    """``--poe-gamma``: the loss of a target item is -log of its probability under the product of the trie-normalised
+    recommender and the content prior to the power gamma. So, for one history, exp(-loss) over every catalog item sums
+    to one; with gamma 0 it is the item's trie-softmax score in beam search (tested by hand in test_decoding)."""
+    from foundation_rec.content_prior import ContentScorer
+    from foundation_rec.decoding import item_search
+
+    pool = Pool(load_corpora(CORPORA, data_dir=fixture_data))
+    trainer = Trainer(TrainConfig(rec_objective="sequence", poe_gamma=gamma), pool, tiny_models(pool.texts(), 0, decoder_only=True), tmp_path,
+                      run_config={"train": {}}, progress=False)
+    torch.manual_seed(0)
+    trainer.rec.scorer, trainer.rec.item_vectors = ContentScorer(8, pool.max_history), torch.randn(len(pool.texts()), 8)
+    trainer.regenerate()
+    examples, i = trainer.train_examples, 0
+    c, offset = int(trainer.train_examples.corpus[i]), int(pool.offsets[int(trainer.train_examples.corpus[i])])
+    prompt = trainer.rec_prompts(examples, np.array([i]), np.array([0]))[0]
+    trie, model, eos = trainer.tries[c], trainer.rec.model, trainer.rec.eos_token_id
+    losses = {}
+    with torch.no_grad():
+        for item in range(offset, int(pool.offsets[c + 1])):
+            if item in prompt.items:
+                continue  # a repeat: the strict prior rules it out and the loss skips it
+            tokens = torch.tensor([list(prompt.tokens) + list(trainer.prompts.id_tokens[item]) + [eos]])
+            loss, steps = trainer.poe_corpus_loss(c, [(0, len(prompt.tokens), list(prompt.items), item)], model(input_ids=tokens).logits)
+            assert steps == len(trainer.prompts.id_tokens[item]) + 1  # every ID token and the EOS
+            losses[item - offset] = float(loss)
+    total = sum(np.exp(-v) for v in losses.values())
+    history_rows = {int(h) - offset for h in prompt.items}
+    assert len(losses) == len(pool.corpora[c].items) - len(history_rows)
+    if gamma:  # the prior gives the history items (almost) nothing, so the new items share all the mass
+        assert total == pytest.approx(1.0, abs=1e-3)
+        vectors = trainer.rec.item_vectors[offset : int(pool.offsets[c + 1])]
+        prior = trainer.rec.scorer.log_prior([np.asarray(prompt.items) - offset], vectors)[0]
+        if gamma > 100:  # the prior dominates: the most likely item is the prior's
+            assert min(losses, key=losses.get) == int(prior.argmax())
+    else:
+        ids = torch.tensor([list(prompt.tokens)])
+        out = item_search(model, ids, torch.ones_like(ids), trie, num_beams=trie.num_items, eos_token_id=eos, pad_token_id=trainer.rec.pad_token_id,
+                          trie_softmax=True, length_penalty=0.0)
+        rows = trie.item_row[out.items[0]].tolist()
+        for row, score in zip(rows, out.scores[0].tolist(), strict=True):
+            if row in losses:
+                assert -losses[row] == pytest.approx(score, abs=1e-3)

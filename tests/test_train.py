@@ -40,6 +40,8 @@ def test_plan_orders_phases_by_alt_style():
         ("warmup", 0), ("regen", 0), ("rec", 0), ("valid", 0), ("id", 0), ("regen", 1), ("valid", 0), ("test", 1)
     ]  # a validation after the ID phase too: the regenerated IDs can become the best model
     assert plan(TrainConfig(rounds=1, alt_style="id_first", warmup_epochs=0))[:5] == [("regen", 0), ("id", 0), ("regen", 1), ("valid", 0), ("rec", 0)]
+    # no ID phase: the IDs cannot change, so no second generation and no second validation of the same model
+    assert plan(TrainConfig(rounds=2, id_epochs=0)) == [("warmup", 0), ("regen", 0), ("rec", 0), ("valid", 0), ("rec", 1), ("valid", 1), ("test", 2)]
     with pytest.raises(FoundationRecError, match="alt-style"):
         TrainConfig(alt_style="both").check()
 
