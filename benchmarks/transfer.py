@@ -227,7 +227,7 @@ def main() -> None:
     parser.add_argument("--num-beams", type=int, default=defaults.NUM_BEAMS)
     parser.add_argument("--methods", default=f"{GENERATE},{PRIOR},{PRIOR_COUNTS},{SCORER},{SCORER_COUNTS}", help=f"the model's methods to run, a comma list of {', '.join(MODEL_METHODS)}")
     parser.add_argument("--content-prior", type=float, default=None, help=f"gamma of {PRIOR} (default: the checkpoint's, as zeroshot: "
-                        f"{defaults.CONTENT_PRIOR:g}, or the --poe-gamma it was trained with)")
+                        "chosen on pool validation, or 30 for a checkpoint that records none)")
     parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
     parser.add_argument("--sasrec-from", default="baselines_converged", help="results/<NAME>.json holding SASRec on the same users "
                         "(benchmarks/baselines.py --converged: trained until early stopping)")

@@ -128,11 +128,8 @@ class FoundationRec:
         self.recommender = recommender
         self.generator = generator
         self.num_beams = num_beams
-        # gamma of generation's content prior (see CatalogRecommender): the default where the checkpoint has a scorer, or the
-        # gamma a recommender trained with the prior in the loop (pretrain --poe-gamma) was trained with, scored as trained
-        poe_gamma = float(config.get("train", {}).get("poe_gamma", 0.0))
-        self.product = bool(poe_gamma) and recommender.scorer is not None
-        self.content_prior = (poe_gamma or defaults.CONTENT_PRIOR) if recommender.scorer is not None else 0.0
+        # gamma of generation's content prior (see CatalogRecommender): the one pre-training chose on pool validation
+        self.content_prior = float(config.get("content_prior", defaults.CONTENT_PRIOR)) if recommender.scorer is not None else 0.0
         self.catalog: Catalog | None = None
         # the generator's files (name, size, mtime) too: a run retrained into the same directory gets new IDs;
         # and its generation settings as used (they have defaults a saved idgen.json may predate, e.g. softmax)
@@ -259,7 +256,7 @@ class FoundationRec:
         counts = _protocol_counts(protocol, catalog)
         prompts = PromptBuilder.for_training(self.recommender.tokenizer, self.config.get("train", {}), catalog.id_tokens)
         return CatalogRecommender(self.recommender, prompts, catalog.trie, 0, num_beams=num_beams or self.num_beams, batch_size=batch_size,
-                                  vectors=catalog.vectors, content_prior=content_prior, counts=counts, product=self.product)
+                                  vectors=catalog.vectors, content_prior=content_prior, counts=counts)
 
     def method_recommender(self, method: str = DEFAULT, protocol: str = STRICT, *, num_beams: int | None = None,
                            batch_size: int = defaults.BATCH_SIZE, content_prior: float | None = None, catalog: Catalog | None = None):

@@ -417,7 +417,6 @@ class _Search:
     local: bool = False  # vocab_subset: indices are per prompt, and the softmax runs over the allowed ones
     first_group: FirstGroup | None = None  # group 0 replayed from an earlier search instead of run
     record: bool = False  # keep group 0's chosen tokens per step (self.steps) for a later replay
-    trie_softmax: bool = False  # with a trie: normalise each step over the node's children (the trie-constrained distribution)
 
     def __post_init__(self):
         move = lambda x: x.to(self.device) if x is not None else None
@@ -514,8 +513,6 @@ class _Search:
         else:
             tokens, nodes, valid = (x.view(self.batch, -1, x.shape[-1]) for x in self.trie.children(run.nodes[:, g].reshape(-1)))
             scores = log_probs[rows[..., None], tokens].masked_fill(~valid, NEG_INF)
-            if self.trie_softmax:
-                scores = (scores - scores.logsumexp(-1, keepdim=True)).masked_fill(~valid, NEG_INF)
         if chosen is not None and g > 0:
             penalty = chosen[:, None, :] if tokens is None else chosen.gather(1, tokens.flatten(1)).view_as(tokens)
             scores = scores - self.diversity_penalty * penalty
@@ -631,7 +628,6 @@ def _beam_search(
     encoder_states: torch.Tensor | None = None,
     first_group: FirstGroup | None = None,
     record_first_group: bool = False,
-    trie_softmax: bool = False,
 ) -> BeamSearchOutput:
     """The shared core of :func:`item_search` and :func:`id_search`: beam search over ``model`` for each prompt row of
     ``input_ids`` (left-padded for decoder-only); ``num_beams`` results per prompt, best first."""
@@ -654,7 +650,7 @@ def _beam_search(
     search = _Search(
         len(input_ids), logits.shape[-1], num_beam_groups, num_beams // num_beam_groups, max_new_tokens, eos, pad, trie,
         diversity_penalty, length_penalty, min_new_tokens, bad, no_repeat_tokens, pieces, node_prior, input_ids.device,
-        local=subset is not None, first_group=first_group, record=record_first_group, trie_softmax=trie_softmax,
+        local=subset is not None, first_group=first_group, record=record_first_group,
     )  # fmt: skip
     run, fin = search.start()
     rows, tail = _Rows(prompt=torch.arange(len(input_ids), device=input_ids.device)), None
@@ -696,16 +692,13 @@ def item_search(
     length_penalty: float = 1.0,
     inputs_embeds: torch.Tensor | None = None,
     node_prior: torch.Tensor | None = None,
-    trie_softmax: bool = False,
 ) -> BeamSearchOutput:
     """Item search: the ``num_beams`` best catalog items of ``trie`` per prompt (``out.items``), trie-constrained beam
     search with an optional per-prompt ``node_prior`` added after the length normalisation (the module docstring gives
-    the rules). ``max_new_tokens`` defaults to the trie's depth. ``trie_softmax`` normalises each step's log-probabilities
-    over the beam's trie children (the distribution a product-of-experts recommender is trained on), so an item scores
-    the log of its probability under the trie-constrained model."""
+    the rules). ``max_new_tokens`` defaults to the trie's depth."""
     return _beam_search(model, input_ids, attention_mask, num_beams=num_beams, max_new_tokens=max_new_tokens or trie.max_depth,
                         eos_token_id=eos_token_id, pad_token_id=pad_token_id, trie=trie, decoder_start_token_id=decoder_start_token_id,
-                        length_penalty=length_penalty, inputs_embeds=inputs_embeds, node_prior=node_prior, trie_softmax=trie_softmax)
+                        length_penalty=length_penalty, inputs_embeds=inputs_embeds, node_prior=node_prior)
 
 
 def id_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **options) -> BeamSearchOutput:
@@ -714,7 +707,7 @@ def id_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **op
     ``num_beam_groups``, ``diversity_penalty``, ``bad_token_mask``, ``decoder_start_token_id``, ``length_penalty``,
     ``min_new_tokens``, ``no_repeat_tokens``, ``word_pieces``, ``inputs_embeds``, ``vocab_subset``, ``encoder_states``,
     ``first_group``, ``record_first_group`` (the module docstring gives each)."""
-    item_options = sorted(options.keys() & {"trie", "node_prior", "trie_softmax"})
+    item_options = sorted(options.keys() & {"trie", "node_prior"})
     if item_options:
         raise FoundationRecError(f"{item_options[0]} is an option of item_search, not of id_search; use item_search for catalog items")
     return _beam_search(model, input_ids, attention_mask, **options)

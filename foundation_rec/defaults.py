@@ -3,13 +3,17 @@
 * ``NUM_BEAMS``: beams of the trie-constrained item search; ``MIN_BEAMS`` (10) is the least that still
   fills a top 10. 20 beams is what every reported number uses.
 * ``BATCH_SIZE``: users per beam-search batch.
-* ``CONTENT_PRIOR``: gamma, the weight of the content prior's log-probability added to generation's
-  score (``benchmarks/content_prior_gamma.py`` chose it on pool validation); 0 for a checkpoint without a prior.
+* ``PRIOR_GAMMAS``: the weights of the content prior's log-probability added to generation's score
+  that pre-training validates; the best on the pool's validation users is saved with the checkpoint
+  (its ``content_prior``) and is what ``zeroshot``, the API and the demo use.
+* ``CONTENT_PRIOR``: that weight for a checkpoint that records none (written before the choice was
+  made at validation; ``benchmarks/content_prior_gamma.py`` chose 30 on pool validation); 0 without a prior.
 * ``ID_PRECISION``: arithmetic of a new catalog's ID generation (``fp32``; ``int8`` is the faster CPU option).
 """
 
 NUM_BEAMS = 20
 MIN_BEAMS = 10
 BATCH_SIZE = 16
+PRIOR_GAMMAS = (1.0, 3.0, 10.0, 30.0)
 CONTENT_PRIOR = 30.0
 ID_PRECISION = "fp32"

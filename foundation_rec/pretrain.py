@@ -251,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             atomic.write_json(results_file, {**json.loads(results_file.read_text()), "valid_anchors": anchors})
         against = "".join(f", {name} {n:.4f}" for name, n in anchors.items())
         print(f"\nDone in {seconds / 60:.1f} min. The foundation model is in {Path(run.output_dir) / 'best'}. On {len(trainer.valid_examples):,} "
-              f"validation users of the pre-training pool, the shipped recommender (generation with the content prior, "
-              f"{trainer.config.eval_beams} beams) scores N@10 {result['best_valid'] or 0:.4f}{against} on the same users.\n"
+              f"validation users of the pre-training pool, the shipped recommender (generation with the content prior at gamma "
+              f"{trainer.gamma:g}, chosen on them, {trainer.config.eval_beams} beams) scores N@10 {result['best_valid'] or 0:.4f}{against} on the same users.\n"
               f"Next: python -m foundation_rec.zeroshot --target yelp --max-users 2000 --baselines text-knn,popularity")
     return 0
 

@@ -180,10 +180,9 @@ class GenerativeRecommender:
     @torch.no_grad()
     def generate(
         self, prompts: Sequence[Prompt], trie: Trie, k: int, num_beams: int | None = None, vectors: torch.Tensor | None = None,
-        node_prior: torch.Tensor | None = None, product: bool = False,
+        node_prior: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` trie items (flat trie indices, ``-1`` padded) and their scores for each prompt; ``product``: the
-        product-of-experts score (trie-normalised token log-probabilities, summed, no length normalisation)."""
+        """Top ``k`` trie items (flat trie indices, ``-1`` padded) and their scores for each prompt."""
         input_ids, attention_mask = (t.to(self.device) for t in self.left_padded([p.tokens for p in prompts]))
         with self._inference():
             out = item_search(
@@ -197,8 +196,6 @@ class GenerativeRecommender:
                 decoder_start_token_id=self.decoder_start_token_id,
                 inputs_embeds=self.prompt_embeds(prompts, input_ids, vectors),
                 node_prior=node_prior,
-                trie_softmax=product,
-                length_penalty=0.0 if product else 1.0,
             )
         items, scores = out.items[:, :k].cpu().numpy(), out.scores[:, :k].float().cpu().numpy()
         if items.shape[1] < k:
@@ -236,18 +233,14 @@ class CatalogRecommender:
     item it can still reach. With ``counts`` the prior reads the platform's counts (popularity,
     recent popularity, repeat rates; :mod:`foundation_rec.signals`), else it is strict. (The prior *mass* below a node guided the search worse: 300
     MovieLens-100k users, N@10 .0076 against .0082 at gamma 3.)
-
-    ``product`` scores a recommender trained with the prior in the loop (``pretrain --poe-gamma``) as it was
-    trained: ``sum log p_trie(token) + gamma * log prior(item)``, each step's distribution normalised over the
-    beam's trie children and no length normalisation.
     """
 
     def __init__(
         self, recommender: GenerativeRecommender, prompts: PromptBuilder, trie: Trie, offset: int, *, num_beams: int = defaults.NUM_BEAMS, batch_size: int = defaults.BATCH_SIZE,
         vectors: torch.Tensor | None = None, content_prior: float = 0.0, counts: PlatformCounts | None = None,
-        prior_vectors: torch.Tensor | None = None, product: bool = False,
+        prior_vectors: torch.Tensor | None = None,
     ):
-        self.recommender, self.product = recommender, product
+        self.recommender = recommender
         self.prior_vectors = vectors if prior_vectors is None else prior_vectors  # the catalog's text vectors by row (the prior's)
         self.counts = counts  # the platform's counts (foundation_rec.signals): None is the strict protocol
         self.vectors = vectors  # content vectors of the prompt items (None: the recommender's own)
@@ -283,7 +276,7 @@ class CatalogRecommender:
                 for h, u in zip(histories[lo : lo + self.batch_size], users[lo : lo + self.batch_size], strict=True)
             ]
             items, item_scores = self.recommender.generate(prompts, self.trie, k, self.num_beams, self.vectors,
-                                                           node_prior=self.node_prior(histories[lo : lo + self.batch_size]), product=self.product)
+                                                           node_prior=self.node_prior(histories[lo : lo + self.batch_size]))
             rows.append(np.where(items >= 0, item_row[np.maximum(items, 0)], -1))
             scores.append(item_scores)
         if not rows:

@@ -91,13 +91,6 @@ class TrainConfig:
             "(every item of each user's training sequence in one causal pass; needs a decoder-only recommender)"
         },
     )
-    poe_gamma: float = field(
-        default=0.0,
-        metadata={"help": "prior in the loop (product of experts): train the recommender on its trie-normalised token distribution times the "
-                  "content prior's ratio best-below(child) / best-below(node) to the power gamma, so it learns what the prior misses, and "
-                  "validate it as trained (CatalogRecommender product=True, gamma); 0: plain teacher forcing. Needs a content prior and the "
-                  "sequence objective"},
-    )
     id_examples: str = field(default="all", metadata={"help": "ID-phase examples: all (every training prefix) or last (each user's longest prefix)"})
     user_ids: bool = field(default=False, metadata={"help": "put a user textual ID (words from the user's training items only) into the prompt"})
     max_prompt_tokens: int = field(default=160, metadata={"help": "prompt length cap; the oldest history items are dropped whole"})
@@ -131,10 +124,6 @@ class TrainConfig:
                 raise FoundationRecError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}; e.g. 1e-3")
         if self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.lr_warmup_ratio < 1:
             raise FoundationRecError("--weight-decay and --grad-clip must be >= 0 and --lr-warmup-ratio in [0, 1)")
-        if self.poe_gamma < 0:
-            raise FoundationRecError(f"--poe-gamma must be >= 0, got {self.poe_gamma}")
-        if self.poe_gamma and self.rec_objective != "sequence":
-            raise FoundationRecError("--poe-gamma trains on every item of a sequence prompt; use it with --rec-objective sequence")
         if self.max_prompt_tokens < 16:
             raise FoundationRecError(f"--max-prompt-tokens must be at least 16, got {self.max_prompt_tokens}")
         for name in ("rec_epochs", "id_epochs", "warmup_epochs", "warmup_items", "max_steps", "valid_users", "test_users"):
@@ -353,6 +342,7 @@ class Trainer:
         self.epoch = 0
         self.batch = 0
         self.best: float | None = None
+        self.gamma = defaults.CONTENT_PRIOR  # the content prior's weight in generation: the best model's, chosen at validation
         self.history: list[dict] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_optimizer: tuple[dict, dict] | None = None
@@ -396,65 +386,15 @@ class Trainer:
         templates = sample_templates(rng, n, len(self.prompts.templates))
         return np.resize(order, -(-n // self.dist.world) * self.dist.world), templates
 
-    def rec_batch(self, examples: PoolExamples, indices: np.ndarray, templates: np.ndarray, all_positions: bool = False, prompts=None) -> Batch:
-        prompts = prompts or self.rec_prompts(examples, indices, templates)
+    def rec_batch(self, examples: PoolExamples, indices: np.ndarray, templates: np.ndarray, all_positions: bool = False) -> Batch:
+        prompts = [self.prompts.build(examples.history(i), int(t), self._user(examples, i)) for i, t in zip(indices, templates, strict=True)]
         targets = [self.prompts.id_tokens[examples.target(i)] for i in indices]
         spans = [list(zip(p.items, p.spans, strict=True)) for p in prompts]
         return self.rec.collate([p.tokens for p in prompts], targets, spans, all_positions)
 
-    def rec_prompts(self, examples: PoolExamples, indices: np.ndarray, templates: np.ndarray) -> list:
-        return [self.prompts.build(examples.history(i), int(t), self._user(examples, i)) for i, t in zip(indices, templates, strict=True)]
-
     def rec_loss(self, examples: PoolExamples, indices, templates) -> tuple[torch.Tensor, int]:
-        if self.config.poe_gamma:
-            return self.poe_loss(examples, indices, templates)
         batch = self.rec_batch(examples, indices, templates, self.config.rec_objective == "sequence").to(self.dist.device)
         return self.rec.loss(batch), batch.num_tokens
-
-    def poe_loss(self, examples: PoolExamples, indices, templates) -> tuple[torch.Tensor, int]:
-        """Prior-in-the-loop loss (``poe_gamma``): for every ID token of every labelled item of a sequence prompt, the
-        cross-entropy over the trie children of its prefix node of ``logit(child) + gamma * (B(child) - B(node))``,
-        ``B`` the best log prior below a node (:meth:`Trie.best_below`) given the items before it in the prompt.
-        Summed over an ID, these are ``log p(item)`` under the product ``p_trie(item) * prior(item)^gamma`` normalised
-        along the trie; items already in their history (repeats, which the strict prior rules out) are skipped."""
-        prompts = self.rec_prompts(examples, indices, templates)
-        batch = self.rec_batch(examples, indices, templates, True, prompts).to(self.dist.device)
-        logits = self.rec.model(inputs_embeds=self.rec.embed(batch.input_ids, batch.content), attention_mask=batch.attention_mask).logits
-        by_corpus: dict[int, list] = {}
-        for b, i in enumerate(indices):
-            seq = [item for item, _ in batch.spans[b]] + [examples.target(i)]
-            starts = [start for _, (start, _) in batch.spans[b]] + [len(prompts[b].tokens)]
-            for j in range(1, len(seq)):
-                if seq[j] not in seq[:j]:
-                    by_corpus.setdefault(int(examples.corpus[i]), []).append((b, starts[j], seq[:j], seq[j]))
-        losses, steps = [], 0
-        for c, rows in by_corpus.items():
-            loss, n = self.poe_corpus_loss(c, rows, logits)
-            losses.append(loss)
-            steps += n
-        return torch.stack(losses).sum() / max(steps, 1), batch.num_tokens
-
-    def poe_corpus_loss(self, c: int, rows: list, logits: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """The summed product-of-experts cross-entropy of one corpus's labelled items ``(row, start, history, item)``."""
-        offset, trie = int(self.pool.offsets[c]), self.tries[c].to("cpu")
-        vectors = self.rec.item_vectors[offset : int(self.pool.offsets[c + 1])]
-        log_prior = self.rec.scorer.log_prior([np.asarray(h) - offset for _, _, h, _ in rows], vectors)[:, trie.item_row]
-        best = trie.best_below(log_prior)  # [m, nodes]
-        row_to_item = torch.empty(trie.num_items, dtype=torch.long)
-        row_to_item[trie.item_row] = torch.arange(trie.num_items)
-        paths = trie.paths()[row_to_item[torch.tensor([item - offset for *_, item in rows])]]  # [m, depth]: node after each token
-        before = torch.cat([torch.zeros(len(rows), 1, dtype=torch.long), paths[:, :-1]], 1)  # the prefix node of each token
-        sample, k = torch.nonzero(paths >= 0, as_tuple=True)
-        node, gold = before[sample, k], paths[sample, k]
-        tokens, child, valid = trie.children(node)
-        bias = self.config.poe_gamma * (best[sample[:, None], child.clamp(min=0)] - best[sample, node][:, None])
-        rows_t = torch.tensor([r for r, *_ in rows])[sample]
-        at = torch.tensor([s for _, s, *_ in rows])[sample] + k - 1  # the position whose logits predict the token
-        device = logits.device
-        scores = logits[rows_t.to(device), at.to(device)].gather(1, tokens.to(device)) + bias.to(device, logits.dtype)
-        scores = scores.masked_fill(~valid.to(device), -torch.inf)
-        target = (child == gold[:, None]).long().argmax(1).to(device)
-        return torch.nn.functional.cross_entropy(scores, target, reduction="sum"), len(sample)
 
     def soft_id_loss(self, examples: PoolExamples, indices, templates) -> tuple[torch.Tensor, int]:
         """Recommendation loss with every history item's ID replaced by the generator's soft embedding."""
@@ -617,10 +557,11 @@ class Trainer:
         fallbacks = sum(g.get("fallbacks", 0) for g in self.table.generation.values())
         self.log.write({"step": self.step, "phase": "regen", "unique_ids": len(set(self.id_strings)), "items": len(self.id_strings), "fallbacks": fallbacks})
 
-    def evaluate(self, split: str, generation_only: bool = False) -> dict:
+    def evaluate(self, split: str, gamma: float | None = None) -> dict:
         """Recall/NDCG@5,10 per corpus (and pooled) on ``split``'s examples, through the evaluation harness
-        (:func:`foundation_rec.evaluate.evaluate_examples`), users sharded over processes; the shipped setting
-        (the content prior at its default gamma), or pure generation with ``generation_only``."""
+        (:func:`foundation_rec.evaluate.evaluate_examples`), users sharded over processes; generation with the
+        content prior at ``gamma`` (None: the model's, :attr:`gamma`; 0: pure generation)."""
+        gamma = (self.gamma if gamma is None else gamma) if self.rec.scorer is not None else 0.0
         examples = self.valid_examples if split == "valid" else self.test_examples
         results = {}
         for c, name in enumerate(self.pool.names()):
@@ -628,10 +569,9 @@ class Trainer:
             if not len(everyone):
                 continue
             mine, offset = everyone[self.dist.rank :: self.dist.world], int(self.pool.offsets[c])
-            gamma = (self.config.poe_gamma or defaults.CONTENT_PRIOR) if self.rec.scorer is not None and not generation_only else 0.0  # the shipped setting
             prior_vectors = None if self.rec.item_vectors is None else self.rec.item_vectors[offset : int(self.pool.offsets[c + 1])]
             view = CatalogRecommender(self.rec, self.prompts, self.tries[c], offset, num_beams=self.config.eval_beams, batch_size=self.config.eval_batch_size,
-                                      content_prior=gamma, prior_vectors=prior_vectors, product=bool(self.config.poe_gamma))
+                                      content_prior=gamma, prior_vectors=prior_vectors)
             ex = Examples(split, [examples.history(i) - offset for i in mine], np.asarray([examples.target(i) - offset for i in mine], dtype=np.int64),
                           users_total=len(mine), users_excluded=0, sampled=False, users=[self._user(examples, i) for i in mine])
             # one harness batch: the view batches its prompts itself (eval_batch_size), as before
@@ -652,6 +592,7 @@ class Trainer:
             "batch": self.batch,
             "step": self.step,
             "best": self.best,
+            "gamma": self.gamma,
             "history": self.history,
             "stages": self.stages,
             "train_config": asdict(self.config),
@@ -662,6 +603,8 @@ class Trainer:
         if self.dist.main:
             with atomic.staged_dir(self.output_dir / folder) as tmp:
                 config = {**self.run_config, "format_version": checkpoint.FORMAT_VERSION, "corpora": list(self.pool.names()), "step": self.step}
+                if self.rec.scorer is not None:
+                    config["content_prior"] = self.gamma  # generation's weight on the prior, chosen on pool validation
                 atomic.write_json(tmp / checkpoint.CONFIG_NAME, config)
                 self.bundle.table = self.table
                 self.bundle.write(tmp)
@@ -687,7 +630,7 @@ class Trainer:
             raise FoundationRecError(f"{folder} was written with another schedule; resume with the same arguments as the run that wrote it")
         self.load_models(folder)
         self.stage, self.epoch, self.batch, self.step = state["stage"], state["epoch"], state["batch"], state["step"]
-        self.best, self.history = state["best"], state["history"]
+        self.best, self.history, self.gamma = state["best"], state["history"], state.get("gamma", defaults.CONTENT_PRIOR)
         if "optimizer" in state:
             self._pending_optimizer = ({k: v for k, v in tensors.items() if k.startswith("optimizer.")}, state["optimizer"])
         checkpoint.restore_rng(tensors)
@@ -713,15 +656,22 @@ class Trainer:
         return {"valid": self.history, "best_valid": self.best, "test": self.test_result}
 
     def _validate(self, round_: int) -> None:
-        result = self.evaluate("valid")
+        """Validate generation with the content prior at every gamma of :data:`defaults.PRIOR_GAMMAS` (the model's
+        weight on the prior is chosen here, on the pool's validation users, never on a target); the best gamma's
+        score is the model's, and the best model so far becomes ``best/`` with its gamma (what ``zeroshot`` ships)."""
+        grid = defaults.PRIOR_GAMMAS if self.rec.scorer is not None else (0.0,)
+        by_gamma = {g: self.evaluate("valid", g) for g in grid}
+        gamma = max(grid, key=lambda g: (by_gamma[g].get("pooled", {}).get(SELECT_METRIC, 0.0), g))  # ties: the larger gamma
+        result, extra = by_gamma[gamma], {}
         score = result.get("pooled", {}).get(SELECT_METRIC, 0.0)
-        extra = {}
+        if len(grid) > 1:
+            extra = {"gamma": gamma, f"{SELECT_METRIC}_by_gamma": {f"{g:g}": r.get("pooled", {}).get(SELECT_METRIC, 0.0) for g, r in by_gamma.items()}}
         if self.config.valid_generation and self.rec.scorer is not None:
-            extra = {f"generation_{k}": v for k, v in self.evaluate("valid", generation_only=True).get("pooled", {}).items() if k != "users"}
+            extra |= {f"generation_{k}": v for k, v in self.evaluate("valid", 0.0).get("pooled", {}).items() if k != "users"}
         self.history.append({"round": round_, "step": self.step, "metrics": result, **extra})
         self.log.write({"step": self.step, "phase": "valid", "round": round_, **result.get("pooled", {}), **extra})
         if self.best is None or score > self.best:
-            self.best = score
+            self.best, self.gamma = score, gamma
             self.save_checkpoint("best")
 
     def _test(self) -> None:

@@ -65,8 +65,8 @@ class ZeroShotArguments:
     content_prior: float | None = field(
         default=None,
         metadata={"help": "gamma of the prior: generation scores sum log p(token) / length + gamma * log prior(item | history) "
-                  "(default: the checkpoint's: 30 when it has a content scorer, or the --poe-gamma its recommender was trained with, "
-                  "scored as trained; else 0; 0: plain generation)"},
+                  "(default: the checkpoint's, chosen on pool validation, or 30 for a checkpoint that records none; 0 without a "
+                  "content scorer; 0: plain generation)"},
     )
     baselines: str = field(default="", metadata={"help": f"comma list of baselines to run on the same users: {', '.join(BASELINES)}, or 'all'"})
     allow_seen_platform: bool = field(default=False, metadata={"help": "evaluate even if the target's platform was pre-trained on (labelled so)"})

@@ -521,33 +521,6 @@ def test_node_prior_is_added_after_length_normalisation(llama, catalog):
                     trie=catalog, node_prior=torch.zeros(catalog.num_nodes))
 
 
-def test_trie_softmax_scores_items_by_their_trie_normalised_probability(llama, catalog):
-    """With ``trie_softmax`` and no length normalisation a found item scores the sum over its tokens of
-    log p(token) - log sum_{children of the prefix} p(child) (by hand, teacher forcing) plus its prior, and
-    the probabilities of all items under the trie-constrained model sum to one."""
-    ids, mask = prompts(6, left_pad=True)
-    item_prior = torch.randn(len(ids), catalog.num_items, generator=torch.Generator().manual_seed(4))
-    out = item_search(llama, ids, mask, num_beams=catalog.num_items, eos_token_id=EOS, pad_token_id=PAD, trie=catalog,
-                      node_prior=catalog.best_below(item_prior), trie_softmax=True, length_penalty=0.0)
-    sequences, paths = catalog.sequences(), catalog.paths()
-    for b in range(len(ids)):
-        prompt = ids[b : b + 1, mask[b].bool()]
-        for item in out.items[b, :3].tolist():
-            tokens = torch.tensor([sequences[item]])
-            logits = llama(input_ids=torch.cat([prompt, tokens], 1)).logits[0, prompt.shape[1] - 1 : -1].log_softmax(-1)
-            nodes = [0, *paths[item][paths[item] >= 0][:-1].tolist()]
-            expected = item_prior[b, item]
-            for step, node in enumerate(nodes):
-                children = catalog.children(torch.tensor([node]))[0][0]
-                expected = expected + logits[step, tokens[0, step]] - logits[step, children].logsumexp(0)
-            torch.testing.assert_close(out.scores[b, out.items[b].tolist().index(item)], expected.detach(), rtol=0, atol=1e-4)
-    plain = item_search(llama, ids, mask, num_beams=catalog.num_items, eos_token_id=EOS, pad_token_id=PAD, trie=catalog,
-                        trie_softmax=True, length_penalty=0.0)
-    found = plain.scores[plain.items >= 0].view(len(ids), -1)
-    assert found.shape[1] == catalog.num_items  # every item found with as many beams as items
-    torch.testing.assert_close(found.exp().sum(1), torch.ones(len(ids)), rtol=0, atol=1e-3)
-
-
 def _stepper_logits(model, grouped: bool, width: int) -> list[torch.Tensor]:
     """Logits of a T5 stepper fed uneven beams per prompt (2, 1 and 3 rows), then compacted to 4 rows."""
     from foundation_rec import cross_attention, decoding
