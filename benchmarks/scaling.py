@@ -13,8 +13,8 @@ Each run validates the shipped setting (content prior, gamma 30, 20 beams) and p
 (``--valid-generation``) on 50 validation users per corpus and stores the prior alone and text-kNN on
 the same users (``results.json``'s ``valid_anchors``). The pool's catalog grows with the users sampled,
 so pool-validation N@10 is compared through its ratio to the prior alone on the same users; the
-targets are fixed catalogs and users (``benchmarks/transfer.py`` on the first 2,000 fixed-seed test
-users, the README's), so their N@10 compare directly.
+targets are fixed catalogs and users (``benchmarks/transfer.py`` on all 943 MovieLens-100k test users and 500
+fixed-seed Steam ones, for CPU time), so their N@10 compare directly.
 
 Runs go to ``runs/scaling/<point>/``; ``train`` resumes a stopped run from its ``checkpoint/`` and skips a finished one.
 """
@@ -32,7 +32,8 @@ from common import RESULTS, environment, provenance, write_results
 
 POINTS = {"u25e1": (25, 1), "u100e1": (100, 1), "u300e1": (300, 1), "u300e3": (300, 3), "u1000e3": (1000, 3)}  # users per corpus, recommender epochs
 COMMON = ["--id-epochs", "0", "--valid-generation", "true", "--valid-users", "50", "--test-users", "5", "--progress", "false"]
-TARGETS = "movielens-100k,steam"
+TARGET_USERS = {"movielens-100k": 2000, "steam": 500}  # all 943 MovieLens-100k test users; Steam's first 500 fixed-seed ones (CPU time)
+TARGETS = ",".join(TARGET_USERS)
 METHODS = "idgenrec,idgenrec-zeroshot,content-prior"
 
 
@@ -71,20 +72,21 @@ def finished(root: str) -> list[str]:
 
 
 def evaluate(root: str, threads: int, extra: list[str]) -> None:
-    """The finished points (and ``extra`` NAME=CHECKPOINT variants) on the targets, into ``results/recommender_training``."""
+    """The finished points (and ``extra`` NAME=CHECKPOINT variants) on the targets, into ``results/recommender_training_<target>``."""
     variants = [f"--variant={p}={run_dir(p, root) / 'best'}" for p in finished(root)] + [f"--variant={v}" for v in extra]
-    subprocess.run([sys.executable, str(Path(__file__).with_name("transfer.py")), *variants, "--targets", TARGETS, "--methods", METHODS,
-                    "--max-users", "2000", "--name", "recommender_training", "--threads", str(threads)], check=True)
+    for target, users in TARGET_USERS.items():
+        subprocess.run([sys.executable, str(Path(__file__).with_name("transfer.py")), *variants, "--targets", target, "--methods", METHODS,
+                        "--max-users", str(users), "--sasrec-from", "", "--name", f"recommender_training_{target}", "--threads", str(threads)], check=True)
 
 
 def target_cells(point: str) -> dict:
-    file = RESULTS / "recommender_training.json"
-    rows = json.loads(file.read_text())["results"] if file.is_file() else []
+    files = {t: RESULTS / f"recommender_training_{t}.json" for t in TARGET_USERS}
+    rows = [r for t, f in files.items() if f.is_file() for r in json.loads(f.read_text())["results"] if r["corpus"] == t]
     out = {}
     for r in rows:
         if r.get("variant") == point and not r["exclude_history"]:
-            out.setdefault(r["corpus"], {})[r["method"]] = r["N@10"]
-    base = {r["corpus"]: r["N@10"] for r in rows if r["method"] == "text-knn" and not r["exclude_history"]}
+            out.setdefault(r["corpus"], {})[r["method"]] = r["metrics"]["N@10"]
+    base = {r["corpus"]: r["metrics"]["N@10"] for r in rows if r["method"] == "text-knn" and not r["exclude_history"]}
     return {t: {**m, "text-knn": base.get(t)} for t, m in out.items()}
 
 
@@ -97,7 +99,7 @@ def report(root: str) -> None:
         lines.append(f"| {p} | {v['rec_examples']:,} | {v['default']:.4f} | {v['generation']:.4f} | {v['prior']:.4f} | {v['default'] / v['prior']:.2f}x | "
                      f"{v['generation'] / v['text_knn']:.2f}x |")
     for t in TARGETS.split(","):
-        lines += ["", f"**{t}** (2,000 fixed-seed test users or all; history kept; N@10)", "",
+        lines += ["", f"**{t}** ({'all test users' if t == 'movielens-100k' else f'{TARGET_USERS[t]:,} fixed-seed test users'}; history kept; N@10)", "",
                   "| point | generation | default | prior alone | text-kNN | default / prior | generation / text-kNN |", "|---|---|---|---|---|---|---|"]
         for p, v in points.items():
             c = v["targets"].get(t)

@@ -80,6 +80,8 @@ def training_record(checkpoint: Path) -> dict:
 
 
 def sasrec_rows(name: str, target: str, users: int, seed: int) -> list[dict]:
+    if not name:  # --sasrec-from '': no SASRec reference (e.g. on fewer users than the references were measured on)
+        return []
     file = RESULTS / f"{name}.json"
     if not file.is_file():
         raise SystemExit(f"no results/{name}.json with SASRec on the same users; run benchmarks/baselines.py --converged --name {name} "
@@ -230,7 +232,7 @@ def main() -> None:
                         "chosen on pool validation, or 30 for a checkpoint that records none)")
     parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
     parser.add_argument("--sasrec-from", default="baselines_converged", help="results/<NAME>.json holding SASRec on the same users "
-                        "(benchmarks/baselines.py --converged: trained until early stopping)")
+                        "(benchmarks/baselines.py --converged: trained until early stopping); '' for none")
     parser.add_argument("--name", default="transfer")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None)
