@@ -139,7 +139,7 @@ def plot(points: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("train", "evaluate", "report"))
-    parser.add_argument("--points", default=",".join(POINTS), help=f"comma list of {', '.join(POINTS)}")
+    parser.add_argument("--points", default="u25e1,u100e1,u300e1,u300e3", help=f"comma list of {', '.join(POINTS)}")
     parser.add_argument("--root", default="runs/scaling")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variant", action="append", default=[], help="evaluate: another NAME=CHECKPOINT on the same targets and users")
