@@ -2,7 +2,7 @@
 
     python benchmarks/add_content_prior.py runs/minilm2/best [--epochs 4]
 
-For checkpoints written before ``--content-prior-epochs`` existed (the session-8 ``minilm-t5`` run):
+For checkpoints written before ``--content-prior-epochs`` existed (early ``minilm-t5`` runs):
 the pool is rebuilt from the checkpoint's recorded corpora, ``users_per_corpus`` and seed, the scorer
 is trained by :func:`foundation_rec.content_prior.train_on_pool` (the function ``pretrain`` calls),
 and ``recommender/scorer.{safetensors,json}`` are written atomically (a temporary file, then

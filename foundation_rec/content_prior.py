@@ -17,7 +17,7 @@ them lifted zero-shot N@10 on all five targets, and pool validation chose it
 (benchmarks/scorer_variants.py). It has ``2 * 384 + 20 + 2``
 parameters: a reweighting of the text space, a recency profile and a typicality weight, too few
 to memorise the pre-training catalogues. (Full ``384 x 384`` maps, and rank-16
-updates of the identity, fit the pool better but transferred worse in the session-9 probe:
+updates of the identity, fit the pool better but transferred worse in an earlier probe:
 Steam N@10 .0016-.0026 against text-kNN's .0060; see benchmarks/RESULTS.md.) :func:`train_scorer`
 fits them on the pool's training examples with a full softmax over the example's own corpus (the
 next item against every other item of that platform), keeping the epoch with the best in-pool
