@@ -33,7 +33,6 @@ from common import RESULTS, environment, provenance, write_results
 POINTS = {"u25e1": (25, 1), "u100e1": (100, 1), "u300e1": (300, 1), "u300e3": (300, 3), "u1000e3": (1000, 3)}  # users per corpus, recommender epochs
 COMMON = ["--id-epochs", "0", "--valid-generation", "true", "--valid-users", "50", "--test-users", "5", "--progress", "false"]
 TARGET_USERS = {"movielens-100k": 2000, "steam": 500}  # all 943 MovieLens-100k test users; Steam's first 500 fixed-seed ones (CPU time)
-TARGETS = ",".join(TARGET_USERS)
 METHODS = "idgenrec,idgenrec-zeroshot,content-prior"
 
 
@@ -60,8 +59,7 @@ def pool_point(out: Path) -> dict:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     valid = max((r for r in records if r["phase"] == "valid"), key=lambda r: r["N@10"])
     start = next(r["step"] for r in records if r["phase"] == "regen")
-    config = json.loads((out / "best" / "foundation_rec.json").read_text())
-    batch = config["train"]["rec_batch_size"] if "train" in config else 16
+    batch = json.loads((out / "best" / "foundation_rec.json").read_text())["train"]["rec_batch_size"]
     anchors = json.loads((out / "results.json").read_text()).get("valid_anchors", {})
     return {"rec_examples": (valid["step"] - start) * batch, "users": valid["users"], "default": valid["N@10"], "generation": valid["generation_N@10"],
             "prior": anchors.get("the content prior alone"), "text_knn": anchors.get("text-kNN")}
@@ -79,9 +77,13 @@ def evaluate(root: str, threads: int, extra: list[str]) -> None:
                         "--max-users", str(users), "--sasrec-from", "", "--name", f"recommender_training_{target}", "--threads", str(threads)], check=True)
 
 
-def target_cells(point: str) -> dict:
+def target_rows() -> list[dict]:
+    """Every target's rows from its ``results/recommender_training_<target>.json`` (that target's rows only)."""
     files = {t: RESULTS / f"recommender_training_{t}.json" for t in TARGET_USERS}
-    rows = [r for t, f in files.items() if f.is_file() for r in json.loads(f.read_text())["results"] if r["corpus"] == t]
+    return [r for t, f in files.items() if f.is_file() for r in json.loads(f.read_text())["results"] if r["corpus"] == t]
+
+
+def target_cells(point: str, rows: list[dict]) -> dict:
     out = {}
     for r in rows:
         if r.get("variant") == point and not r["exclude_history"]:
@@ -91,15 +93,16 @@ def target_cells(point: str) -> dict:
 
 
 def report(root: str) -> None:
-    points = {p: {**pool_point(run_dir(p, root)), "targets": target_cells(p)} for p in finished(root)}
+    rows = target_rows()
+    points = {p: {**pool_point(run_dir(p, root)), "targets": target_cells(p, rows)} for p in finished(root)}
     payload = {"environment": environment(), "points": points, "recipe": COMMON}
     lines = ["| point | recommender examples | pool: default | pool: generation | pool: prior alone | default / prior | generation / text-kNN |",
              "|---|---|---|---|---|---|---|"]
     for p, v in points.items():
         lines.append(f"| {p} | {v['rec_examples']:,} | {v['default']:.4f} | {v['generation']:.4f} | {v['prior']:.4f} | {v['default'] / v['prior']:.2f}x | "
                      f"{v['generation'] / v['text_knn']:.2f}x |")
-    for t in TARGETS.split(","):
-        lines += ["", f"**{t}** ({'all test users' if t == 'movielens-100k' else f'{TARGET_USERS[t]:,} fixed-seed test users'}; history kept; N@10)", "",
+    for t, users in TARGET_USERS.items():
+        lines += ["", f"**{t}** ({'all test users' if t == 'movielens-100k' else f'{users:,} fixed-seed test users'}; history kept; N@10)", "",
                   "| point | generation | default | prior alone | text-kNN | default / prior | generation / text-kNN |", "|---|---|---|---|---|---|---|"]
         for p, v in points.items():
             c = v["targets"].get(t)
@@ -117,10 +120,10 @@ def plot(points: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 1 + len(TARGETS.split(",")), figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 1 + len(TARGET_USERS), figsize=(13, 3.6))
     xs = [v["rec_examples"] for v in points.values()]
     panels = [("pool validation", [(v["generation"], v["default"], v["prior"]) for v in points.values()])]
-    for t in TARGETS.split(","):
+    for t in TARGET_USERS:
         cells = [v["targets"].get(t, {}) for v in points.values()]
         panels.append((t, [(c.get("idgenrec"), c.get("idgenrec-zeroshot"), c.get("content-prior")) for c in cells]))
     for ax, (title, ys) in zip(axes, panels, strict=True):

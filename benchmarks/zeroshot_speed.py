@@ -32,13 +32,13 @@ def measure(args) -> dict:
                                                   "OMP_NUM_THREADS": str(args.threads)})
         wall = time.perf_counter() - start
         results = json.loads((Path(tmp) / f"{args.target}.json").read_text())["results"]
-    ranked = {f"{r['method']} ({'excluded' if r['exclude_history'] else 'kept'})": r["seconds"] for r in results}
+    label = lambda r: f"{r['method']} ({'excluded' if r['exclude_history'] else 'kept'})"
     users = results[0]["users_evaluated"]
     index = results[0]["index_seconds"]
     return {"target": args.target, "users": users, "users_total": results[0]["users_total"], "catalog": results[0]["catalog_size"],
             "command": "python -m foundation_rec.zeroshot " + " ".join(command[3:]), "wall_seconds": round(wall, 1), "index_seconds": index,
-            "ranking_seconds": ranked, "users_per_second": round(users / max(wall - index, 1e-9), 2),
-            "N@10": {f"{r['method']} ({'excluded' if r['exclude_history'] else 'kept'})": r["N@10"] for r in results}}
+            "ranking_seconds": {label(r): r["seconds"] for r in results}, "users_per_second": round(users / max(wall - index, 1e-9), 2),
+            "N@10": {label(r): r["metrics"]["N@10"] for r in results}}
 
 
 def main() -> None:

@@ -661,11 +661,11 @@ class Trainer:
         score is the model's, and the best model so far becomes ``best/`` with its gamma (what ``zeroshot`` ships)."""
         grid = defaults.PRIOR_GAMMAS if self.rec.scorer is not None else (0.0,)
         by_gamma = {g: self.evaluate("valid", g) for g in grid}
-        gamma = max(grid, key=lambda g: (by_gamma[g].get("pooled", {}).get(SELECT_METRIC, 0.0), g))  # ties: the larger gamma
-        result, extra = by_gamma[gamma], {}
-        score = result.get("pooled", {}).get(SELECT_METRIC, 0.0)
+        scores = {g: r.get("pooled", {}).get(SELECT_METRIC, 0.0) for g, r in by_gamma.items()}
+        gamma = max(grid, key=lambda g: (scores[g], g))  # ties: the larger gamma
+        result, score, extra = by_gamma[gamma], scores[gamma], {}
         if len(grid) > 1:
-            extra = {"gamma": gamma, f"{SELECT_METRIC}_by_gamma": {f"{g:g}": r.get("pooled", {}).get(SELECT_METRIC, 0.0) for g, r in by_gamma.items()}}
+            extra = {"gamma": gamma, f"{SELECT_METRIC}_by_gamma": {f"{g:g}": v for g, v in scores.items()}}
         if self.config.valid_generation and self.rec.scorer is not None:
             extra |= {f"generation_{k}": v for k, v in self.evaluate("valid", 0.0).get("pooled", {}).items() if k != "users"}
         self.history.append({"round": round_, "step": self.step, "metrics": result, **extra})
