@@ -241,6 +241,9 @@ class IncrementalModel:
         else:
             self.first_input = input_ids if inputs_embeds is None else inputs_embeds
             self.next_position = attention_mask.sum(-1)
+            # the prompt's keys and values kept once per prompt after first() (cross_attention.shared_prompt), when the model allows it
+            self.shared = cross_attention.self_modules(model) if cross_attention.enable(model) else None
+            self.prefix: tuple[list, list] | None = None
 
     def _forward(self, tokens, keep: int = 1, select: torch.Tensor | None = None, **kwargs):
         """Logits of the last ``keep`` positions: ``[rows, V]`` for one, ``[rows, keep, V]`` for more.
@@ -264,7 +267,9 @@ class IncrementalModel:
             else:
                 last = {self.keep_arg: keep} if self.keep_arg else {}
                 given = {"inputs_embeds": tokens} if tokens.is_floating_point() else {"input_ids": tokens}  # embeddings: a prompt with content vectors
-                out = self.model(**given, use_cache=True, **last, **kwargs)
+                shared = cross_attention.shared_prompt(self.shared, self.origin, *self.prefix, self.prompt_mask) if self.prefix else contextlib.nullcontext()
+                with shared:
+                    out = self.model(**given, use_cache=True, **last, **kwargs)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -282,7 +287,11 @@ class IncrementalModel:
         if self.seq2seq:
             return self._forward(self.first_input)
         position = (self.prompt_mask.cumsum(-1) - 1).clamp(min=0) * self.prompt_mask
-        return self._forward(self.first_input, attention_mask=self.prompt_mask, position_ids=position)
+        logits = self._forward(self.first_input, attention_mask=self.prompt_mask, position_ids=position)
+        if self.shared:  # the prompt's keys and values move out of the cache, which from now on holds the generated tokens only
+            self.prefix = ([layer.keys for layer in self.cache.layers], [layer.values for layer in self.cache.layers])
+            self.cache = type(self.cache)()
+        return logits
 
     def next(self, source: torch.Tensor, tokens: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """Row ``i`` continues row ``source[i]`` of the previous call with ``tokens[i]``: logits ``[N, V]``.
@@ -306,7 +315,7 @@ class IncrementalModel:
             return self._forward(tokens, tokens.shape[1], select, **cache)
         self.origin = origin
         generated = torch.ones(len(tokens), self.steps, dtype=self.prompt_mask.dtype, device=tokens.device)
-        mask = torch.cat([self.prompt_mask.index_select(0, origin), generated], dim=1)
+        mask = generated if self.prefix else torch.cat([self.prompt_mask.index_select(0, origin), generated], dim=1)
         position = self.next_position.index_select(0, origin)[:, None] + start + torch.arange(tokens.shape[1], device=tokens.device)
         return self._forward(tokens, tokens.shape[1], select, attention_mask=mask, position_ids=position, **cache)
 

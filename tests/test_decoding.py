@@ -554,6 +554,37 @@ def test_one_cross_attention_row_per_prompt_equals_one_per_beam(width):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
+def _causal_stepper_logits(model, shared: bool, width: int) -> tuple[list[torch.Tensor], int]:
+    """Logits of a decoder-only stepper over left-padded prompts fed uneven beams per prompt (2, 1 and 3 rows), then
+    compacted to 4 rows; and the prompt positions left in the model's cache."""
+    from foundation_rec import cross_attention, decoding
+
+    ids, mask = prompts(5, left_pad=True)
+    self_modules = cross_attention.self_modules
+    cross_attention.self_modules = self_modules if shared else (lambda _model: {})
+    try:
+        with torch.inference_mode():
+            stepper = decoding.IncrementalModel(model, ids, mask, None)
+            out = [stepper.first()]
+            tokens = torch.randint(3, V, (6, width), generator=torch.Generator().manual_seed(1))
+            out.append(stepper.next(torch.tensor([0, 0, 1, 2, 2, 2]), tokens if width > 1 else tokens[:, 0]))
+            out.append(stepper.next(torch.tensor([1, 3, 5, 5]), torch.tensor([5, 6, 7, 8])))
+    finally:
+        cross_attention.self_modules = self_modules
+    return out, stepper.cache.get_seq_length() - width - 1
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_one_prompt_copy_per_prompt_equals_one_per_beam_in_a_decoder(llama, width):
+    """The shared prompt (its keys and values once per prompt, grouped-query heads included) gives the
+    copying path's logits, and the model's cache then holds only the generated tokens."""
+    copied, copied_prompt = _causal_stepper_logits(llama, shared=False, width=width)
+    shared, shared_prompt = _causal_stepper_logits(llama, shared=True, width=width)
+    assert (copied_prompt, shared_prompt) == (9, 0)
+    for a, b in zip(copied, shared, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
 def test_grouped_cross_attention_is_for_its_own_thread_only(t5):
     from foundation_rec import cross_attention
 
