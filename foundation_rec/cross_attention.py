@@ -117,7 +117,7 @@ def _prefix_attention(module, query, key, value, state, scaling) -> torch.Tensor
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
         key, value, prefix_k, prefix_v = (x.repeat_interleave(groups, dim=1) for x in (key, value, prefix_k, prefix_v))
-    rows, heads, t, _ = query.shape
+    heads, t = query.shape[1:3]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     packed, slot = _pack(query, origin, len(prefix_k))
     on_prompt = (torch.matmul(packed, prefix_k.transpose(2, 3)) * scale + bias).view(len(prefix_k), heads, -1, t, prefix_k.shape[2])[origin, :, slot]
@@ -141,7 +141,7 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
             return _math(query, key, value, _additive(attention_mask, kwargs.get("position_bias"), key), kwargs.get("scaling")), None
         return _sdpa(module, query, key, value, attention_mask, **kwargs)
     origin = group[1]
-    rows, heads, t, dim = query.shape
+    rows, heads, t = query.shape[:3]
     prompts = key.shape[0]
     packed, slot = _pack(query, origin, prompts)
     slots = packed.shape[2] // t
