@@ -235,6 +235,27 @@ SIGNAL_MAX_ITEMS = 15_000  # the platform signals are fitted on the pool corpora
 SIGNAL_USERS = 2_000  # validation users per such corpus
 
 
+def prior_walks(scorer: ContentScorer, vectors: torch.Tensor, offsets: np.ndarray, lengths: list[np.ndarray], seed: int) -> list[np.ndarray]:
+    """Synthetic item sequences drawn from the prior: for corpus ``c`` (global items ``offsets[c]`` to ``offsets[c + 1]``)
+    one walk per entry of ``lengths[c]``, of that many items. A walk starts at a uniformly drawn item and each next
+    item is drawn from the strict explore prior given the walk so far, among items it has not visited. Global items."""
+    walks = []
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for c, wanted in enumerate(lengths):
+            lo, hi = int(offsets[c]), int(offsets[c + 1])
+            if not len(wanted) or hi - lo < 2:
+                continue
+            n, steps = len(wanted), min(int(wanted.max()), hi - lo)
+            walk = torch.randint(hi - lo, (n, 1), generator=generator)
+            for _ in range(steps - 1):
+                logits = scorer.explore_logits(right_aligned(list(walk.numpy()), scorer.max_history), vectors[lo:hi])
+                logits = logits.scatter(1, walk, -torch.inf)
+                walk = torch.cat([walk, torch.multinomial(logits.softmax(-1), 1, generator=generator)], dim=1)
+            walks += [row[: min(int(k), steps)].numpy() + lo for row, k in zip(walk, wanted, strict=True)]
+    return walks
+
+
 def corpus_counts(corpora) -> tuple[torch.Tensor, torch.Tensor]:
     """``(popularity, recent)`` over the concatenated catalogs of ``corpora``: each corpus's training-split counts."""
     counts = [PlatformCounts.from_corpus(c) for c in corpora]
