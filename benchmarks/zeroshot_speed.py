@@ -6,7 +6,7 @@
 Runs the command as a user would (a subprocess, the README's checkpoint, the default protocols and methods) with an
 empty cache, so the catalog's text vectors and IDs are computed inside the measured time. Reports the wall time of
 the whole command, the indexing time (text vectors, IDs, trie) and each ranking pass, and users per second.
-Writes ``results/zeroshot_speed.{json,md}``; one row per (target, users), a rerun replaces its row.
+Writes ``results/zeroshot_speed.{json,md}``; one row per (target, users, command), a rerun replaces its row.
 """
 
 from __future__ import annotations
@@ -52,11 +52,12 @@ def main() -> None:
     row = measure(args)
     file = RESULTS / "zeroshot_speed.json"
     rows = json.loads(file.read_text())["rows"] if file.is_file() else []
-    rows = [r for r in rows if (r["target"], r["users"]) != (row["target"], row["users"])] + [row]
+    rows = [r for r in rows if (r["target"], r["users"], r["command"]) != (row["target"], row["users"], row["command"])] + [row]
     payload = {"environment": environment(), "rows": rows}
-    lines = ["| target | users | catalog | whole command (min) | indexing (s) | users/s (ranking) | command |", "|---|---|---|---|---|---|---|"]
+    lines = ["| target | users | catalog | whole command (min) | indexing (s) | users/s (all ranking passes) | ranking passes | N@10 | command |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['target']} | {r['users']:,} of {r['users_total']:,} | {r['catalog']:,} | {r['wall_seconds'] / 60:.1f} | {r['index_seconds']:.0f} | "
-              f"{r['users_per_second']:.1f} | `{r['command']}` |" for r in rows]
+              f"{r['users_per_second']:.1f} | {len(r['N@10'])} | {', '.join(f'{k} {v:.4f}' for k, v in r['N@10'].items())} | `{r['command']}` |" for r in rows]
     write_results("zeroshot_speed", payload, "# Zero-shot speed on a whole target\n\n" + provenance(payload["environment"]) + "\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
