@@ -88,47 +88,53 @@ def shared_prompt(modules: dict[int, int], origin: torch.Tensor, keys: list, val
     where ``prompt_mask`` ``[prompts, P]`` is 0) and then causally to the row's own keys in the model's cache."""
     previous = getattr(_state, "prefix", None)
     bias = torch.zeros(prompt_mask.shape, dtype=keys[0].dtype, device=prompt_mask.device).masked_fill(prompt_mask == 0, torch.finfo(keys[0].dtype).min)
-    _state.prefix = (modules, origin, keys, values, bias[:, None, None, :])
+    _state.prefix = (modules, origin, _slots(origin, len(prompt_mask)), keys, values, bias[:, None, None, :])  # slots: once per call, not per layer
     try:
         yield
     finally:
         _state.prefix = previous
 
 
-def _pack(x: torch.Tensor, origin: torch.Tensor, prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``x`` ``[rows, h, t, d]`` as ``[prompts, h, slots * t, d]`` (row ``i`` in slot ``slot[i]`` of prompt ``origin[i]``, zeros
-    in unused slots), and ``slot``."""
-    rows, heads, t, dim = x.shape
+def _slots(origin: torch.Tensor, prompts: int) -> tuple[torch.Tensor, int]:
+    """Each row's slot among its prompt's rows (``origin[i]``: row ``i``'s prompt), and the most rows of one prompt."""
     order = torch.argsort(origin, stable=True)
     counts = torch.bincount(origin, minlength=prompts)
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.empty_like(origin)
-    slot[order] = torch.arange(rows, device=origin.device) - starts[origin[order]]
-    packed = x.new_zeros(prompts, heads, int(counts.max()), t, dim)
-    packed[origin, :, slot] = x
-    return packed.view(prompts, heads, -1, dim), slot
+    slot[order] = torch.arange(len(origin), device=origin.device) - starts[origin[order]]
+    return slot, int(counts.max())
+
+
+def _pack(x: torch.Tensor, origin: torch.Tensor, slots: tuple[torch.Tensor, int], prompts: int) -> torch.Tensor:
+    """Rows ``x`` ``[rows, h, t, d]`` as ``[prompts, h, slots * t, d]`` (row ``i`` in slot ``slot[i]`` of prompt ``origin[i]``, zeros
+    in unused slots; ``slots``: :func:`_slots`)."""
+    _, heads, t, dim = x.shape
+    packed = x.new_zeros(prompts, heads, slots[1], t, dim)
+    packed[origin, :, slots[0]] = x
+    return packed.view(prompts, heads, -1, dim)
 
 
 def _prefix_attention(module, query, key, value, state, scaling) -> torch.Tensor:
     """``[rows, t, h, d]``: one softmax over the row's prompt keys (shared per prompt) and its own causal keys."""
-    modules, origin, keys, values, bias = state
+    modules, origin, slots, keys, values, bias = state
     layer = modules[id(module)]
     prefix_k, prefix_v = keys[layer], values[layer]
     groups = query.shape[1] // key.shape[1]
     if groups > 1:
         key, value, prefix_k, prefix_v = (x.repeat_interleave(groups, dim=1) for x in (key, value, prefix_k, prefix_v))
     heads, t = query.shape[1:3]
+    prompts, length = len(prefix_k), prefix_k.shape[2]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    packed, slot = _pack(query, origin, len(prefix_k))
-    on_prompt = (torch.matmul(packed, prefix_k.transpose(2, 3)) * scale + bias).view(len(prefix_k), heads, -1, t, prefix_k.shape[2])[origin, :, slot]
+    packed = _pack(query, origin, slots, prompts)
+    on_prompt = (torch.matmul(packed, prefix_k.transpose(2, 3)) * scale + bias).view(prompts, heads, -1, t, length)[origin, :, slots[0]]
     own = torch.matmul(query, key.transpose(2, 3)) * scale  # [rows, h, t, T]: the generated tokens so far, the last t new
     span = key.shape[2]
     later = torch.arange(span, device=query.device)[None, :] > torch.arange(span - t, span, device=query.device)[:, None]
     own = own.masked_fill(later, torch.finfo(own.dtype).min)
     weights = torch.softmax(torch.cat([on_prompt, own], dim=-1), dim=-1)
-    from_prompt, _ = _pack(weights[..., : prefix_k.shape[2]].contiguous(), origin, len(prefix_k))
-    out = torch.matmul(from_prompt, prefix_v).view(len(prefix_k), heads, -1, t, value.shape[-1])[origin, :, slot]
-    return (out + torch.matmul(weights[..., prefix_k.shape[2] :], value)).transpose(1, 2).contiguous()
+    from_prompt = _pack(weights[..., :length].contiguous(), origin, slots, prompts)
+    out = torch.matmul(from_prompt, prefix_v).view(prompts, heads, -1, t, value.shape[-1])[origin, :, slots[0]]
+    return (out + torch.matmul(weights[..., length:], value)).transpose(1, 2).contiguous()
 
 
 def _attention(module, query, key, value, attention_mask, **kwargs):
@@ -143,8 +149,8 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
     origin = group[1]
     rows, heads, t = query.shape[:3]
     prompts = key.shape[0]
-    packed, slot = _pack(query, origin, prompts)
-    slots = packed.shape[2] // t
+    slot, slots = _slots(origin, prompts)
+    packed = _pack(query, origin, (slot, slots), prompts)
     any_row = torch.zeros(prompts, dtype=torch.long, device=origin.device).scatter_(0, origin, torch.arange(rows, device=origin.device))
     mask = None if attention_mask is None else _per_prompt(attention_mask, any_row)  # a row's mask is its prompt's
     bias = kwargs.get("position_bias")

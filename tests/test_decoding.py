@@ -521,24 +521,26 @@ def test_node_prior_is_added_after_length_normalisation(llama, catalog):
                     trie=catalog, node_prior=torch.zeros(catalog.num_nodes))
 
 
-def _stepper_logits(model, grouped: bool, width: int) -> list[torch.Tensor]:
-    """Logits of a T5 stepper fed uneven beams per prompt (2, 1 and 3 rows), then compacted to 4 rows."""
+def _stepper_logits(model, grouped: bool, width: int):
+    """Logits of a stepper (T5 over right-padded prompts, a decoder-only model over left-padded ones) fed uneven
+    beams per prompt (2, 1 and 3 rows), then compacted to 4 rows; with ``grouped`` False the beams copy their
+    prompt's keys and values (``cross_attention`` off). Also returns the stepper."""
     from foundation_rec import cross_attention, decoding
 
-    ids, mask = prompts(5, left_pad=False)
+    seq2seq = model.config.is_encoder_decoder
+    ids, mask = prompts(5, left_pad=not seq2seq)
     enable = cross_attention.enable
     cross_attention.enable = enable if grouped else (lambda _model: False)
     try:
         with torch.inference_mode():
-            stepper = decoding.IncrementalModel(model, ids, mask, PAD)
+            stepper = decoding.IncrementalModel(model, ids, mask, PAD if seq2seq else None)
             out = [stepper.first()]
             tokens = torch.randint(3, V, (6, width), generator=torch.Generator().manual_seed(1))
             out.append(stepper.next(torch.tensor([0, 0, 1, 2, 2, 2]), tokens if width > 1 else tokens[:, 0]))
             out.append(stepper.next(torch.tensor([1, 3, 5, 5]), torch.tensor([5, 6, 7, 8])))
-            cross_rows = stepper.cache.cross_attention_cache.layers[0].keys.shape[0]
     finally:
         cross_attention.enable = enable
-    return out, cross_rows
+    return out, stepper
 
 
 @pytest.mark.parametrize("width", [1, 3])
@@ -546,40 +548,24 @@ def test_one_cross_attention_row_per_prompt_equals_one_per_beam(width):
     torch.manual_seed(0)
     config = T5Config(vocab_size=V, d_model=64, d_ff=128, num_layers=2, num_heads=4, d_kv=16, decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS)
     model = T5ForConditionalGeneration(config).train(False)
-    copied, copied_rows = _stepper_logits(model, grouped=False, width=width)
+    copied, stepper = _stepper_logits(model, grouped=False, width=width)
+    copied_rows = stepper.cache.cross_attention_cache.layers[0].keys.shape[0]
     model.set_attn_implementation("sdpa")
-    grouped, grouped_rows = _stepper_logits(model, grouped=True, width=width)
+    grouped, stepper = _stepper_logits(model, grouped=True, width=width)
+    grouped_rows = stepper.cache.cross_attention_cache.layers[0].keys.shape[0]
     assert (copied_rows, grouped_rows) == (4, 3)  # the grouped cache keeps one row per prompt, the other one per beam
     for a, b in zip(copied, grouped, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-
-
-def _causal_stepper_logits(model, shared: bool, width: int) -> tuple[list[torch.Tensor], int]:
-    """Logits of a decoder-only stepper over left-padded prompts fed uneven beams per prompt (2, 1 and 3 rows), then
-    compacted to 4 rows; and the prompt positions left in the model's cache."""
-    from foundation_rec import cross_attention, decoding
-
-    ids, mask = prompts(5, left_pad=True)
-    self_modules = cross_attention.self_modules
-    cross_attention.self_modules = self_modules if shared else (lambda _model: {})
-    try:
-        with torch.inference_mode():
-            stepper = decoding.IncrementalModel(model, ids, mask, None)
-            out = [stepper.first()]
-            tokens = torch.randint(3, V, (6, width), generator=torch.Generator().manual_seed(1))
-            out.append(stepper.next(torch.tensor([0, 0, 1, 2, 2, 2]), tokens if width > 1 else tokens[:, 0]))
-            out.append(stepper.next(torch.tensor([1, 3, 5, 5]), torch.tensor([5, 6, 7, 8])))
-    finally:
-        cross_attention.self_modules = self_modules
-    return out, stepper.cache.get_seq_length() - width - 1
 
 
 @pytest.mark.parametrize("width", [1, 3])
 def test_one_prompt_copy_per_prompt_equals_one_per_beam_in_a_decoder(llama, width):
     """The shared prompt (its keys and values once per prompt, grouped-query heads included) gives the
     copying path's logits, and the model's cache then holds only the generated tokens."""
-    copied, copied_prompt = _causal_stepper_logits(llama, shared=False, width=width)
-    shared, shared_prompt = _causal_stepper_logits(llama, shared=True, width=width)
+    copied, stepper = _stepper_logits(llama, grouped=False, width=width)
+    copied_prompt = stepper.cache.get_seq_length() - width - 1  # prompt positions left in the model's cache
+    shared, stepper = _stepper_logits(llama, grouped=True, width=width)
+    shared_prompt = stepper.cache.get_seq_length() - width - 1
     assert (copied_prompt, shared_prompt) == (9, 0)
     for a, b in zip(copied, shared, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
