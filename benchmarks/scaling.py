@@ -9,7 +9,7 @@ Each point is ``python -m foundation_rec.pretrain`` with the README's recipe (``
 MiniLM-space generator and recommender, the content prior) except for what the curve varies: users per
 corpus and recommender epochs. The ID-generator phase is left out (``--id-epochs 0``) so the points
 differ only in the recommender's training; every point warms the generator on the same 3,000 items.
-Each run validates the shipped setting (content prior, gamma 30, 20 beams) and pure generation
+Each run validates the shipped setting (content prior, gamma 30, ``defaults.NUM_BEAMS`` beams; the committed points used 20) and pure generation
 (``--valid-generation``) on 50 validation users per corpus and stores the prior alone and text-kNN on
 the same users (``results.json``'s ``valid_anchors``). The pool's catalog grows with the users sampled,
 so pool-validation N@10 is compared through its ratio to the prior alone on the same users; the

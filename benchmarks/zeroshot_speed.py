@@ -6,7 +6,7 @@
 Runs the command as a user would (a subprocess, the README's checkpoint, the default protocols and methods) with an
 empty cache, so the catalog's text vectors and IDs are computed inside the measured time. Reports the wall time of
 the whole command, the indexing time (text vectors, IDs, trie) and each ranking pass, and users per second.
-Writes ``results/zeroshot_speed.{json,md}``; one row per (target, users, command), a rerun replaces its row.
+Writes ``results/zeroshot_speed.{json,md}``; one row per (target, users, command, checkpoint build), a rerun replaces its row.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def measure(args) -> dict:
     users = results[0]["users_evaluated"]
     index = results[0]["index_seconds"]
     return {"target": args.target, "users": users, "users_total": results[0]["users_total"], "catalog": results[0]["catalog_size"],
-            "command": "python -m foundation_rec.zeroshot " + " ".join(command[3:]), "wall_seconds": round(wall, 1), "index_seconds": index,
+            "command": "python -m foundation_rec.zeroshot " + " ".join(command[3:]).replace(tmp, "<tmp>"), "date": environment()["date"][:10], "wall_seconds": round(wall, 1), "index_seconds": index,
             "ranking_seconds": {label(r): r["seconds"] for r in results}, "users_per_second": round(users / max(wall - index, 1e-9), 2),
             "N@10": {label(r): r["metrics"]["N@10"] for r in results}}
 
@@ -50,13 +50,16 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="more zeroshot flags, after --")
     args = parser.parse_args()
     row = measure(args)
+    built = Path(args.checkpoint) / "foundation_rec.json"
+    row["checkpoint_built"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime(built.stat().st_mtime)) if built.is_file() else ""
     file = RESULTS / "zeroshot_speed.json"
     rows = json.loads(file.read_text())["rows"] if file.is_file() else []
-    rows = [r for r in rows if (r["target"], r["users"], r["command"]) != (row["target"], row["users"], row["command"])] + [row]
+    key = lambda r: (r["target"], r["users"], r["command"], r.get("checkpoint_built"))
+    rows = [r for r in rows if key(r) != key(row)] + [row]
     payload = {"environment": environment(), "rows": rows}
-    lines = ["| target | users | catalog | whole command (min) | indexing (s) | users/s (all ranking passes) | ranking passes | N@10 | command |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['target']} | {r['users']:,} of {r['users_total']:,} | {r['catalog']:,} | {r['wall_seconds'] / 60:.1f} | {r['index_seconds']:.0f} | "
+    lines = ["| date | checkpoint built | target | users | catalog | whole command (min) | indexing (s) | users/s (all ranking passes) | ranking passes | N@10 | command |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.get('date', '')} | {r.get('checkpoint_built', '')} | {r['target']} | {r['users']:,} of {r['users_total']:,} | {r['catalog']:,} | {r['wall_seconds'] / 60:.1f} | {r['index_seconds']:.0f} | "
               f"{r['users_per_second']:.1f} | {len(r['N@10'])} | {', '.join(f'{k} {v:.4f}' for k, v in r['N@10'].items())} | `{r['command']}` |" for r in rows]
     write_results("zeroshot_speed", payload, "# Zero-shot speed on a whole target\n\n" + provenance(payload["environment"]) + "\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -12,7 +12,7 @@ The schedule (:func:`plan`) is a flat list of stages:
      ``max_history`` items whose every item after the first is a target (sequence prompts, see
      :mod:`foundation_rec.prompts`); then ``valid``: a quick metric on a sample of validation users
      through trie-constrained beam search as ``zeroshot`` ships it (the content prior at its default
-     gamma when the checkpoint has one, ``eval_beams`` 20), and the best model is kept;
+     gamma when the checkpoint has one, ``eval_beams`` as zeroshot's), and the best model is kept;
    * ``id`` (``id_epochs``): the recommender is frozen; for each history item in the prompt the
      generator gives per-token distributions over the current ID's tokens, and
      ``probabilities @ recommender input-embedding matrix`` (soft ID embeddings) replace the item's
@@ -105,7 +105,7 @@ class TrainConfig:
     log_every: int = field(default=10, metadata={"help": "write a metrics-log record every N steps"})
     valid_users: int = field(default=50, metadata={"help": "validation users per corpus for model selection (0: all)"})
     test_users: int = field(default=0, metadata={"help": "test users per corpus for the final evaluation (0: all)"})
-    eval_beams: int = field(default=defaults.NUM_BEAMS, metadata={"help": "beams of the trie-constrained beam search in evaluation (zeroshot's 20 by default)"})
+    eval_beams: int = field(default=defaults.NUM_BEAMS, metadata={"help": "beams of the trie-constrained beam search in evaluation (zeroshot's, defaults.NUM_BEAMS)"})
     valid_generation: bool = field(
         default=False, metadata={"help": "at each validation also log pure generation's metrics (no content prior, gamma 0) as generation_N@10 etc.; doubles validation time"}
     )

@@ -7,9 +7,9 @@
 
 History is everything before the user's last item (at most 20 items), the truth is the last item,
 ranked over the whole target catalog (Recall@5/10, NDCG@5/10). Nothing is trained on the target.
-Two protocols, each its own row (``--protocol``): *strict* reads item texts and the user's own
-history; *counts* (``idgenrec-zeroshot+counts``) also reads the target's training-split counts
-(popularity, recent popularity, repeat rates; :mod:`foundation_rec.signals`).
+Two protocols (``--protocol``): *counts* (``idgenrec-zeroshot+counts``, the default) reads item texts, the
+user's own history and the target's training-split counts (popularity, recent popularity, repeat rates;
+:mod:`foundation_rec.signals`); *strict* reads only the texts and the history; ``both`` gives each its own row.
 ``--methods`` adds the model's parts as rows on the same users (generation alone, the content prior
 alone), ``--history both`` scores every row with the user's own items kept and excluded, and
 ``--baselines`` adds the practitioner anchors and SASRec on the same users and split.
@@ -73,9 +73,9 @@ class ZeroShotArguments:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     id_precision: str = field(default=defaults.ID_PRECISION, metadata={"help": "arithmetic of the target's ID generation: fp32, or int8 (CPU only, about 1.5x "
                                                                 "faster cold IDs; a few near-tied IDs differ, see benchmarks/RESULTS.md)"})
-    protocol: str = field(default="both", metadata={"help": "strict (item texts and the user's own history only), counts (also the target's "
+    protocol: str = field(default=defaults.PROTOCOL, metadata={"help": "strict (item texts and the user's own history only), counts (also the target's "
                                                             "training-split counts: popularity, recent popularity, repeat rates; nothing trained "
-                                                            "on them), or both (each its own row)"})
+                                                            "on them; the default), or both (each its own row)"})
     out: str = field(default="runs/zeroshot", metadata={"help": "folder for <target>.json and <target>.md"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 

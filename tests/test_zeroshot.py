@@ -21,12 +21,19 @@ def test_zeroshot_cli_writes_results_for_unseen_target(tiny_checkpoint, fixture_
     assert zeroshot_main(["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(fixture_data),
                           "--out", str(tmp_path), "--baselines", "random,popularity", "--num-beams", "10", "--progress", "false"]) == 0
     results = json.loads((tmp_path / "yelp.json").read_text())["results"]
-    assert [r["method"] for r in results] == ["idgenrec-zeroshot", "idgenrec-zeroshot+counts", "random", "popularity"]
-    assert [r["protocol"] for r in results[:2]] == ["strict", "counts"]
+    assert [r["method"] for r in results] == ["idgenrec-zeroshot+counts", "random", "popularity"]  # the default protocol: counts
     ours = results[0]
-    assert ours["setting"] == "zero-shot" and ours["unique_ids"] and ours["catalog_size"] == 3
+    assert ours["protocol"] == "counts" and ours["setting"] == "zero-shot" and ours["unique_ids"] and ours["catalog_size"] == 3
     assert ours["users_evaluated"] == 2 and set(ours["metrics"]) == {"R@5", "R@10", "N@5", "N@10"}
-    assert "| yelp | idgenrec-zeroshot |" in (tmp_path / "yelp.md").read_text()
+    assert "| yelp | idgenrec-zeroshot+counts |" in (tmp_path / "yelp.md").read_text()
+
+
+def test_protocol_both_gives_strict_then_counts_on_the_same_users(tiny_checkpoint, fixture_data, tmp_path):
+    assert zeroshot_main(["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(fixture_data),
+                          "--out", str(tmp_path), "--protocol", "both", "--progress", "false"]) == 0
+    results = json.loads((tmp_path / "yelp.json").read_text())["results"]
+    assert [(r["method"], r["protocol"]) for r in results] == [("idgenrec-zeroshot", "strict"), ("idgenrec-zeroshot+counts", "counts")]
+    assert results[0]["users_evaluated"] == results[1]["users_evaluated"] == 2
 
 
 def test_methods_and_history_settings_are_rows_on_the_same_users(tiny_checkpoint, fixture_data, tmp_path):
