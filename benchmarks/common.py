@@ -56,6 +56,18 @@ def write_table(name: str, payload: dict, title: str, note: str, header: list[st
     write_results(name, payload, "\n".join([title, "", note, "", *table]) + "\n")
 
 
+def smollm2_diagnostic(doc: str, users: int, extra, run, title: str, note, header: list[str]) -> None:
+    """The SmolLM2 world-knowledge diagnostics' ``main``: a checkpoint and SmolLM2-135M (CPU) loaded, ``run(model,
+    backbone, target, args)`` rows per target, one table written (``note(args)`` follows the provenance)."""
+    from foundation_rec.backbones import BackboneConfig, load_backbone
+
+    args, model = checkpoint_run(doc, "--max-users", users, extra=extra)
+    backbone = load_backbone(BackboneConfig(preset="smollm2-135m", device="cpu"))
+    rows = [row for target in args.targets.split(",") for row in run(model, backbone, target, args)]
+    env = environment()
+    write_table(args.name, {"environment": env, "rows": rows, "args": vars(args)}, title, f"{provenance(env)} {note(args)}", header, rows)
+
+
 def write_results(name: str, payload: dict, markdown: str) -> None:
     """Write ``results/<name>.json`` and ``results/<name>.md`` atomically."""
     atomic.write_json(RESULTS / f"{name}.json", payload)

@@ -20,9 +20,8 @@ import time
 
 import numpy as np
 import torch
-from common import checkpoint_run, environment, provenance, write_table
+from common import smollm2_diagnostic
 
-from foundation_rec.backbones import BackboneConfig, load_backbone
 from foundation_rec.baselines import Popularity
 from foundation_rec.corpora import load_corpus
 from foundation_rec.evaluate import evaluate_settings
@@ -99,17 +98,18 @@ def flags(parser) -> None:
     parser.set_defaults(targets="movielens-100k,steam", max_users=2000, threads=1)
 
 
+TITLE = "# World knowledge: SmolLM2-135M's likelihood of each title as a strict-protocol prior"
+HEADER = ["target", "ranking", "N@10 kept", "vs prior", "N@10 excluded", "vs prior", "fame s"]
+
+
+def note(args) -> str:
+    return (f"Checkpoint `{args.checkpoint}`; fame = the title's {args.score} token log-probability after '{PROMPT}', z-scored "
+            "per catalog; strict content prior + w x fame; N@10 on the transfer benchmark's users (weights swept on the targets: "
+            "a diagnostic, not a shipped setting).")
+
+
 def main() -> None:
-    args, model = checkpoint_run(__doc__, "--max-users", 2000, extra=flags)
-    backbone = load_backbone(BackboneConfig(preset="smollm2-135m", device="cpu"))
-    rows = [row for target in args.targets.split(",") for row in run(model, backbone, target, args)]
-    env = environment()
-    write_table(args.name, {"environment": env, "rows": rows, "args": vars(args)},
-                "# World knowledge: SmolLM2-135M's likelihood of each title as a strict-protocol prior",
-                f"{provenance(env)} Checkpoint `{args.checkpoint}`; fame = the title's {args.score} token log-probability after "
-                f"'{PROMPT}', z-scored per catalog; strict content prior + w x fame; N@10 on the transfer benchmark's users "
-                "(weights swept on the targets: a diagnostic, not a shipped setting).",
-                ["target", "ranking", "N@10 kept", "vs prior", "N@10 excluded", "vs prior", "fame s"], rows)
+    smollm2_diagnostic(__doc__, 2000, flags, run, TITLE, note, HEADER)
 
 
 if __name__ == "__main__":

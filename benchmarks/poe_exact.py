@@ -10,6 +10,11 @@ history), and the items are ranked by ``log prior + lam * lm score`` for every `
 is the prior alone; if no ``lam > 0`` beats it, the language model's scores hold nothing the prior does not
 already have for these users, whatever the search. Strict protocol, history kept and excluded, the same users
 as ``benchmarks/transfer.py`` (same seed and sample size). Writes ``results/<--name>.{json,md}``.
+
+``--pmi-histories N`` scores association instead of likelihood: the lm score becomes
+``log p(c | history) - mean_j log p(c | h_j)`` over N fixed-seed histories ``h_j`` of other test users of the
+same target, so what an item's ID scores under any history (the words the recommender learned to like on the
+Amazon pool) cancels, and only what this user's history adds to it is left (pointwise mutual information).
 """
 
 from __future__ import annotations
@@ -47,6 +52,14 @@ class FixedRanking:
         return np.stack([self.rows[id(h)][:k] for h in histories])
 
 
+def background(model: FoundationRec, catalog, histories: list[np.ndarray], candidates: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``[users, pool]``: each candidate's mean lm score over ``n`` fixed-seed histories of the same users (the marginal)."""
+    items = np.unique(candidates)
+    picks = np.random.default_rng(seed + 1).choice(len(histories), size=min(n, len(histories)), replace=False)
+    per_item = np.mean([lm_scores(model, catalog, [histories[j]], items[None, :])[0] for j in picks], axis=0)
+    return per_item[np.searchsorted(items, candidates)]
+
+
 def run(model: FoundationRec, target: str, args) -> list[list]:
     corpus = load_corpus(target, args.data_dir)
     catalog = model.index_catalog(corpus, progress=False)
@@ -56,6 +69,8 @@ def run(model: FoundationRec, target: str, args) -> list[list]:
     prior = torch.cat([model.recommender.scorer.log_prior(histories[lo : lo + 256], catalog.vectors) for lo in range(0, len(histories), 256)])
     top_prior, candidates = (x.numpy() for x in prior.topk(args.pool, dim=1))
     lm = lm_scores(model, catalog, histories, candidates)
+    if args.pmi_histories:
+        lm = lm - background(model, catalog, histories, candidates, args.pmi_histories, args.seed)
     seconds = time.perf_counter() - start
     rows = []
     base = {}
@@ -75,6 +90,7 @@ def run(model: FoundationRec, target: str, args) -> list[list]:
 def flags(parser) -> None:
     parser.add_argument("--pool", type=int, default=100, help="the prior's top items the recommender scores")
     parser.add_argument("--lams", type=float, nargs="+", default=[0.0, 0.01, 0.03, 0.1, 0.3, 1.0])
+    parser.add_argument("--pmi-histories", type=int, default=0, help="score association: subtract each item's mean score under this many other users' histories")
     parser.add_argument("--name", default="poe_exact")
     parser.set_defaults(targets="movielens-100k,steam", max_users=2000, threads=1)
 
@@ -83,10 +99,11 @@ def main() -> None:
     args, model = checkpoint_run(__doc__, "--max-users", 2000, extra=flags)
     rows = [row for target in args.targets.split(",") for row in run(model, target, args)]
     env = environment()
+    pmi = f", minus its mean over {args.pmi_histories} other users' histories" if args.pmi_histories else ""
     write_table(args.name, {"environment": env, "rows": rows, "args": vars(args)},
                 "# Exact product of experts: the prior's top candidates re-ranked with the recommender's exact scores",
                 f"{provenance(env)} Checkpoint `{args.checkpoint}`; strict protocol; score = log prior + lam x (length-normalised "
-                f"log p of the ID after the history) over the prior's top {args.pool}; lam 0 is the prior alone. N@10.",
+                f"log p of the ID after the history{pmi}) over the prior's top {args.pool}; lam 0 is the prior alone. N@10.",
                 ["target", "users", "lam", "N@10 kept", "vs prior", "N@10 excluded", "vs prior", "scoring s"], rows)
 
 
