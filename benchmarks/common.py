@@ -9,6 +9,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from foundation_rec import atomic, defaults
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,6 +56,16 @@ def write_table(name: str, payload: dict, title: str, note: str, header: list[st
     """:func:`write_results` with a markdown file made of a title line, a note and one table (cells as text)."""
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
     write_results(name, payload, "\n".join([title, "", note, "", *table]) + "\n")
+
+
+class FixedRanking:
+    """The harness's recommender protocol over rankings computed beforehand, one per history object of the examples."""
+
+    def __init__(self, histories: list[np.ndarray], order: np.ndarray):
+        self.rows = {id(h): row for h, row in zip(histories, order, strict=True)}
+
+    def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
+        return np.stack([self.rows[id(h)][:k] for h in histories])
 
 
 def smollm2_diagnostic(doc: str, users: int, extra, run, title: str, note, header: list[str]) -> None:

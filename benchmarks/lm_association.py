@@ -21,12 +21,12 @@ import time
 
 import numpy as np
 import torch
-from common import smollm2_diagnostic
+from common import FixedRanking, smollm2_diagnostic
 
 from foundation_rec.corpora import load_corpus
-from foundation_rec.evaluate import evaluate_settings, examples
+from foundation_rec.evaluate import evaluate_examples, examples
 
-HEADER = "A list of {domain} that one person liked, in the order they found them:\n"
+PROMPT = "A list of {domain} that one person liked, in the order they found them:\n"
 
 
 class Association:
@@ -34,7 +34,7 @@ class Association:
 
     def __init__(self, backbone, titles: list[str], domain: str, max_title_tokens: int = 24):
         self.tok, self.model = backbone.tokenizer, backbone.hf_model
-        self.header = self.tok(HEADER.format(domain=domain or "items"), add_special_tokens=False)["input_ids"]
+        self.header = self.tok(PROMPT.format(domain=domain or "items"), add_special_tokens=False)["input_ids"]
         self.titles = [self.tok("- " + (t or "untitled").strip(), add_special_tokens=False)["input_ids"][:max_title_tokens] for t in titles]
         self.newline = self.tok("\n", add_special_tokens=False)["input_ids"]
         self.empty: dict[int, float] = {}
@@ -68,54 +68,40 @@ class Association:
         return self.loglik(history, candidates) - np.array([self.empty[c] for c in candidates])
 
 
-class Reranked:
-    """The prior's ranking with its top ``K`` re-ordered by ``log prior + w * pmi`` (scores computed once, looked up)."""
-
-    def __init__(self, table: dict, n_items: int, weight: float):
-        self.table, self.n_items, self.weight = table, n_items, weight
-
-    def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
-        out = []
-        for h in histories:
-            order, prior, pmi = self.table[np.asarray(h, dtype=np.int64).tobytes()]
-            head = len(pmi)
-            top = order[:head][np.argsort(-(prior[:head] + self.weight * pmi), kind="stable")]
-            out.append(np.concatenate([top, order[head:]])[:k])
-        return np.stack(out)
-
-
-def score_users(model, assoc: Association, corpus, catalog, args) -> dict:
-    ex = examples(corpus, "test", args.max_users, args.seed, 20)
-    table, start = {}, time.perf_counter()
-    scorer = model.recommender.scorer
-    for u in range(len(ex)):
-        h = np.asarray(ex.histories[u], dtype=np.int64)
-        prior = scorer.log_prior([h], catalog.vectors)[0]
-        order = torch.argsort(prior, descending=True)[: max(args.candidates, 40)].numpy()
-        cand = order[: args.candidates].tolist()
-        pmi = assoc.pmi(h[-args.history_items :].tolist(), cand)
-        table[h.tobytes()] = (order, prior[order].numpy(), pmi)
+def score_users(model, assoc: Association, ex, catalog, name: str, args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per user: the prior's top ``max(--candidates, 30)`` items (30 fill a top 10 after dropping 20 history items),
+    their log prior, and the pmi of the first ``--candidates``."""
+    orders, priors, pmis, start = [], [], [], time.perf_counter()
+    for u, h in enumerate(ex.histories):
+        prior = model.recommender.scorer.log_prior([h], catalog.vectors)[0]
+        order = torch.argsort(prior, descending=True)[: max(args.candidates, 30)].numpy()
+        orders.append(order)
+        priors.append(prior[order].numpy())
+        pmis.append(assoc.pmi(np.asarray(h)[-args.history_items :].tolist(), order[: args.candidates].tolist()))
         if (u + 1) % 50 == 0:
             rate = (u + 1) / (time.perf_counter() - start)
-            print(f"  {corpus.name}: {u + 1}/{len(ex)} users, {rate:.2f} users/s, ETA {(len(ex) - u - 1) / rate / 60:.1f} min", flush=True)
-    return table
+            print(f"  {name}: {u + 1}/{len(ex)} users, {rate:.2f} users/s, ETA {(len(ex) - u - 1) / rate / 60:.1f} min", flush=True)
+    return np.stack(orders), np.stack(priors), np.stack(pmis)
 
 
 def run(model, backbone, target: str, args) -> list[list]:
     corpus = load_corpus(target, args.data_dir)
     catalog = model.index_catalog(corpus, progress=False)
-    assoc = Association(backbone, catalog.titles, corpus.meta.get("domain", ""))
+    ex = examples(corpus, "test", args.max_users, args.seed)
     start = time.perf_counter()
-    table = score_users(model, assoc, corpus, catalog, args)
+    assoc = Association(backbone, catalog.titles, corpus.meta.get("domain", ""))
+    order, prior, pmi = score_users(model, assoc, ex, catalog, corpus.name, args)
     seconds = time.perf_counter() - start
+    head = pmi.shape[1]
     rows, base = [], None
     for w in args.weights:
         name = "prior alone" if w == 0 else f"prior + {w:g} pmi"
-        kept, excluded = (r["metrics"]["N@10"] for r in evaluate_settings(corpus, Reranked(table, len(catalog.titles), w), name, (False, True),
-                                                                            max_users=args.max_users, seed=args.seed, progress=False))
+        top = np.take_along_axis(order[:, :head], np.argsort(-(prior[:, :head] + w * pmi), axis=1, kind="stable"), axis=1)
+        ranking = FixedRanking(ex.histories, np.concatenate([top, order[:, head:]], axis=1))
+        kept, excluded = (r["N@10"] for r in evaluate_examples(ex, ranking, name, len(catalog.ids), (False, True)))
         base = base or (kept, excluded)
         rows.append([target, name, f"{kept:.4f}", f"{kept / max(base[0], 1e-9):.2f}x", f"{excluded:.4f}", f"{excluded / max(base[1], 1e-9):.2f}x",
-                     f"{len(table)}", f"{seconds / max(len(table), 1):.2f}"])
+                     f"{len(ex)}", f"{seconds / max(len(ex), 1):.2f}"])
         print(" | ".join(rows[-1]), flush=True)
     return rows
 

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import torch
-from common import checkpoint_run, environment, provenance, write_table
+from common import FixedRanking, checkpoint_run, environment, provenance, write_table
 
 from foundation_rec.api import FoundationRec
 from foundation_rec.corpora import load_corpus
@@ -40,16 +40,6 @@ def lm_scores(model: FoundationRec, catalog, histories: list[np.ndarray], candid
         tokens = [[catalog.id_tokens[int(r)] for r in row] for row in candidates[lo : lo + batch]]
         out += model.recommender.score(built, tokens, catalog.vectors)
     return np.stack(out)
-
-
-class FixedRanking:
-    """The harness's recommender protocol over rankings computed beforehand, one per history object of the examples."""
-
-    def __init__(self, histories: list[np.ndarray], order: np.ndarray):
-        self.rows = {id(h): row for h, row in zip(histories, order, strict=True)}
-
-    def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
-        return np.stack([self.rows[id(h)][:k] for h in histories])
 
 
 def background(model: FoundationRec, catalog, histories: list[np.ndarray], candidates: np.ndarray, n: int, seed: int) -> np.ndarray:

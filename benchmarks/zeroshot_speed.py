@@ -36,7 +36,7 @@ def measure(args) -> dict:
     users = results[0]["users_evaluated"]
     index = results[0]["index_seconds"]
     return {"target": args.target, "users": users, "users_total": results[0]["users_total"], "catalog": results[0]["catalog_size"],
-            "command": "python -m foundation_rec.zeroshot " + " ".join(command[3:]).replace(tmp, "<tmp>"), "date": environment()["date"][:10], "wall_seconds": round(wall, 1), "index_seconds": index,
+            "command": "python -m foundation_rec.zeroshot " + " ".join(command[3:]).replace(tmp, "<tmp>"), "wall_seconds": round(wall, 1), "index_seconds": index,
             "ranking_seconds": {label(r): r["seconds"] for r in results}, "users_per_second": round(users / max(wall - index, 1e-9), 2),
             "N@10": {label(r): r["metrics"]["N@10"] for r in results}}
 
@@ -49,14 +49,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("extra", nargs="*", help="more zeroshot flags, after --")
     args = parser.parse_args()
-    row = measure(args)
+    row, env = measure(args), environment()
+    row["date"] = env["date"][:10]
     built = Path(args.checkpoint) / "foundation_rec.json"
     row["checkpoint_built"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime(built.stat().st_mtime)) if built.is_file() else ""
     file = RESULTS / "zeroshot_speed.json"
     rows = json.loads(file.read_text())["rows"] if file.is_file() else []
     key = lambda r: (r["target"], r["users"], r["command"], r.get("checkpoint_built"))
     rows = [r for r in rows if key(r) != key(row)] + [row]
-    payload = {"environment": environment(), "rows": rows}
+    payload = {"environment": env, "rows": rows}
     lines = ["| date | checkpoint built | target | users | catalog | whole command (min) | indexing (s) | users/s (all ranking passes) | ranking passes | N@10 | command |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.get('date', '')} | {r.get('checkpoint_built', '')} | {r['target']} | {r['users']:,} of {r['users_total']:,} | {r['catalog']:,} | {r['wall_seconds'] / 60:.1f} | {r['index_seconds']:.0f} | "
