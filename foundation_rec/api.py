@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic, checkpoint, defaults, int8
+from . import atomic, calibration, checkpoint, defaults, int8
 from .bundle import ModelBundle
 from .content_prior import PriorRanking
 from .corpora import Corpus, load_corpus, load_recipe
@@ -210,6 +210,8 @@ class FoundationRec:
         id_tokens, trie = self.recommender.index_ids(ids, name)
         reads_text = self.recommender.content is not None or self.recommender.scorer is not None
         vectors = item_vectors(texts, f"{name} items", progress)[0] if reads_text else None
+        if counts is not None and vectors is not None and self.recommender.scorer is not None:
+            counts = self._calibrated(counts, name, texts, vectors, progress)
         self.catalog = Catalog(name, platform, item_ids, titles, texts, ids, trie, id_tokens, corpus,
                                round(time.perf_counter() - start, 3), vectors, counts)
         return self.catalog
@@ -233,6 +235,30 @@ class FoundationRec:
                                  "device": str(self.generator.backbone.device), "torch_threads": torch.get_num_threads(),
                                  "precision": self.generator.config.precision})
         return assignment.ids
+
+    def _calibrated(self, counts: PlatformCounts, name: str, texts: list[str], vectors: torch.Tensor, progress: bool) -> PlatformCounts:
+        """``counts`` with signal weights calibrated on the platform's held-out items (:mod:`foundation_rec.calibration`),
+        cached beside the catalog's IDs and keyed by them and the logs; a count column keeps the pool's weights."""
+        log = print if progress else (lambda _: None)
+        if counts.held_out is None:
+            log(f"{name}: counts without sequences ({counts.source or 'a count column'}) keep the pool's signal weights; "
+                "give an interactions file (user_id,item_id[,timestamp]) to calibrate them on the platform")
+            return counts
+        digest = hashlib.blake2b(self._ids_file(name, texts).name.encode(), digest_size=8)
+        for array in counts.held_out:
+            digest.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+        file = cache_dir() / "catalog_ids" / f"{name}-{digest.hexdigest()}.calibration.json"
+        found = calibration.from_json(json.loads(file.read_text(encoding="utf-8"))) if file.is_file() else None
+        if found is None:
+            found = calibration.calibrate(self.recommender.scorer, vectors, counts, log)
+            if found is None:
+                log(f"{name}: no user has two logged items; the pool's signal weights stay")
+                return counts
+            atomic.write_json(file, calibration.to_json(found))
+        else:
+            log(f"{name}: signal weights calibrated before ({found.choice}; held-out N@10 "
+                f"{np.mean([found.record['candidates'][found.choice][k] for k in ('N@10 kept', 'N@10 excluded')]):.4f}), from {file}")
+        return dataclasses.replace(counts, calibration=found)
 
     def catalog_id_record(self, catalog: Catalog | None = None) -> dict:
         """The cache record of a catalog's generated IDs: ``items``, ``fallbacks``, and the ``seconds`` generation took when it ran."""

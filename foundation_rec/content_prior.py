@@ -48,7 +48,7 @@ from .baselines.common import pad_items
 from .checkpoint import load_module
 from .errors import FoundationRecError
 from .metrics import ndcg_at_k
-from .signals import PlatformCounts, PlatformSignals, repeat_mixture
+from .signals import PlatformCounts, PlatformSignals, latest_similarity, repeat_mixture, signal_logits
 
 FILE, INFO = "scorer.safetensors", "scorer.json"
 
@@ -102,11 +102,16 @@ class ContentScorer(torch.nn.Module):
 
     def log_prior(self, histories: list[np.ndarray], vectors: torch.Tensor, counts: PlatformCounts | None = None) -> torch.Tensor:
         """``[B, items]`` log-probabilities over the catalog (the rows of ``vectors``) for item-row histories:
-        the explore prior (with the platform's popularity under ``counts``) mixed with repeats of the history
-        (:func:`foundation_rec.signals.repeat_mixture`; strict without ``counts``)."""
+        the explore prior (with the platform's popularity under ``counts``, by the weights calibrated on the platform's
+        held-out items when it has them, :mod:`foundation_rec.calibration`, else the pool's) mixed with repeats of the
+        history (:func:`foundation_rec.signals.repeat_mixture`; strict without ``counts``)."""
         features = None if counts is None else tuple(torch.from_numpy(c).float() for c in (counts.popularity, counts.recent))
         with torch.no_grad():
-            logits = self.explore_logits(right_aligned(histories, self.max_history), vectors.float(), features)
+            if counts is not None and counts.calibration is not None:  # weights chosen on the platform's held-out items
+                logits = signal_logits(counts.calibration.weights, self(right_aligned(histories, self.max_history), vectors.float()),
+                                       latest_similarity(histories, vectors), *(torch.log1p(f) for f in features))
+            else:
+                logits = self.explore_logits(right_aligned(histories, self.max_history), vectors.float(), features)
             return repeat_mixture(logits, histories, counts)
 
     def save(self, folder: Path) -> None:

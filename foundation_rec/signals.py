@@ -37,6 +37,7 @@ that recency profile are frequencies, counted, never fitted:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ import numpy as np
 import torch
 
 from .errors import FoundationRecError
-from .splits import MAX_HISTORY, train_part_mask
+from .splits import MAX_HISTORY, drop_last, train_part_mask
 
 STRICT, COUNTS = "strict", "counts"
 PROTOCOLS = (STRICT, COUNTS)
@@ -63,6 +64,10 @@ class PlatformCounts:
     repeat_rate: tuple[float, float] | None = None  # P(next in history | history without, with a repeat); None: strict's per-user rate
     repeat_age: np.ndarray | None = None  # [MAX_HISTORY] P(repeated item last seen d steps back), d = 1..; None: 1/d
     source: str = ""
+    # the logs calibration reads (foundation_rec.calibration): (offsets, values, timestamps or None) of per-user sequences
+    # whose last item is that user's held-out next item; None: no sequences (a count column), nothing to calibrate on
+    held_out: tuple | None = None
+    calibration: Calibration | None = None  # signal weights chosen on the held-out items; None: the pool's
 
     @classmethod
     def from_sequences(cls, offsets: np.ndarray, values: np.ndarray, n_items: int, timestamps: np.ndarray | None = None,
@@ -77,10 +82,27 @@ class PlatformCounts:
         return cls(popularity, recent, rate, age, source)
 
     @classmethod
+    def from_logs(cls, offsets: np.ndarray, values: np.ndarray, n_items: int, timestamps: np.ndarray | None = None,
+                  source: str = "") -> PlatformCounts:
+        """Counts over every interaction of the logs, which are also what calibration holds each user's last item out of."""
+        counts = cls.from_sequences(offsets, values, n_items, timestamps, source)
+        return dataclasses.replace(counts, held_out=(offsets, values, timestamps))
+
+    @classmethod
     def from_corpus(cls, corpus) -> PlatformCounts:
-        """Counts of a corpus's training split (every user's items before their last two), as popularity counts them."""
+        """Counts of a corpus's training split (every user's items before their last two), as popularity counts them.
+        Calibration holds out the validation items (each user's second-to-last); the test items are not kept."""
         offsets, values, mask = train_part_mask(corpus.item_sequences)
-        return cls.from_sequences(offsets, values, len(corpus.items), _timestamps(corpus, mask), f"{corpus.name} training split")
+        counts = cls.from_sequences(offsets, values, len(corpus.items), _timestamps(corpus, mask), f"{corpus.name} training split")
+        v_offsets, v_values, v_mask = train_part_mask(corpus.item_sequences, drop=1)
+        return dataclasses.replace(counts, held_out=(v_offsets, v_values, _timestamps(corpus, v_mask)))
+
+    def without_last(self, n_items: int) -> tuple[PlatformCounts, np.ndarray, np.ndarray]:
+        """``(counts, offsets, values)`` of :attr:`held_out` without each user's last item: what calibration counts
+        and what its histories come from (for a corpus, exactly its training split)."""
+        offsets, values, stamps = self.held_out
+        rest, kept, mask = drop_last(offsets, values, 1)
+        return PlatformCounts.from_sequences(rest, kept, n_items, None if stamps is None else stamps[mask], self.source), rest, kept
 
     @classmethod
     def from_popularity(cls, counts: np.ndarray, source: str = "") -> PlatformCounts:
@@ -144,6 +166,36 @@ def repeat_statistics(offsets: np.ndarray, values: np.ndarray, max_history: int 
     return rate, age / age.sum()
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Signal weights chosen on a platform's held-out next items (:mod:`foundation_rec.calibration`).
+
+    ``weights``: ``(content, popularity, recent, latest)`` in ``e = a s + b log(1 + n) + c log(1 + r) + d cos(v_last, v_j)``;
+    ``repeat_shift``: added to the log-odds of the counted repeat rate rho, or None for no repeat mixture (the
+    user's own items ranked by ``e`` like any other, as popularity and text-kNN rank them)."""
+
+    weights: tuple[float, float, float, float]
+    repeat_shift: float | None
+    choice: str
+    record: dict = dataclasses.field(default_factory=dict)
+
+
+def signal_logits(weights, content: torch.Tensor | None, latest: torch.Tensor, log_popularity: torch.Tensor,
+                  log_recent: torch.Tensor) -> torch.Tensor:
+    """``a * s + b * log(1 + n) + c * log(1 + r) + d * cos(v_last, v_j)`` for ``weights`` ``(a, b, c, d)`` (:class:`Calibration`);
+    ``content`` None: without the content term."""
+    logits = weights[3] * latest + (weights[1] * log_popularity + weights[2] * log_recent)
+    return logits if content is None else logits + weights[0] * content
+
+
+def latest_similarity(histories: list[np.ndarray], vectors: torch.Tensor) -> torch.Tensor:
+    """``[B, items]`` cosine of each history's latest item's text vector to every item's (text-kNN of the latest item)."""
+    unit = torch.nn.functional.normalize(vectors.float(), dim=-1)
+    latest = torch.tensor([int(h[-1]) if len(h) else 0 for h in histories])
+    empty = torch.tensor([len(h) == 0 for h in histories])
+    return (unit[latest] @ unit.T).masked_fill(empty[:, None], 0.0)
+
+
 class PlatformSignals(torch.nn.Module):
     """``e = a * s + b * log(1 + n) + c * log(1 + r)``: the content logits ``s`` with the platform's popularity (learned on the pool)."""
 
@@ -156,32 +208,48 @@ class PlatformSignals(torch.nn.Module):
         return a * logits + b * torch.log1p(popularity) + c * torch.log1p(recent)
 
 
+def repeat_parts(histories: list[np.ndarray], counts: PlatformCounts | None, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log_rep [B, items], rho [B])``: ``log p_rep`` of each history's items (``-inf`` off the history; recency
+    weights by how many steps back each was last seen) and the counted repeat probability rho (strict without ``counts``)."""
+    source = counts if counts is not None else _STRICT
+    log_rep = torch.full((len(histories), n_items), -torch.inf)
+    for b, history in enumerate(histories):
+        steps_back: dict[int, int] = {}
+        for d, item in enumerate(np.asarray(history, dtype=np.int64)[::-1].tolist(), 1):
+            steps_back.setdefault(item, d)
+        if steps_back:
+            weights = source.age_weights(len(history))
+            rep = torch.tensor([weights[d - 1] for d in steps_back.values()], dtype=torch.float32)
+            log_rep[b, torch.tensor(list(steps_back))] = torch.log(rep / rep.sum())
+    rho = torch.tensor([source.rho(np.asarray(h, dtype=np.int64)) for h in histories], dtype=torch.float32)
+    return log_rep, rho
+
+
+def mixture(logits: torch.Tensor, log_rep: torch.Tensor, rho: torch.Tensor, shift: float | torch.Tensor | None = 0.0) -> torch.Tensor:
+    """``[B, items]`` log of ``rho' * p_rep + (1 - rho') * softmax(logits over the items off the history)``.
+
+    ``rho' = sigmoid(logit(rho) + shift)`` (``rho`` itself at shift 0; a zero rho stays zero, and its history items
+    score :data:`NEVER`). ``shift`` None: no mixture, ``log_softmax(logits)`` over every item."""
+    if shift is None:
+        return logits.log_softmax(-1)
+    history = log_rep > -torch.inf
+    rho = rho.to(logits.dtype)
+    if not (isinstance(shift, float) and shift == 0.0):
+        rho = torch.where(rho > 0, torch.sigmoid(torch.logit(rho.clamp(max=MAX_RHO)) + shift), rho)
+    explore = logits.masked_fill(history, -torch.inf).log_softmax(-1) + torch.log1p(-rho)[:, None]
+    repeat = torch.where(rho[:, None] > 0, log_rep + torch.log(rho.clamp(min=1e-30))[:, None], torch.full_like(log_rep, NEVER))
+    return torch.where(history, repeat, explore)
+
+
 def repeat_mixture(logits: torch.Tensor, histories: list[np.ndarray], counts: PlatformCounts | None) -> torch.Tensor:
     """``[B, items]`` log of ``rho * p_rep + (1 - rho) * p_explore`` for each history (rows of the catalog).
 
     ``p_explore`` is the softmax of the explore ``logits`` over the items *not* in the history (a new item);
-    ``p_rep`` spreads over the history's items. With ``rho = 0`` a history item scores :data:`NEVER`."""
-    source = counts if counts is not None else _STRICT
-    rows = [np.asarray(h, dtype=np.int64) for h in histories]
-    mask = torch.zeros_like(logits, dtype=torch.bool)
-    for b, history in enumerate(rows):
-        mask[b, torch.from_numpy(history)] = True
-    rho = torch.tensor([source.rho(h) for h in rows], dtype=logits.dtype)
-    out = logits.masked_fill(mask, -torch.inf).log_softmax(-1) + torch.log1p(-rho)[:, None]
-    for b, history in enumerate(rows):
-        if not len(history):
-            continue
-        steps_back: dict[int, int] = {}
-        for d, item in enumerate(history[::-1].tolist(), 1):
-            steps_back.setdefault(item, d)
-        items = torch.tensor(list(steps_back), dtype=torch.long)
-        if rho[b] <= 0:
-            out[b, items] = NEVER
-            continue
-        weights = source.age_weights(len(history))
-        rep = torch.tensor([weights[d - 1] for d in steps_back.values()], dtype=logits.dtype)
-        out[b, items] = torch.log(rep / rep.sum()) + torch.log(rho[b])
-    return out
+    ``p_rep`` spreads over the history's items. With ``rho = 0`` a history item scores :data:`NEVER`. A calibrated
+    ``counts`` applies its repeat shift (:func:`mixture`)."""
+    log_rep, rho = repeat_parts(histories, counts, logits.shape[-1])
+    shift = counts.calibration.repeat_shift if counts is not None and counts.calibration is not None else 0.0
+    return mixture(logits, log_rep, rho, shift)
 
 
 NEVER = -1e4  # the log prior of a history item when no repeat is expected (finite: beam search adds and subtracts it)
@@ -229,7 +297,7 @@ def read_counts_file(path: str | Path, item_ids: list[str]) -> PlatformCounts:
     stamps = np.asarray([stamp for events in ordered for stamp, _, _ in events])
     offsets = np.concatenate([[0], np.cumsum([len(events) for events in ordered])]).astype(np.int64)
     values = np.asarray([item for events in ordered for _, _, item in events], dtype=np.int64)
-    return PlatformCounts.from_sequences(offsets, values, len(item_ids), stamps if len(stamps) else None, str(path))
+    return PlatformCounts.from_logs(offsets, values, len(item_ids), stamps if len(stamps) else None, str(path))
 
 
 def _known(path: Path, line: int, row: dict, row_of: dict[str, int]) -> int:

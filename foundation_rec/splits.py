@@ -103,13 +103,18 @@ def train_part(item_sequences) -> tuple[np.ndarray, np.ndarray]:
     return offsets, values
 
 
-def train_part_mask(item_sequences) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def train_part_mask(item_sequences, drop: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`train_part` plus the boolean mask over the flattened sequences that selects it (to pick, e.g., the
-    same interactions' timestamps)."""
+    same interactions' timestamps). ``drop=1`` keeps the validation items (every user's items but the last)."""
     loo = leave_one_out(item_sequences, "test")  # any split carries the flattened sequences
-    lengths = np.diff(loo.offsets)
-    kept = np.maximum(lengths - 2, 0)
-    mask = (np.arange(len(loo.values)) - np.repeat(loo.offsets[:-1], lengths)) < np.repeat(kept, lengths)
-    offsets = np.zeros(len(kept) + 1, dtype=np.int64)
-    np.cumsum(kept, out=offsets[1:])
-    return offsets, loo.values[mask], mask
+    return drop_last(loo.offsets, loo.values, drop)
+
+
+def drop_last(offsets: np.ndarray, values: np.ndarray, drop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(offsets, values, mask)`` of every sequence without its last ``drop`` items; ``mask`` selects them in ``values``."""
+    lengths = np.diff(offsets)
+    kept = np.maximum(lengths - drop, 0)
+    mask = (np.arange(len(values)) - np.repeat(offsets[:-1], lengths)) < np.repeat(kept, lengths)
+    out = np.zeros(len(kept) + 1, dtype=np.int64)
+    np.cumsum(kept, out=out[1:])
+    return out, values[mask], mask

@@ -104,12 +104,21 @@ def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list
                 result.update(protocol=protocol, checkpoint=str(model.path), pretrained_corpora=model.pretrained_corpora,
                               setting="seen platform" if seen else "zero-shot", index_seconds=index_seconds, id_precision=args.id_precision,
                               unique_ids=len(set(catalog.ids)) == len(catalog.ids), num_beams=args.num_beams, content_prior=gamma)
+                if protocol != STRICT and catalog.counts is not None and catalog.counts.calibration is not None:
+                    result["calibration"] = calibration_summary(catalog.counts.calibration)
                 results.append(result)
     if args.baselines:
         methods = list(BASELINES) if args.baselines == "all" else [m.strip() for m in args.baselines.split(",") if m.strip()]
         results += evaluate_methods(corpus, methods, max_users=args.max_users, seed=args.seed, exclude_history=HISTORY_SETTINGS[args.history],
                                     progress=args.progress)
     return results
+
+
+def calibration_summary(found) -> dict:
+    """What a counts row records of the signal weights calibrated on the target's held-out items."""
+    chosen = found.record["candidates"][found.choice]
+    return {"choice": found.choice, "weights": list(found.weights), "repeat_shift": found.repeat_shift, "users": found.record["users"],
+            "seconds": found.record["seconds"], "held_out_N@10": {k: chosen[k] for k in ("N@10 kept", "N@10 excluded")}}
 
 
 @cli_errors

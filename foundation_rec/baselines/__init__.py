@@ -7,7 +7,7 @@ random              k distinct uniformly random items                     nothin
 popularity          most frequent items in the training part              training-split counts
 text-knn            nearest items to the mean MiniLM embedding            item texts (strict)
 text-knn-recency    the same, history weighted by recency (pool decay)    item texts (strict)
-popularity-text-knn text-kNN + w log(1 + count) (w chosen on the pool)    item texts and counts
+popularity-text-knn text-kNN + w log(1 + count) (w tuned on validation)   item texts and counts
 history             the user's own items, the latest first                nothing (strict)
 sasrec              SASRec, full-softmax cross-entropy, early stopping    train split (+ valid): trained
 =================== ===================================================== ==============================
@@ -22,12 +22,11 @@ import time
 
 from ..errors import FoundationRecError
 from ..evaluate import evaluate_settings
-from ..signals import PlatformCounts
 from .history import HistoryRecommender
 from .popularity import Popularity
 from .random_items import RandomRecommender
 from .sasrec import SASRec
-from .text_knn import BLEND_WEIGHT, RECENCY_DECAY, TextKNN
+from .text_knn import RECENCY_DECAY, TextKNN
 
 METHODS = ("random", "popularity", "text-knn", "text-knn-recency", "popularity-text-knn", "history", "sasrec")
 
@@ -43,7 +42,7 @@ def fit(method: str, corpus, *, seed: int = 0, **sasrec_options):
     if method == "text-knn-recency":
         return TextKNN.fit(corpus, decay=RECENCY_DECAY)
     if method == "popularity-text-knn":
-        return TextKNN.fit(corpus, decay=RECENCY_DECAY, popularity=PlatformCounts.from_corpus(corpus).popularity, weight=BLEND_WEIGHT)
+        return TextKNN.fit_blend(corpus)
     if method == "history":
         return HistoryRecommender.fit(corpus)
     if method == "sasrec":

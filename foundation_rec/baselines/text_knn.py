@@ -10,8 +10,9 @@ history's embeddings, and the recommendation is the nearest items by inner produ
   :data:`RECENCY_DECAY` chosen on the Amazon pool (``benchmarks/anchors.py``; 0, the latest item
   alone, came first there, tied with 0.3);
 * ``popularity-text-knn`` (with platform counts): ``score(j) = cos(q, v_j) + w * log(1 + n_j)``, ``q`` as above,
-  ``n_j`` the item's training-split interactions, :data:`BLEND_WEIGHT` chosen on the Amazon pool. The
-  popularity term rides in one extra index dimension (``[v_j, w log(1 + n_j)]`` against ``[q, 1]``).
+  ``n_j`` the item's training-split interactions, ``w`` tuned on the platform's own validation items, as a
+  practitioner with logs would (:meth:`TextKNN.fit_blend`; :data:`BLEND_WEIGHT`, chosen on the Amazon pool, where
+  there are no sequences). The popularity term rides in one extra index dimension (``[v_j, w log(1 + n_j)]`` against ``[q, 1]``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..text_embeddings import item_vectors
 from .common import pad_items
 
 RECENCY_DECAY = 0.0  # chosen on the Amazon pool's validation users (benchmarks/anchors.py): the latest item alone
-BLEND_WEIGHT = 0.02  # chosen on the Amazon pool's validation users (benchmarks/anchors.py), with RECENCY_DECAY
+BLEND_WEIGHT = 0.02  # chosen on the Amazon pool's validation users (benchmarks/anchors.py), with RECENCY_DECAY; used without sequences
 
 
 class TextKNN:
@@ -45,6 +46,20 @@ class TextKNN:
     def fit(cls, corpus, decay: float = 1.0, popularity: np.ndarray | None = None, weight: float = 0.0) -> TextKNN:
         vectors, info = item_vectors(corpus.items.data.column("text").to_pylist(), f"{corpus.name} items")
         return cls(vectors.numpy(), info, decay=decay, popularity=popularity, weight=weight)
+
+    @classmethod
+    def fit_blend(cls, corpus) -> TextKNN:
+        """``popularity-text-knn`` with its weight tuned on the corpus's validation items (:func:`foundation_rec.calibration.
+        tuned_blend_weight`, the same users and grid the counts protocol's calibration uses); the latest item alone
+        (``RECENCY_DECAY`` 0), which is the blend that calibration's candidate reproduces."""
+        from ..calibration import tuned_blend_weight
+        from ..signals import PlatformCounts
+
+        vectors, info = item_vectors(corpus.items.data.column("text").to_pylist(), f"{corpus.name} items")
+        counts = PlatformCounts.from_corpus(corpus)
+        weight, grid = tuned_blend_weight(vectors, counts, BLEND_WEIGHT)
+        return cls(vectors.numpy(), {**info, "blend_weight": weight, "blend_grid": grid}, decay=RECENCY_DECAY,
+                   popularity=counts.popularity, weight=weight)
 
     def query(self, history: np.ndarray) -> np.ndarray:
         """The user's unit query: ``sum_i decay ** age_i * v_i``, normalised (zero for an empty history)."""
