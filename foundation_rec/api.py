@@ -113,10 +113,19 @@ def _records_corpus(records: Sequence[dict], name: str) -> tuple[list[str], list
             raise FoundationRecError(f"catalog {name!r}, record {n}: duplicate item id {item!r}; keep one record per item")
         seen.add(item)
         fields = {k: v for k, v in rec.items() if k not in ("item_id", "count")}  # a count is a platform signal, not item text
+        title = clean(fields.get("title", ""))
+        if not title:
+            raise FoundationRecError(f"catalog {name!r}, record {n} (item {item!r}): empty or missing title; give every record a non-empty title")
         ids.append(item)
-        titles.append(clean(fields.get("title", "")))
+        titles.append(title)
         texts.append(render(fields, ["title"]))
     return ids, titles, texts
+
+
+def auto_precision(generator: IDGenerator) -> dict:
+    """:func:`foundation_rec.int8.choose` for ``generator`` on the CPU: its model's linear layers timed on the rows
+    of one batch of ID generation (items per batch times beams), in fp32 and in int8."""
+    return int8.choose(generator.backbone.hf_model, generator.config.batch_size * generator.config.num_beams)
 
 
 class FoundationRec:
@@ -131,6 +140,7 @@ class FoundationRec:
         # gamma of generation's content prior (see CatalogRecommender): the one pre-training chose on pool validation
         self.content_prior = float(config.get("content_prior", defaults.CONTENT_PRIOR)) if recommender.scorer is not None else 0.0
         self.catalog: Catalog | None = None
+        self.id_precision_choice: dict | None = None  # how id_precision="auto" chose (int8.choose's record); None when named
         # the generator's files (name, size, mtime) too: a run retrained into the same directory gets new IDs;
         # and its generation settings as used (they have defaults a saved idgen.json may predate, e.g. softmax)
         weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in (path / "generator").glob("*") if f.is_file())
@@ -146,8 +156,10 @@ class FoundationRec:
 
         ``id_precision`` is the arithmetic of catalog ID generation (:attr:`IDGenConfig.precision
         <foundation_rec.idgen.IDGenConfig.precision>`): ``"int8"`` (CPU only) generates a cold catalog's
-        IDs about 1.5x faster and keys its own ID cache; a few near-tied IDs differ from ``"fp32"``'s.
-        ``"auto"``: int8 when the model is on a CPU that has the kernel (the demo's default), else fp32."""
+        IDs about 1.5x faster on a CPU with AVX-512 VNNI (and several times slower on one without AVX-512), and keys
+        its own ID cache; a few near-tied IDs differ from ``"fp32"``'s. ``"auto"`` (the demo's default): whichever
+        of the two runs the generator's layers faster on this machine, timed once per CPU and torch build and
+        cached (:func:`foundation_rec.int8.choose`; how it chose is :attr:`id_precision_choice`); fp32 off a CPU."""
         if id_precision not in (*PRECISIONS, "auto"):
             raise FoundationRecError(f"id_precision {id_precision!r} is not one of 'fp32', 'int8', 'auto'")
         path = Path(path)
@@ -156,12 +168,16 @@ class FoundationRec:
         for model in (bundle.rec.hf_model, bundle.generator.backbone.hf_model):
             model.train(False)  # inference mode (dropout off)
         on_cpu = bundle.generator.backbone.device.type == "cpu"
+        choice = None
         if id_precision == "auto":
-            id_precision = "int8" if on_cpu and int8.available() else "fp32"
+            choice = auto_precision(bundle.generator) if on_cpu else {"precision": "fp32", "reason": f"the model is on {bundle.generator.backbone.device}"}
+            id_precision = choice["precision"]
         if id_precision == "int8" and not on_cpu:
             raise FoundationRecError(f"id_precision 'int8' runs on a CPU, and the model is on {bundle.generator.backbone.device}; use 'fp32' or --device cpu")
         bundle.generator.config = dataclasses.replace(bundle.generator.config, precision=id_precision)
-        return cls(path, config, bundle.recommender, bundle.generator, num_beams=num_beams)
+        model = cls(path, config, bundle.recommender, bundle.generator, num_beams=num_beams)
+        model.id_precision_choice = choice
+        return model
 
     @property
     def pretrained_corpora(self) -> list[str]:
@@ -266,7 +282,7 @@ class FoundationRec:
         return json.loads(self._ids_file(catalog.name, catalog.texts).read_text(encoding="utf-8"))
 
     def _require_catalog(self, catalog: Catalog | None = None) -> Catalog:
-        """``catalog`` when given (e.g. a demo session's), else the current one (the last indexed)."""
+        """``catalog`` when given (e.g. one demo user's), else the current one (the last indexed)."""
         if catalog is not None:
             return catalog
         if self.catalog is None:

@@ -35,12 +35,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr
 from transformers import HfArgumentParser
 
-from . import defaults
+from . import defaults, int8
 from .api import DEFAULT, MAX_HISTORY_LINES, Catalog, FoundationRec
-from .corpora import recipe_names
+from .corpora import load_recipe, recipe_names
 from .corpora.readers import check_utf8
 from .errors import FoundationRecError, cli_errors, parse_flags
 from .idgen import PRECISIONS
+from .paths import resolve_data_dir
 from .resolve import MAX_LINE_CHARS
 
 TOP_K = 10
@@ -60,9 +61,11 @@ class DemoArguments:
     port: int = field(default=7860, metadata={"help": "port to listen on"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     num_beams: int = field(default=defaults.NUM_BEAMS, metadata={"help": f"beams of the constrained beam search (at least {defaults.MIN_BEAMS})"})
-    id_precision: str = field(default="auto", metadata={"help": "arithmetic of a new catalog's ID generation: fp32, int8 (CPU only, about 1.5x "
-                                                                "faster) or auto (int8 on a CPU, else fp32)"})
-    catalog: str = field(default="movielens-100k", metadata={"help": "catalog selected when the page opens (a small one: its first indexing takes seconds)"})
+    id_precision: str = field(default="auto", metadata={"help": "arithmetic of a new catalog's ID generation: fp32, int8 (CPU only; about 1.5x "
+                                                                "faster with AVX-512 VNNI, several times slower without AVX-512) or auto "
+                                                                "(the faster of the two as timed once on this machine, cached; fp32 off a CPU)"})
+    catalog: str = field(default="movielens-100k", metadata={"help": "built-in catalog selected when the page opens (a small one: its first "
+                                                               "indexing takes seconds); checked before the server starts"})
 
 
 def read_items_file(path: str | Path) -> list[dict]:
@@ -86,6 +89,40 @@ def read_items_file(path: str | Path) -> list[dict]:
     if not records:
         raise FoundationRecError("the items file has no items; upload one JSON object per line")
     return records
+
+
+def unreadable(name: str, data_dir: str | Path | None) -> str | None:
+    """Why built-in catalog ``name`` cannot be read from the data directory (its folder, or a file its recipe
+    reads, with the reason), or ``None`` when it can."""
+    recipe = load_recipe(name)[1]
+    folder = resolve_data_dir(data_dir) / recipe["folder"]
+    files = [folder / f for f in recipe.get("files", {}).values()]
+    if recipe.get("format") == "seqrec":
+        files += [folder / "item2title.jsonl", folder / "user2item.jsonl"]
+    path = folder
+    try:
+        with os.scandir(folder) as entries:
+            next(entries, None)
+        for path in files:
+            with open(path, "rb") as fh:
+                fh.read(1)
+    except OSError as err:
+        return f"{path} ({err.strerror or type(err).__name__})"
+    return None
+
+
+def check_catalog(name: str, data_dir: str | Path | None) -> None:
+    """Before the server starts: ``--catalog`` names a built-in catalog whose folder and files can be read, else a
+    one-line error listing the catalogs that can."""
+    usable = [n for n in recipe_names() if unreadable(n, data_dir) is None]
+    where = f"in {resolve_data_dir(data_dir)}"
+    listing = (f"use one of {', '.join(usable)} (the built-in catalogs readable {where})" if usable else
+               f"no built-in catalog is readable {where}; pass --data-dir with the folder that holds the corpora (see the README's Data section)")
+    if name not in recipe_names():
+        raise FoundationRecError(f"--catalog {name!r} is not a built-in catalog; {listing}")
+    problem = unreadable(name, data_dir)
+    if problem:
+        raise FoundationRecError(f"--catalog {name!r} cannot be read: {problem}; {listing}")
 
 
 def page_error(err: Exception) -> str:
@@ -119,7 +156,9 @@ class DemoApp:
         if self.model is None:
             return f"**No model:** {self.load_error}. Start the demo with `--checkpoint DIR` (train one with `python -m foundation_rec.pretrain`)."
         corpora = ", ".join(self.model.pretrained_corpora)
-        return f"Model `{self.args.checkpoint}`, pre-trained on {corpora}; new catalogs get {self.model.generator.config.precision} IDs."
+        choice = self.model.id_precision_choice
+        how = f" ({int8.describe(choice)})" if choice else ""
+        return f"Model `{self.args.checkpoint}`, pre-trained on {corpora}; new catalogs get {self.model.generator.config.precision} IDs{how}."
 
     def _model(self) -> FoundationRec:
         if self.model is None:
@@ -257,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FoundationRecError(f"--num-beams {args.num_beams} is below {TOP_K}; use at least {TOP_K} beams for a top-{TOP_K} list")
     if args.id_precision not in (*PRECISIONS, "auto"):
         raise FoundationRecError(f"--id-precision {args.id_precision!r} is not one of fp32, int8, auto")
+    check_catalog(args.catalog, args.data_dir)
     app = DemoApp(args)
     print(app.status().replace("**", ""), file=sys.stderr)
     # system fonts: the page makes no request outside this server (works offline)

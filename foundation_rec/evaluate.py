@@ -216,17 +216,24 @@ def expected_random(corpus, exclude_history: tuple[bool, ...] = (False, True), *
     return results
 
 
+def history_setting(result: dict) -> str:
+    """``kept`` or ``excluded``: whether the user's own items stayed rankable in ``result`` (its ``exclude_history``)."""
+    return "excluded" if result.get("exclude_history") else "kept"
+
+
 def markdown_table(results: list[dict]) -> str:
-    """One row per result: corpus, method, users (sampled or full), catalog, metrics, seconds."""
+    """One row per result: corpus, method, history (the user's own items kept or excluded), users (sampled or full),
+    catalog, metrics, seconds."""
     keys = sorted(results[0]["metrics"], key=lambda m: (m[0] != "R", int(m.split("@")[1]))) if results else []  # R@5 R@10 N@5 N@10
     lines = [
-        "| corpus | method | users | catalog | " + " | ".join(keys) + " | fit s | eval s |",
-        "|---|---|---|---|" + "---|" * len(keys) + "---|---|",
+        "| corpus | method | history | users | catalog | " + " | ".join(keys) + " | fit s | eval s |",
+        "|---|---|---|---|---|" + "---|" * len(keys) + "---|---|",
     ]
     for r in results:
         users = f"{r['users_evaluated']:,} " + ("sampled" if r["sampled"] else "all")
         cells = " | ".join(f"{r['metrics'][key]:.4f}" for key in keys)
-        lines.append(f"| {r['corpus']} | {r['method']} | {users} | {r['catalog_size']:,} | {cells} | {r.get('fit_seconds', 0):.1f} | {r['seconds']:.1f} |")
+        lines.append(f"| {r['corpus']} | {r['method']} | {history_setting(r)} | {users} | {r['catalog_size']:,} | {cells} | "
+                     f"{r.get('fit_seconds', 0):.1f} | {r['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,8 @@ Two protocols (``--protocol``): *counts* (``idgenrec-zeroshot+counts``, the defa
 user's own history and the target's training-split counts (popularity, recent popularity, repeat rates;
 :mod:`foundation_rec.signals`); *strict* reads only the texts and the history; ``both`` gives each its own row.
 ``--methods`` adds the model's parts as rows on the same users (generation alone, the content prior
-alone), ``--history both`` scores every row with the user's own items kept and excluded, and
+alone), ``--history both`` scores every row with the user's own items kept and excluded (the table's
+*history* column names which), and
 ``--baselines`` adds the practitioner anchors and SASRec on the same users and split.
 ``benchmarks/transfer.py`` calls :func:`run_target`, the one zero-shot driver.
 
@@ -35,6 +36,7 @@ from .baselines import evaluate_methods
 from .checkpoint import read_config
 from .content_prior import INFO as SCORER_INFO
 from .corpora import load_corpus, resolve_names
+from .corpora.readers import ON_BAD_LINE
 from .errors import FoundationRecError, cli_errors, parse_flags
 from .evaluate import evaluate_settings, markdown_table, write_report
 from .idgen import PRECISIONS
@@ -71,8 +73,11 @@ class ZeroShotArguments:
     baselines: str = field(default="", metadata={"help": f"comma list of baselines to run on the same users: {', '.join(BASELINES)}, or 'all'"})
     allow_seen_platform: bool = field(default=False, metadata={"help": "evaluate even if the target's platform was pre-trained on (labelled so)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
-    id_precision: str = field(default=defaults.ID_PRECISION, metadata={"help": "arithmetic of the target's ID generation: fp32, or int8 (CPU only, about 1.5x "
-                                                                "faster cold IDs; a few near-tied IDs differ, see benchmarks/RESULTS.md)"})
+    id_precision: str = field(default=defaults.ID_PRECISION, metadata={"help": "arithmetic of the target's ID generation: fp32, or int8 (CPU only; about 1.5x "
+                                                                "faster cold IDs on a CPU with AVX-512 VNNI, several times slower on one "
+                                                                "without AVX-512; a few near-tied IDs differ, see benchmarks/RESULTS.md)"})
+    on_bad_line: str = field(default="error", metadata={"help": "a bad line of a bring-your-own target (e.g. an item with an empty title): "
+                                                               "error (stop, naming the file and line) or skip (drop it and count it)"})
     protocol: str = field(default=defaults.PROTOCOL, metadata={"help": "strict (item texts and the user's own history only), counts (also the target's "
                                                             "training-split counts: popularity, recent popularity, repeat rates; nothing trained "
                                                             "on them; the default), or both (each its own row)"})
@@ -83,7 +88,9 @@ class ZeroShotArguments:
 def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list[dict]:
     """The one zero-shot driver: index target ``name`` (IDs, trie, counts), then score each requested method in each
     protocol (and history setting) on the same users through the harness; the requested baselines run beside them."""
-    corpus = load_corpus(name, args.data_dir)
+    corpus = load_corpus(name, args.data_dir, on_bad_line=args.on_bad_line)
+    for what, count in corpus.meta.get("skipped_lines", {}).items():
+        print(f"{corpus.name}: skipped {count} bad line(s) [{what}]", file=sys.stderr)
     seen = corpus.platform in model.pretrained_platforms
     if seen and not args.allow_seen_platform:
         raise FoundationRecError(
@@ -140,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         raise FoundationRecError(f"--protocol {args.protocol!r} is not one of strict, counts, both")
     if args.id_precision not in PRECISIONS:
         raise FoundationRecError(f"--id-precision {args.id_precision!r} is not one of fp32, int8")
+    if args.on_bad_line not in ON_BAD_LINE:
+        raise FoundationRecError(f"--on-bad-line {args.on_bad_line!r} is not one of {', '.join(ON_BAD_LINE)}")
     names = resolve_names(args.target)
     writable_dir(args.out, "--out")
     read_config(args.checkpoint)
@@ -149,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "(pre-train with --content-prior-epochs 4, or pass --content-prior 0)")
     if PRIOR in args.methods.split(",") and not has_scorer:
         raise FoundationRecError(f"--methods {PRIOR} needs a checkpoint with a content scorer, and {args.checkpoint} has none; leave {PRIOR} out")
+    for name in names:  # a bad line of a target stops the command before the model loads (run_target reads the cache)
+        load_corpus(name, args.data_dir, on_bad_line=args.on_bad_line)
     model = FoundationRec.from_pretrained(args.checkpoint, device=args.device, num_beams=args.num_beams, id_precision=args.id_precision)
     if args.content_prior is None:
         args.content_prior = model.content_prior

@@ -177,6 +177,10 @@ GOOD_ITEMS = '{"item_id": "a", "title": "A"}\n{"item_id": "b", "title": "B"}\n'
         (GOOD_ITEMS, "user,item\nu,a\n", r"interactions.csv:1: header lacks column 'user_id'"),
         ("", "user_id,item_id\n", r"has no items"),
         (GOOD_ITEMS, "user_id,item_id\n", r"has no interactions"),
+        (GOOD_ITEMS + '{"item_id": "c", "title": "", "colour": "red"}\n', "user_id,item_id\nu,a\n",
+         r"items.jsonl:3: no title: item 'c' has an empty or missing title; give every item a non-empty title"),
+        (GOOD_ITEMS + '{"item_id": "c", "colour": "red"}\n', "user_id,item_id\nu,a\n", r"items.jsonl:3: no title: item 'c'"),
+        (GOOD_ITEMS + '{"item_id": "c", "title": " <b> </b> "}\n', "user_id,item_id\nu,a\n", r"items.jsonl:3: no title: item 'c'"),
     ],
 )
 def test_bad_input_one_line_error(tmp_path, items, inter, message):
@@ -196,6 +200,39 @@ def test_skip_mode_counts_bad_lines(tmp_path, capsys):
     }
     assert corpora_main(["stats", "--corpora", folder, "--on-bad-line", "skip"]) == 0
     assert "skipped 1 bad line(s)" in capsys.readouterr().err
+
+
+def test_an_empty_titled_item_is_a_bad_line_skipped_and_counted(tmp_path, capsys):
+    """A bring-your-own item with an empty title: one line naming the file, the line and the fix; with skip, the
+    catalog builds without it and the skip is counted (and said by the command)."""
+    folder = _byo(tmp_path, GOOD_ITEMS + '{"item_id": "c", "title": "  "}\n', "user_id,item_id\nu,a\nu,b\n")
+    with pytest.raises(FoundationRecError) as info:
+        load_corpus(folder)
+    assert str(info.value) == (f"{tmp_path / 'items.jsonl'}:3: no title: item 'c' has an empty or missing title; give every item a non-empty "
+                               "title (or map its name field to title under [rename] in recipe.toml) (or pass --on-bad-line skip)")
+    c = load_corpus(folder, on_bad_line="skip")
+    assert texts(c) == {"a": "title: A", "b": "title: B"} and c.meta["skipped_lines"] == {"items.jsonl: no title": 1}
+    assert corpora_main(["stats", "--corpora", folder, "--on-bad-line", "skip"]) == 0
+    assert "skipped 1 bad line(s) [items.jsonl: no title]" in capsys.readouterr().err
+
+
+def test_builtin_items_keep_an_empty_title_when_other_fields_have_text_and_none_without_text(tmp_path, fixture_data):
+    """The built-in recipes (amazon2018-office has 3 such items): an empty title with a description or categories is
+    kept and named by them; an item with no text at all is a bad line there too."""
+    data = tmp_path / "data"
+    shutil.copytree(fixture_data / "amazon2018-office", data / "amazon2018-office")
+    items = data / "amazon2018-office" / "Office.item.json"
+    doc = json.loads(items.read_text())
+    doc["2"] = {"title": "", "description": "", "brand": "", "categories": "Paper"}
+    items.write_text(json.dumps(doc))
+    c = load_corpus("amazon2018-office", data)
+    assert texts(c)["2"] == "categories: Paper" and c.items["title"][2] == ""
+    doc["3"] = {"title": "", "description": " ", "brand": "", "categories": ""}
+    items.write_text(json.dumps(doc))
+    with pytest.raises(FoundationRecError, match=r"Office.item.json: no text: item '3' has no non-empty field; give the item a title or other"):
+        load_corpus("amazon2018-office", data)
+    skipped = load_corpus("amazon2018-office", data, on_bad_line="skip")
+    assert len(skipped.items) == 3 and skipped.meta["skipped_lines"] == {"Office.item.json: no text": 1}
 
 
 def test_malformed_builtin_line_names_file_and_line(tmp_path, fixture_data):

@@ -16,9 +16,8 @@ from foundation_rec import int8
 from foundation_rec.api import FoundationRec
 from foundation_rec.demo import UPLOAD_CHOICE, DemoApp, DemoArguments, read_items_file
 from foundation_rec.errors import FoundationRecError
+from foundation_rec.paths import cache_dir
 from foundation_rec.resolve import ItemResolver
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 BOOKS = [
     ("b01", "The Hobbit", "J. R. R. Tolkien", "fantasy"),
@@ -82,7 +81,9 @@ def test_api_recommends_from_free_text_history(model):
 def test_demo_handlers_explain_bad_input_in_the_page(tiny_checkpoint, items_file, tmp_path):
     app = DemoApp(DemoArguments(checkpoint=str(tiny_checkpoint), device="cpu", num_beams=16))
     assert "pre-trained on amazon2014-beauty, amazon2018-office" in app.status()
-    assert app.status().endswith(f"new catalogs get {'int8' if int8.available() else 'fp32'} IDs.")  # --id-precision auto, on a CPU
+    chosen = app.model.id_precision_choice["precision"]  # --id-precision auto: the faster arithmetic as timed on this CPU
+    assert app.model.generator.config.precision == chosen and f"new catalogs get {chosen} IDs (auto: " in app.status()
+    assert chosen == "fp32" or int8.available()
     assert "14 items with unique textual IDs" in app.load_catalog(UPLOAD_CHOICE, str(items_file))
     matches, recs, message = app.recommend(UPLOAD_CHOICE, str(items_file), "The Hobbit\nquarterly tax form 1099\nDune\n")
     assert len(recs) == 10 and message.startswith("10 recommendations from **bookshop**") and "1 unmatched line(s) left out" in message
@@ -157,13 +158,14 @@ def test_read_items_file_rejects_records_without_title(tmp_path):
 
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None, reason="needs chromium (apt-get install chromium)")
 def test_demo_in_a_headless_browser(tiny_checkpoint, items_file, tmp_path, fixture_data):
-    from demo_screenshot import RESULTS, demo_server, drive_demo
+    """The screenshot benchmark (``python -m benchmarks.demo_screenshot``) drives the page: upload, history, both settings."""
+    from benchmarks import demo_screenshot
 
-    screenshot = RESULTS / "demo-test.png"
-    args = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--num-beams", "16", "--data-dir", str(fixture_data), "--catalog", "steam"]
-    with demo_server(args, log=tmp_path / "demo.log") as url:
-        result = drive_demo(url, ["The Hobbit", "Dune", "frankenstein shelley"], screenshot, upload=items_file, timeout_ms=120_000,
-                            then_keep_history=True)
+    screenshot = tmp_path / "demo-test.png"
+    args = demo_screenshot.parse_args(["--checkpoint", str(tiny_checkpoint), "--data-dir", str(fixture_data), "--catalog", "steam", "--upload",
+                                       str(items_file), "--keep-history", "--out", str(screenshot), "--history", "The Hobbit", "Dune",
+                                       "frankenstein shelley", "--", "--device", "cpu", "--num-beams", "16"])
+    result = demo_screenshot.screenshot(args, timeout_ms=120_000)
     titles, typed = {r["title"] for r in RECORDS}, {"The Hobbit", "Dune", "Frankenstein"}
     assert result["message"].startswith("10 recommendations from bookshop"), result["message"]
     assert len(result["recommendations"]) == 10
@@ -178,9 +180,9 @@ def test_demo_server_answers_20_concurrent_requests_without_mixing_catalogs(tiny
     """20 requests at once against a local server, alternating two catalogs: each answer is complete and from its own catalog."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from demo_screenshot import demo_server
     from gradio_client import Client
 
+    from benchmarks.demo_screenshot import demo_server
     from foundation_rec.corpora import load_corpus
 
     catalogs = {name: load_corpus(name, fixture_data).items["title"] for name in ("steam", "yelp")}
@@ -202,7 +204,7 @@ def test_demo_server_answers_20_concurrent_requests_without_mixing_catalogs(tiny
 
 def test_an_idle_demo_server_uses_almost_no_cpu(tiny_checkpoint, tmp_path, fixture_data):
     """Nobody on the page: the server process uses under 3% of a core (about 1.7% measured; gradio's default 1 ms polling used 4.2%)."""
-    from demo_screenshot import demo_server
+    from benchmarks.demo_screenshot import demo_server
 
     def cpu_seconds(pid: int) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -256,3 +258,62 @@ def test_an_unknown_id_precision_stops_the_demo_with_one_line(tiny_checkpoint, c
     with pytest.raises(SystemExit):
         demo_main(["--checkpoint", str(tiny_checkpoint), "--id-precision", "half"])
     assert capsys.readouterr().err.strip().splitlines() == ["error: --id-precision 'half' is not one of fp32, int8, auto"]
+
+
+def test_an_unknown_or_unreadable_catalog_stops_the_demo_before_the_server(tiny_checkpoint, fixture_data, tmp_path, capsys, monkeypatch):
+    """One line listing the readable catalogs, exit 2, and neither the model nor the server is started."""
+    from foundation_rec import demo
+
+    monkeypatch.setattr(demo, "DemoApp", lambda args: pytest.fail("the demo loaded its model before checking --catalog"))
+    readable = "amazon2014-beauty, amazon2018-office, goodreads, movielens-100k, movielens-1m, steam, yelp"
+    data = tmp_path / "data"
+    shutil.copytree(fixture_data, data)
+    (data / "steam" / "user2item.jsonl").unlink()  # a catalog whose folder lacks a file it needs
+    (data / "yelp").rename(data / "yelp-moved")
+    (data / "yelp").write_text("not a folder")
+    cases = [("nosuch", f"error: --catalog 'nosuch' is not a built-in catalog; use one of {readable}"),
+             ("steam", f"error: --catalog 'steam' cannot be read: {data / 'steam' / 'user2item.jsonl'} (No such file or directory); use one of"),
+             ("yelp", f"error: --catalog 'yelp' cannot be read: {data / 'yelp'} (Not a directory); use one of")]
+    for name, message in cases:
+        with pytest.raises(SystemExit) as info:
+            demo.main(["--checkpoint", str(tiny_checkpoint), "--data-dir", str(data if name != "nosuch" else fixture_data), "--catalog", name])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(err) == 1 and err[0].startswith(message), err
+    assert ", steam" not in err[0] and ", yelp" not in err[0] and "movielens-100k" in err[0]  # only readable catalogs are offered
+
+
+def test_demo_with_an_unknown_catalog_exits_at_once_without_a_traceback(fixture_data):
+    """The command a new user types: one line on stderr, exit 2, no server; its CPU time (imports included) is under
+    15 s (CPU time, not wall time: other work on the machine does not count)."""
+    import resource
+    import subprocess
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run([sys.executable, "-m", "foundation_rec.demo", "--catalog", "nosuch", "--data-dir", str(fixture_data)],
+                          check=False, capture_output=True, text=True, timeout=120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "is not a built-in catalog; use one of" in done.stderr
+    assert cpu < 15, f"{cpu:.1f} s of CPU before exiting"
+
+
+def test_a_catalog_record_without_a_title_is_one_line(model):
+    with pytest.raises(FoundationRecError, match=r"catalog 'shop', record 2 \(item 'b'\): empty or missing title; give every record a non-empty title"):
+        model.index_catalog([{"item_id": "a", "title": "Hat"}, {"item_id": "b", "title": " ", "colour": "red"}], name="shop", progress=False)
+
+
+def test_the_first_catalog_timing_records_the_times_the_cpu_flags_and_autos_choice(tiny_checkpoint, fixture_data, tmp_path, monkeypatch):
+    """``python -m benchmarks.demo_screenshot --time-first-catalog`` on the tests' checkpoint: one run is added to
+    results/demo_ready.{json,md}, with an empty cache (auto timed afresh) and this CPU's flags."""
+    from benchmarks import demo_screenshot
+
+    monkeypatch.setenv("FOUNDATION_REC_RESULTS", str(tmp_path))
+    args = ["--time-first-catalog", "--checkpoint", str(tiny_checkpoint), "--catalog", "steam", "--data-dir", str(fixture_data),
+            "--", "--device", "cpu", "--num-beams", "16"]
+    assert demo_screenshot.main(args) == 0
+    (run,) = json.loads((tmp_path / "demo_ready.json").read_text())["runs"]
+    assert run["items"] == 2 and run["demo_says_ready_in_s"] is not None and run["page_s"] > 0
+    assert run["cpu"] == int8.cpu_features() and run["auto_choice"]["precision"] in ("fp32", "int8")
+    assert not (cache_dir() / "id_precision").exists()  # the demo had a cache of its own, empty when it started
+    assert "| steam | 2 |" in (tmp_path / "demo_ready.md").read_text()

@@ -83,7 +83,18 @@ def test_report_files(beauty, tmp_path):
     payload = json.loads(json_path.read_text())
     assert payload["note"] == "x" and payload["results"][0]["method"] == "history-first"
     table = md_path.read_text()
-    assert "| amazon2014-beauty | history-first | 3 all | 5 |" in table and "R@10" in table
+    assert "| amazon2014-beauty | history-first | kept | 3 all | 5 |" in table and "R@10" in table
+
+
+def test_every_table_row_names_its_history_setting(beauty, tmp_path):
+    """Kept and excluded rows of one method are told apart by the history column, in the table and the report."""
+    from foundation_rec.evaluate import evaluate_settings, markdown_table
+
+    kept, excluded = evaluate_settings(beauty, HistoryFirst(5), "history-first", (False, True), progress=False)
+    table = markdown_table([kept, excluded])
+    assert table.splitlines()[0].startswith("| corpus | method | history | users |")
+    assert [line.split(" | ")[1:3] for line in table.splitlines()[2:]] == [["history-first", "kept"], ["history-first", "excluded"]]
+    assert write_report([kept, excluded], tmp_path, "run")[1].read_text() == table
 
 
 def test_one_ranking_pass_gives_both_history_settings(fixture_data):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +11,10 @@ from test_idgen import TEXTS, tiny_generator
 from torch import nn
 
 from foundation_rec import int8
+from foundation_rec.api import FoundationRec
 from foundation_rec.errors import FoundationRecError
 from foundation_rec.idgen import IDGenConfig, IDGenerator
+from foundation_rec.paths import cache_dir
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.skipif(not int8.available(), reason="torch._int_mm is missing")]
 
@@ -78,3 +81,63 @@ def test_the_int8_copy_follows_the_weights():
 def test_an_unknown_precision_is_one_line():
     with pytest.raises(FoundationRecError, match="precision='fp16' is not an ID precision; use 'fp32' or 'int8'"):
         IDGenerator(tiny_generator().backbone, IDGenConfig(precision="fp16"))
+
+
+# ----- id_precision="auto": the arithmetic that is faster on the machine running it -----
+
+DECISIVE = 1.5  # a fresh timing is compared with the recorded one only when both are this far from a tie
+
+
+def decisive(fp32_s: float, int8_s: float) -> bool:
+    ratio = fp32_s / int8_s
+    return ratio >= DECISIVE * int8.MIN_INT8_SPEEDUP or ratio <= 1 / DECISIVE
+
+
+def generator_sized() -> nn.Module:
+    """Linear layers of the default generator's shapes (d_model 256, d_ff 1024), where int8 may pay on this CPU."""
+    return nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256))
+
+
+@pytest.mark.parametrize("which", ["tiny generator", "generator-sized layers"])
+def test_auto_chooses_the_arithmetic_that_is_faster_as_timed_here(cold, which):
+    """The choice is the faster of the two recorded timings (int8 only when at least MIN_INT8_SPEEDUP faster), the
+    record names this CPU's flags, a second call reads the cache, and a fresh timing agrees where either is clear."""
+    model, rows = (cold.backbone.hf_model, 64) if which == "tiny generator" else (generator_sized(), 256)
+    record = int8.choose(model, rows)
+    assert record["precision"] == int8.faster(record["fp32_s"], record["int8_s"])
+    if record["precision"] == "int8":
+        assert record["int8_s"] * int8.MIN_INT8_SPEEDUP <= record["fp32_s"]  # never a path slower than fp32
+    assert record["key"]["flags"] == int8.cpu_features()["flags"] and record["key"]["shapes"] == int8.linear_shapes(model)
+    assert record["key"]["torch"] == torch.__version__ and record["key"]["threads"] == torch.get_num_threads()
+    again = int8.choose(model, rows)
+    assert again == record and (cache_dir() / "id_precision").is_dir()  # timed once, then read back
+    fresh = int8.time_linears(record["key"]["shapes"], rows)
+    if decisive(record["fp32_s"], record["int8_s"]) and decisive(**fresh):
+        assert int8.faster(**fresh) == record["precision"], (record, fresh)
+
+
+def test_the_faster_rule_prefers_fp32_on_a_near_tie():
+    assert int8.faster(fp32_s=1.0, int8_s=0.5) == "int8"
+    assert int8.faster(fp32_s=1.0, int8_s=0.95) == "fp32"  # int8 IDs can differ on near-ties: a 5% gain does not pay for that
+    assert int8.faster(fp32_s=1.0, int8_s=7.0) == "fp32"  # a CPU without AVX-512 VNNI
+
+
+def test_cpu_features_are_the_int8_flags_of_proc_cpuinfo():
+    features = int8.cpu_features()
+    assert set(features["flags"]) <= set(int8.INT8_FLAGS) and features["cpu"]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        listed = {w for line in cpuinfo.read_text().splitlines() if line.split(":")[0].strip() in ("flags", "Features")
+                  for w in line.split(":", 1)[1].split()}
+        assert features["flags"] == [f for f in int8.INT8_FLAGS if f in listed]
+
+
+def test_the_api_applies_the_cached_choice(tiny_checkpoint):
+    model = FoundationRec.from_pretrained(tiny_checkpoint, device="cpu", id_precision="auto")
+    choice = model.id_precision_choice
+    assert model.generator.config.precision == choice["precision"] in ("fp32", "int8")
+    assert Path(choice["file"]).parent == cache_dir() / "id_precision" and choice["file"].endswith(".json")
+    again = FoundationRec.from_pretrained(tiny_checkpoint, device="cpu", id_precision="auto")
+    assert again.id_precision_choice == choice  # the second start reads the choice, it does not time again
+    assert FoundationRec.from_pretrained(tiny_checkpoint, device="cpu", id_precision="fp32").id_precision_choice is None
+    assert int8.describe(choice).startswith("auto: ") and "flags are" in int8.describe(choice)

@@ -36,8 +36,9 @@ def test_protocol_both_gives_strict_then_counts_on_the_same_users(tiny_checkpoin
     assert results[0]["users_evaluated"] == results[1]["users_evaluated"] == 2
 
 
-def test_methods_and_history_settings_are_rows_on_the_same_users(tiny_checkpoint, fixture_data, tmp_path):
-    """--methods adds generation alone as its own row; --history both scores each row kept and excluded, same users."""
+def test_methods_and_history_settings_are_rows_on_the_same_users(tiny_checkpoint, fixture_data, tmp_path, capsys):
+    """--methods adds generation alone as its own row; --history both scores each row kept and excluded, same users,
+    and the printed table and the .md name each row's setting."""
     assert zeroshot_main(["--target", "yelp", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(fixture_data), "--out", str(tmp_path),
                           "--methods", "idgenrec-zeroshot,idgenrec", "--protocol", "strict", "--history", "both", "--num-beams", "10",
                           "--progress", "false"]) == 0
@@ -45,6 +46,30 @@ def test_methods_and_history_settings_are_rows_on_the_same_users(tiny_checkpoint
     assert [(r["method"], r["exclude_history"]) for r in results] == [
         ("idgenrec-zeroshot", False), ("idgenrec-zeroshot", True), ("idgenrec", False), ("idgenrec", True)]
     assert len({r["users_evaluated"] for r in results}) == 1 and results[2]["content_prior"] == 0.0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| yelp |")]
+    written = [line for line in (tmp_path / "yelp.md").read_text().splitlines() if line.startswith("| yelp |")]
+    assert printed == written and [line.split(" | ")[1:3] for line in written] == [
+        ["idgenrec-zeroshot", "kept"], ["idgenrec-zeroshot", "excluded"], ["idgenrec", "kept"], ["idgenrec", "excluded"]]
+
+
+def test_a_bring_your_own_target_with_an_empty_title_stops_or_skips_it(tiny_checkpoint, tmp_path, capsys):
+    """One error line naming the file and the line; with --on-bad-line skip it runs and says it skipped one line."""
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    names = ["Red running shoes", "Blue rain jacket", "Green wool hat", "", "Black leather boots"]
+    (shop / "items.jsonl").write_text("".join(json.dumps({"item_id": f"i{n}", "title": t}) + "\n" for n, t in enumerate(names)))
+    sequences = {"u0": [0, 1, 2, 4], "u1": [1, 2, 4, 0], "u2": [2, 4, 0, 1], "u3": [4, 0, 1, 2]}  # the untitled item i3 is never had
+    (shop / "interactions.csv").write_text("user_id,item_id\n" + "".join(f"{u},i{i}\n" for u, items in sequences.items() for i in items))
+    args = ["--target", str(shop), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "out"), "--progress", "false"]
+    with pytest.raises(SystemExit) as info:
+        zeroshot_main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and err == [(f"error: {shop / 'items.jsonl'}:4: no title: item 'i3' has an empty or missing title; give every "
+                                             "item a non-empty title (or map its name field to title under [rename] in recipe.toml) "
+                                             "(or pass --on-bad-line skip)")]
+    assert zeroshot_main([*args, "--on-bad-line", "skip"]) == 0
+    assert "shop: skipped 1 bad line(s) [items.jsonl: no title]" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "shop.json").read_text())["results"][0]["catalog_size"] == 4
 
 
 @pytest.mark.parametrize(("flags", "message"), [(["--methods", "idgenrec-rerank"], "unknown --methods entry 'idgenrec-rerank'; use a comma list of"),

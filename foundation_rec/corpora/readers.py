@@ -5,7 +5,11 @@ function ``reader(recipe, folder, errors) -> RawCorpus``. Adding a platform whos
 of these formats needs only a recipe; a new file layout needs one reader here.
 
 Every reader reports problems through :class:`LineErrors`, which raises a one-line error naming the
-file and line (``--on-bad-line error``, the default) or counts and skips the line (``skip``).
+file and line (``--on-bad-line error``, the default) or counts and skips the line (``skip``). An item
+with no text at all (every field empty) is such a line in every format, since its ID would be written
+from nothing; a bring-your-own item with an empty or missing title is one too. A built-in corpus may
+hold items whose title is empty and whose other fields are not (amazon2018-office has 3): they are
+kept, and their rendered text is those fields.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FoundationRecError
+from .text import clean
 
 csv.field_size_limit(sys.maxsize)
 
@@ -62,6 +67,8 @@ class RawCorpus:
             errors.bad(path, line, "empty item id", "give every item a non-empty id")
         elif key in self.items:
             errors.bad(path, line, f"duplicate item id {key!r}", "keep one record per item id")
+        elif not any(clean(value) for value in fields.values()):
+            errors.bad(path, line, f"no text: item {key!r} has no non-empty field", "give the item a title or other metadata")
         else:
             self.items[key] = fields
 
@@ -278,10 +285,10 @@ def read_goodreads(recipe: dict, folder: Path, errors: LineErrors) -> RawCorpus:
 
 
 def read_byo(recipe: dict, folder: Path, errors: LineErrors) -> RawCorpus:
-    """Bring-your-own platform: ``items.jsonl`` or ``items.csv`` (item_id + any fields) and
+    """Bring-your-own platform: ``items.jsonl`` or ``items.csv`` (item_id, title + any fields) and
     ``interactions.csv`` or ``interactions.jsonl`` (user_id, item_id, optional timestamp).
 
-    Without timestamps a user's interactions keep file order.
+    An item with an empty or missing title is a bad line. Without timestamps a user's interactions keep file order.
     """
     raw = RawCorpus()
     if (folder / "items.jsonl").is_file():
@@ -295,7 +302,12 @@ def read_byo(recipe: dict, folder: Path, errors: LineErrors) -> RawCorpus:
             errors.bad(path, n, "malformed record: no item_id", "give every item an item_id")
             continue
         item = obj.pop("item_id")
-        raw.add_item(item, _rename(obj, recipe), errors, path, n)
+        fields = _rename(obj, recipe)
+        if not clean(fields.get("title")):
+            errors.bad(path, n, f"no title: item {str(item).strip()!r} has an empty or missing title",
+                       "give every item a non-empty title (or map its name field to title under [rename] in recipe.toml)")
+            continue
+        raw.add_item(item, fields, errors, path, n)
     if (folder / "interactions.jsonl").is_file():
         path = folder / "interactions.jsonl"
         rows = ((n, {k: str(v) for k, v in obj.items()}) for n, obj in _jsonl(path, errors))
