@@ -1,4 +1,7 @@
-"""Shared helpers for benchmark scripts: the machine and versions a result was measured on, and writing results."""
+"""Shared helpers for benchmark scripts: the machine and versions a result was measured on, and writing results.
+
+Results go to ``benchmarks/results/`` unless ``$FOUNDATION_REC_RESULTS`` names another folder (the smoke tests' way of
+running every benchmark on fixture data without touching the committed results)."""
 
 from __future__ import annotations
 
@@ -9,11 +12,22 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from foundation_rec import atomic, defaults
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = ["movielens-100k", "steam", "movielens-1m", "yelp", "goodreads"]
+
+
+def results_dir() -> Path:
+    """The folder results are written to: ``$FOUNDATION_REC_RESULTS``, else ``benchmarks/results``."""
+    return Path(os.environ.get("FOUNDATION_REC_RESULTS") or RESULTS)
+
+
+def command_line() -> str:
+    """How this process was started, as a user would type it (``python -m benchmarks.NAME ...``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = ["python", "-m", spec.name] if spec is not None and spec.name else [Path(sys.executable).name, sys.argv[0]]
+    return " ".join(shlex.quote(a) for a in [*head, *sys.argv[1:]])
 
 
 def environment() -> dict:
@@ -31,7 +45,7 @@ def environment() -> dict:
         pass
     env = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -58,43 +72,18 @@ def write_table(name: str, payload: dict, title: str, note: str, header: list[st
     write_results(name, payload, "\n".join([title, "", note, "", *table]) + "\n")
 
 
-class FixedRanking:
-    """The harness's recommender protocol over rankings computed beforehand, one per history object of the examples."""
-
-    def __init__(self, histories: list[np.ndarray], order: np.ndarray):
-        self.rows = {id(h): row for h, row in zip(histories, order, strict=True)}
-
-    def recommend(self, histories: list[np.ndarray], k: int) -> np.ndarray:
-        return np.stack([self.rows[id(h)][:k] for h in histories])
-
-
-def smollm2_diagnostic(doc: str, users: int, extra, run, title: str, note, header: list[str]) -> None:
-    """The SmolLM2 world-knowledge diagnostics' ``main``: a checkpoint and SmolLM2-135M (CPU) loaded, ``run(model,
-    backbone, target, args)`` rows per target, one table written (``note(args)`` follows the provenance)."""
-    from foundation_rec.backbones import BackboneConfig, load_backbone
-
-    args, model = checkpoint_run(doc, "--max-users", users, extra=extra)
-    backbone = load_backbone(BackboneConfig(preset="smollm2-135m", device="cpu"))
-    rows = [row for target in args.targets.split(",") for row in run(model, backbone, target, args)]
-    env = environment()
-    write_table(args.name, {"environment": env, "rows": rows, "args": vars(args)}, title, f"{provenance(env)} {note(args)}", header, rows)
-
-
 def write_results(name: str, payload: dict, markdown: str) -> None:
     """Write ``results/<name>.json`` and ``results/<name>.md`` atomically."""
-    atomic.write_json(RESULTS / f"{name}.json", payload)
-    atomic.write_text(RESULTS / f"{name}.md", markdown)
+    atomic.write_json(results_dir() / f"{name}.json", payload)
+    atomic.write_text(results_dir() / f"{name}.md", markdown)
 
 
-TARGETS = ["movielens-100k", "steam", "movielens-1m", "yelp", "goodreads"]
-
-
-def checkpoint_run(doc: str, users_flag: str, users_default: int, extra=None):
+def checkpoint_run(doc: str, users_flag: str, users_default: int, extra=None, argv: list[str] | None = None):
     """Parse the flags shared by the scripts that evaluate a checkpoint on the targets; load it on ``--device``.
 
     Returns ``(args, model)``: ``--checkpoint``, ``--targets``, ``users_flag``, ``--seed``, ``--num-beams``,
-    ``--threads``, ``--device`` and ``--data-dir``, and the :class:`~foundation_rec.api.FoundationRec` they
-    name. ``extra(parser)`` adds a script's own flags.
+    ``--threads``, ``--device``, ``--data-dir`` and ``--id-precision``, and the :class:`~foundation_rec.api.FoundationRec`
+    they name. ``extra(parser)`` adds a script's own flags; ``argv`` replaces the command line.
     """
     import argparse
 
@@ -104,7 +93,7 @@ def checkpoint_run(doc: str, users_flag: str, users_default: int, extra=None):
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--checkpoint", default="runs/pretrain/best", help="checkpoint directory written by pretrain")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma list of target corpora")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma list of target corpora (names or bring-your-own folders)")
     parser.add_argument(users_flag, type=int, default=users_default, help="fixed-seed sample of test users per target")
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample")
     parser.add_argument("--num-beams", type=int, default=defaults.NUM_BEAMS, help="beams of the constrained beam search")
@@ -114,7 +103,7 @@ def checkpoint_run(doc: str, users_flag: str, users_default: int, extra=None):
     parser.add_argument("--id-precision", default="fp32", choices=("fp32", "int8"), help="arithmetic of catalog ID generation")
     if extra is not None:
         extra(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     return args, FoundationRec.from_pretrained(args.checkpoint, device=args.device, num_beams=args.num_beams,
                                                                                    id_precision=args.id_precision)

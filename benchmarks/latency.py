@@ -1,19 +1,19 @@
 """Recommendation latency for one user (p50/p95) and catalog indexing time per target, on CPU.
 
-    python benchmarks/latency.py [--checkpoint runs/pretrain/best] [--users 50] [--threads 2] [--id-precision fp32|int8]
+    python -m benchmarks.latency [--checkpoint runs/pretrain/best] [--users 50] [--threads 2] [--id-precision fp32|int8] [--targets ./my-shop]
 
 For each target: index the catalog through the Python API (``FoundationRec.index_catalog``) and time
 it. The first indexing of a catalog generates its IDs (Algorithm 1 over every item); later ones load
 them from the cache. Both are reported: ``cold`` is the generation time this machine recorded in
 the cache when the IDs were generated (in this run, or an earlier one such as
-``benchmarks/transfer.py``; the record says which), ``warm`` the time of a second indexing in this
+``python -m benchmarks.transfer``; the record says which), ``warm`` the time of a second indexing in this
 run, with the IDs cached (trie build included), and ``first`` the whole first indexing of this
 run (ID generation and MiniLM item vectors when they are not cached). With a fresh ``FOUNDATION_REC_CACHE`` every cold
 figure is this run's. Then ``--users`` fixed-seed test users are recommended one at
 a time (``FoundationRec.recommend(history, k=10)``, the demo's call) after one untimed warm-up call;
 p50/p95/mean are over those calls.
 
-Writes ``results/latency.{json,md}``.
+Writes ``results/<--name>.{json,md}`` (``latency``; the int8 run of RESULTS.md is ``--id-precision int8 --name latency_int8``).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import checkpoint_run, environment, provenance, write_results
 
 from foundation_rec.api import FoundationRec
 from foundation_rec.evaluate import examples
+
+from .common import checkpoint_run, environment, provenance, write_results
 
 
 def measure(model: FoundationRec, target: str, users: int, seed: int, data_dir) -> dict:
@@ -86,13 +87,14 @@ def report(payload: dict) -> str:
     ]) + "\n"
 
 
-def main() -> None:
-    args, model = checkpoint_run(__doc__, "--users", 50)
+def main(argv: list[str] | None = None) -> None:
+    extra = lambda parser: parser.add_argument("--name", default="latency", help="write results/<NAME>.{json,md}")
+    args, model = checkpoint_run(__doc__, "--users", 50, extra=extra, argv=argv)
     payload = {"checkpoint": args.checkpoint, "num_beams": args.num_beams, "results": []}
     for target in args.targets.split(","):
         payload["results"].append(measure(model, target, args.users, args.seed, args.data_dir))
         payload["environment"] = environment()
-        write_results("latency", payload, report(payload))
+        write_results(args.name, payload, report(payload))
         print(payload["results"][-1], flush=True)
 
 

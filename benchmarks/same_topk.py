@@ -1,16 +1,16 @@
 """Record, or check, a fixed checkpoint's textual IDs and top-10 lists for fixed users: a refactor must not change them.
 
     # before the change (e.g. from a worktree of the old commit):
-    FOUNDATION_REC_CACHE=$(mktemp -d) python benchmarks/same_topk.py runs/minilm2/best --out before.json
+    FOUNDATION_REC_CACHE=$(mktemp -d) python -m benchmarks.same_topk runs/pretrain/best --out before.json
     # after it:
-    FOUNDATION_REC_CACHE=$(mktemp -d) python benchmarks/same_topk.py runs/minilm2/best --out after.json --compare before.json
+    FOUNDATION_REC_CACHE=$(mktemp -d) python -m benchmarks.same_topk runs/pretrain/best --out after.json --compare before.json
 
 An empty cache makes the ID generator run (diverse beam search), not a cached table. For each
 content-prior weight in ``--content-prior`` (default: the checkpoint's default and 0, pure
 generation) it records the top-10 item ids of ``--users`` fixed-seed test users of ``--target``
 through the public API (``FoundationRec.from_pretrained``, ``index_catalog``,
-``catalog_recommender``). ``--compare`` exits 1 and names the first difference if the IDs or any
-list differ.
+``catalog_recommender``); ``--target`` is a corpus name or a bring-your-own folder. ``--compare`` exits 1 and
+names the first difference if the IDs or any list differ.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from foundation_rec.evaluate import examples
 
 def record(args) -> dict:
     model = FoundationRec.from_pretrained(args.checkpoint, device="cpu")
-    corpus = load_corpus(args.target)
+    corpus = load_corpus(args.target, args.data_dir)
     start = time.perf_counter()
     catalog = model.index_catalog(corpus, progress=False)
     out = {"checkpoint": str(args.checkpoint), "target": args.target, "users": args.users, "seed": args.seed,
@@ -60,17 +60,18 @@ def first_difference(before: dict, after: dict) -> str | None:
     return None
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--target", default="movielens-100k")
+    parser.add_argument("--data-dir", default=None, help="data directory (default: the package's search order)")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--content-prior", type=float, nargs="*", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--compare", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = record(args)
     args.out.write_text(json.dumps(out, indent=1))

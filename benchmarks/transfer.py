@@ -1,6 +1,6 @@
 """Zero-shot transfer benchmark: pre-trained variants on the five unseen targets, next to the baselines, same users.
 
-    python benchmarks/transfer.py --variant default=runs/pretrain/best --variant control=runs/t5cpu/best [--max-users 2000]
+    python -m benchmarks.transfer --variant default=runs/pretrain/best [--max-users 2000] [--targets yelp,./my-shop]
 
 Each ``--variant NAME=CHECKPOINT`` is a checkpoint of ``python -m foundation_rec.pretrain`` trained
 on the Amazon pool; for every target it does what ``python -m foundation_rec.zeroshot`` does (IDs for
@@ -19,13 +19,14 @@ text-kNN, the user's own history) run in the same process on the **same users** 
 ``random-expected``, the exact expectation of a random ranking on them, since one random draw on
 2,000 users is noisy) (a fixed-seed sample
 of ``--max-users`` test users per target; MovieLens-100k has 943, all used); SASRec is read from
-``results/<--sasrec-from>.json`` (``benchmarks/baselines.py``, same users and seed; checked). One
+``results/<--sasrec-from>.json`` (``python -m benchmarks.baselines --converged``, same users and seed; checked). One
 ranking pass per method gives both tables: history kept (top 10 of the list) and history excluded
 (history items dropped, then top 10). The summary table (the README's) puts the first variant's
 methods in both protocols next to the practitioner anchors.
 
 Results are written after every (variant, target), and a rerun skips the pairs already in
-``results/<--name>.json`` (delete it to start over): ``results/<--name>.{json,md,png}``.
+``results/<--name>.json`` (delete it to start over): ``results/<--name>.{json,md,png}``. A target is a corpus name
+or a bring-your-own folder (``--targets ./my-shop``), as for ``zeroshot``; rows are keyed by the corpus's name.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import json
 from pathlib import Path
 
 import torch
-from common import RESULTS, TARGETS, environment, provenance, write_results
 
 from foundation_rec import api, defaults
 from foundation_rec.api import DEFAULT, GENERATION, FoundationRec, method_label, parse_label
@@ -46,6 +46,8 @@ from foundation_rec.corpora import load_corpus
 from foundation_rec.evaluate import expected_random
 from foundation_rec.signals import COUNTS
 from foundation_rec.zeroshot import ZeroShotArguments, run_target
+
+from .common import TARGETS, environment, provenance, results_dir, write_results
 
 GENERATE, PRIOR, SCORER = GENERATION, DEFAULT, api.PRIOR
 PRIOR_COUNTS, SCORER_COUNTS = method_label(PRIOR, COUNTS), method_label(SCORER, COUNTS)
@@ -82,14 +84,14 @@ def training_record(checkpoint: Path) -> dict:
 def sasrec_rows(name: str, target: str, users: int, seed: int) -> list[dict]:
     if not name:  # --sasrec-from '': no SASRec reference (e.g. on fewer users than the references were measured on)
         return []
-    file = RESULTS / f"{name}.json"
+    file = results_dir() / f"{name}.json"
     if not file.is_file():
-        raise SystemExit(f"no results/{name}.json with SASRec on the same users; run benchmarks/baselines.py --converged --name {name} "
-                         "(see its docstring) or pass --sasrec-from")
+        raise SystemExit(f"no results/{name}.json with SASRec on the same users; run python -m benchmarks.baselines --converged --name {name} "
+                         "(see its docstring) or pass --sasrec-from ''")
     rows = [r for r in json.loads(file.read_text(encoding="utf-8"))["results"] if r["corpus"] == target and r["method"] == "sasrec"]
     for row in rows:
         if row["users_evaluated"] != users or (row["sampled"] and row["sample_seed"] != seed):
-            raise SystemExit(f"{name}.json has other users for {target}; rerun benchmarks/baselines.py with --max-users {users} --seed {seed}")
+            raise SystemExit(f"{name}.json has other users for {target}; rerun python -m benchmarks.baselines with --max-users {users} --seed {seed}")
         row["measured"] = f"{name}.json"
     return rows
 
@@ -188,7 +190,8 @@ def plot(payload: dict, name: str) -> None:
         ax.set_title(f"zero-shot N@10, {SETTINGS[exclude]}, same sampled users", fontsize=9)
     axes[1].legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{name}.png", dpi=110)
+    fig.savefig(results_dir() / f"{name}.png", dpi=110)
+    plt.close(fig)
 
 
 def merge(args) -> None:
@@ -196,7 +199,7 @@ def merge(args) -> None:
     payload = {"results": [], "variants": {}, "merged_from": []}
     key = lambda r: (r["corpus"], r["method"], r["exclude_history"], r.get("variant"))
     for name in args.merge.split(","):
-        part = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+        part = json.loads((results_dir() / f"{name}.json").read_text(encoding="utf-8"))
         if part["seed"] != args.seed or part["max_users"] != payload.get("max_users", part["max_users"]):
             raise SystemExit(f"{name}.json sampled other users (seed or --max-users); merge only runs on the same users")
         seen = {key(r) for r in payload["results"]}
@@ -220,10 +223,10 @@ def merge(args) -> None:
     print(tables(payload))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", default=[], help="NAME=CHECKPOINT (repeat for each variant)")
-    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma list of target corpora: names or bring-your-own folders")
     parser.add_argument("--max-users", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-beams", type=int, default=defaults.NUM_BEAMS)
@@ -232,38 +235,47 @@ def main() -> None:
                         "chosen on pool validation, or 30 for a checkpoint that records none)")
     parser.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
     parser.add_argument("--sasrec-from", default="baselines_converged", help="results/<NAME>.json holding SASRec on the same users "
-                        "(benchmarks/baselines.py --converged: trained until early stopping); '' for none")
+                        "(python -m benchmarks.baselines --converged: trained until early stopping); '' for none")
     parser.add_argument("--name", default="transfer")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--merge", default="", help="comma list of results/<NAME>.json to combine into --name (runs nothing; adds SASRec from --sasrec-from)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def anchors(payload: dict, spec: str, target: str, users: int | None, args) -> None:
+    """Random and the practitioner anchors on ``target`` (corpus name; ``spec`` as given: a name or a folder), SASRec
+    from ``--sasrec-from`` and the expected random ranking, each added once, on the same users as the model's rows."""
+    if cell(payload["results"], target, "text-knn", False) is None:
+        payload["results"] += evaluate_methods(load_corpus(spec, args.data_dir), ["random", *ANCHORS], max_users=users, seed=args.seed,
+                                               exclude_history=(False, True), progress=False)
+    users_evaluated = cell(payload["results"], target, "text-knn", False)["users_evaluated"]
+    payload["results"] = [r for r in payload["results"] if not (r["corpus"] == target and r["method"] == "sasrec")]
+    payload["results"] += sasrec_rows(args.sasrec_from, target, users_evaluated, args.seed)  # refreshed on every run
+    if cell(payload["results"], target, "random-expected", False) is None:
+        payload["results"] += expected_random_rows(spec, args.max_users, args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.merge:
         return merge(args)
     torch.set_num_threads(args.threads)
     variants = dict(v.split("=", 1) for v in args.variant)
-    file = RESULTS / f"{args.name}.json"
+    specs = {load_corpus(spec, args.data_dir).name: spec for spec in args.targets.split(",")}  # rows are keyed by the corpus's name
+    file = results_dir() / f"{args.name}.json"
     payload = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {"results": [], "variants": {}}
-    payload.update(environment=environment(), targets=args.targets.split(","), max_users=args.max_users, seed=args.seed,
+    payload.update(environment=environment(), targets=list(specs), max_users=args.max_users, seed=args.seed,
                    num_beams=args.num_beams, content_prior=args.content_prior)
     for name, ckpt in variants.items():
         payload["variants"][name] = {"checkpoint": ckpt, "switches": switches(Path(ckpt)), "training": training_record(Path(ckpt))}
-    for target in payload["targets"]:
-        users = None if args.max_users == 0 else args.max_users
-        if cell(payload["results"], target, "text-knn", False) is None:
-            corpus = load_corpus(target, args.data_dir)
-            base = evaluate_methods(corpus, ["random", *ANCHORS], max_users=users, seed=args.seed,
-                                    exclude_history=(False, True), progress=False)
-            payload["results"] += base
-        users_evaluated = cell(payload["results"], target, "text-knn", False)["users_evaluated"]
-        payload["results"] = [r for r in payload["results"] if not (r["corpus"] == target and r["method"] == "sasrec")]
-        payload["results"] += sasrec_rows(args.sasrec_from, target, users_evaluated, args.seed)  # refreshed on every run
-        if cell(payload["results"], target, "random-expected", False) is None:
-            payload["results"] += expected_random_rows(target, args.max_users, args)
+    users = None if args.max_users == 0 else args.max_users
+    for target, spec in specs.items():
+        anchors(payload, spec, target, users, args)
         for name, ckpt in variants.items():
             missing = [m for m in args.methods.split(",") if cell(payload["results"], target, m, False, name) is None]
             if missing:
-                payload["results"] += run_variant(name, Path(ckpt), target, users, missing, args)
+                payload["results"] += run_variant(name, Path(ckpt), spec, users, missing, args)
         markdown = f"# Zero-shot transfer\n\n{provenance(payload['environment'])}\n\n{tables(payload)}"
         write_results(args.name, payload, markdown)
     plot(payload, args.name)

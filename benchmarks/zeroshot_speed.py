@@ -1,7 +1,8 @@
 """Speed of the zero-shot command on a whole target: ``python -m foundation_rec.zeroshot --target yelp`` on every test user.
 
-    python benchmarks/zeroshot_speed.py --target yelp                       # every test user (30,431 on Yelp), cold cache
-    python benchmarks/zeroshot_speed.py --target yelp --max-users 2000      # a sample, to see the rate quickly
+    python -m benchmarks.zeroshot_speed --target yelp                       # every test user (30,431 on Yelp), cold cache
+    python -m benchmarks.zeroshot_speed --target yelp --max-users 2000      # a sample, to see the rate quickly
+    python -m benchmarks.zeroshot_speed --target ./my-shop -- --protocol strict   # a bring-your-own folder, more zeroshot flags
 
 Runs the command as a user would (a subprocess, the README's checkpoint, the default protocols and methods) with an
 empty cache, so the catalog's text vectors and IDs are computed inside the measured time. Reports the wall time of
@@ -20,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, environment, provenance, write_results
+from .common import environment, provenance, results_dir, write_results
 
 
 def measure(args) -> dict:
@@ -31,7 +32,7 @@ def measure(args) -> dict:
         subprocess.run(command, check=True, env={**os.environ, "FOUNDATION_REC_CACHE": str(Path(tmp) / "cache"),
                                                   "OMP_NUM_THREADS": str(args.threads)})
         wall = time.perf_counter() - start
-        results = json.loads((Path(tmp) / f"{args.target}.json").read_text())["results"]
+        results = json.loads((Path(tmp) / f"{Path(args.target).name}.json").read_text())["results"]  # zeroshot's file: the folder's name
     label = lambda r: f"{r['method']} ({'excluded' if r['exclude_history'] else 'kept'})"
     users = results[0]["users_evaluated"]
     index = results[0]["index_seconds"]
@@ -41,19 +42,19 @@ def measure(args) -> dict:
             "N@10": {label(r): r["metrics"]["N@10"] for r in results}}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default="yelp")
+    parser.add_argument("--target", default="yelp", help="one target: a corpus name or a bring-your-own folder")
     parser.add_argument("--checkpoint", default="runs/pretrain/best")
     parser.add_argument("--max-users", type=int, default=0, help="0: every test user")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("extra", nargs="*", help="more zeroshot flags, after --")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     row, env = measure(args), environment()
     row["date"] = env["date"][:10]
     built = Path(args.checkpoint) / "foundation_rec.json"
     row["checkpoint_built"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime(built.stat().st_mtime)) if built.is_file() else ""
-    file = RESULTS / "zeroshot_speed.json"
+    file = results_dir() / "zeroshot_speed.json"
     rows = json.loads(file.read_text())["rows"] if file.is_file() else []
     key = lambda r: (r["target"], r["users"], r["command"], r.get("checkpoint_built"))
     rows = [r for r in rows if key(r) != key(row)] + [row]

@@ -14,7 +14,7 @@ catalog's own item texts (so still zero-shot). On the pool ``c`` comes out negat
 default run): it is a hubness correction, as CSLS is for cross-lingual word retrieval. Items near
 the catalog's centre have a high cosine to every history and crowd every user's list; discounting
 them lifted zero-shot N@10 on all five targets, and pool validation chose it
-(benchmarks/scorer_variants.py). It has ``2 * 384 + 20 + 2``
+(FINDINGS.md, *Typicality term in the prior*). It has ``2 * 384 + 20 + 2``
 parameters: a reweighting of the text space, a recency profile and a typicality weight, too few
 to memorise the pre-training catalogues. (Full ``384 x 384`` maps, and rank-16
 updates of the identity, fit the pool better but transferred worse in an earlier probe:
@@ -202,7 +202,7 @@ def scorer_ndcg(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: t
 
 def train_scorer(vectors: torch.Tensor, owner: torch.Tensor, train, valid, config: ScorerConfig, max_history: int, log=print,
                  model: ContentScorer | None = None, counts=None, parameters=None) -> ContentScorer:
-    """Fit a :class:`ContentScorer` (or ``model``, a subclass) on ``train`` examples (pool
+    """Fit a :class:`ContentScorer` (or go on training ``model``) on ``train`` examples (pool
     :class:`~foundation_rec.pool.PoolExamples`), items ``vectors`` ``[items, dim]`` of corpus
     ``owner`` ``[items]``; keep the epoch best on ``valid``. With ``counts`` (:func:`corpus_counts`)
     the platform signals take part; ``parameters`` limits what is trained (default: all)."""
@@ -238,27 +238,6 @@ def train_scorer(vectors: torch.Tensor, owner: torch.Tensor, train, valid, confi
 SIGNALS_CONFIG = ScorerConfig(epochs=8, lr=2e-2, batch_size=1024)
 SIGNAL_MAX_ITEMS = 15_000  # the platform signals are fitted on the pool corpora with at most this many items, ranked against their whole catalogs
 SIGNAL_USERS = 2_000  # validation users per such corpus
-
-
-def prior_walks(scorer: ContentScorer, vectors: torch.Tensor, offsets: np.ndarray, lengths: list[np.ndarray], seed: int) -> list[np.ndarray]:
-    """Synthetic item sequences drawn from the prior: for corpus ``c`` (global items ``offsets[c]`` to ``offsets[c + 1]``)
-    one walk per entry of ``lengths[c]``, of that many items. A walk starts at a uniformly drawn item and each next
-    item is drawn from the strict explore prior given the walk so far, among items it has not visited. Global items."""
-    walks = []
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for c, wanted in enumerate(lengths):
-            lo, hi = int(offsets[c]), int(offsets[c + 1])
-            if not len(wanted) or hi - lo < 2:
-                continue
-            n, steps = len(wanted), min(int(wanted.max()), hi - lo)
-            walk = torch.randint(hi - lo, (n, 1), generator=generator)
-            for _ in range(steps - 1):
-                logits = scorer.explore_logits(right_aligned(list(walk.numpy()), scorer.max_history), vectors[lo:hi])
-                logits = logits.scatter(1, walk, -torch.inf)
-                walk = torch.cat([walk, torch.multinomial(logits.softmax(-1), 1, generator=generator)], dim=1)
-            walks += [row[: min(int(k), steps)].numpy() + lo for row, k in zip(walk, wanted, strict=True)]
-    return walks
 
 
 def corpus_counts(corpora) -> tuple[torch.Tensor, torch.Tensor]:

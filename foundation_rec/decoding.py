@@ -6,7 +6,7 @@ written.
 The core runs a Hugging Face seq2seq (T5-style: encoder once, decoder with a KV cache)
 or decoder-only model (left-padded prompts, KV cache) and follows the selection rules of
 ``transformers``' own beam search, so with a trie its results equal ``model.generate(num_beams=k,
-num_return_sequences=k, prefix_allowed_tokens_fn=...)`` (the reference in ``benchmarks/reference_decoding.py``, which the
+num_return_sequences=k, prefix_allowed_tokens_fn=...)`` (the reference in ``benchmarks/decoding.py``, which the
 tests compare against):
 
 * each step keeps the best ``2 * beams`` continuations; one ending the sequence (EOS, or the last

@@ -10,8 +10,9 @@
   that pre-training validates; the best on the pool's validation users is saved with the checkpoint
   (its ``content_prior``) and is what ``zeroshot``, the API and the demo use.
 * ``CONTENT_PRIOR``: that weight for a checkpoint that records none (written before the choice was
-  made at validation; ``benchmarks/content_prior_gamma.py`` chose 30 on pool validation); 0 without a prior.
-* ``ID_PRECISION``: arithmetic of a new catalog's ID generation (``fp32``; ``int8`` is the faster CPU option).
+  made at validation; 30 was the best on pool validation items, FINDINGS.md); 0 without a prior.
+* ``ID_PRECISION``: arithmetic of a new catalog's ID generation (``fp32``; ``int8`` is faster on a CPU with AVX-512
+  VNNI and slower on one without AVX-512; the demo's ``auto`` times both on the machine, :func:`foundation_rec.int8.choose`).
 """
 
 NUM_BEAMS = 10

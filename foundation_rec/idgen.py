@@ -27,7 +27,7 @@ Starting point, before any recommendation training:
   (a per-item ``[B, V]`` mask inside the batched beam search and on the training logits, no token
   twice in one ID, and a sub-word piece only after the piece it follows in the item's text), so even
   an untrained model writes IDs made of the item's own words. Each step's softmax runs over those
-  tokens only (``IDGenConfig.softmax = "text"``, as :meth:`IDGenerator.logits` normalises in
+  tokens only (as :meth:`IDGenerator.logits` normalises in
   training), so the output layer computes a few dozen logits per beam instead of the whole
   vocabulary (``vocab_subset`` of :func:`~foundation_rec.decoding.id_search`). It is
   also taught extractive IDs with :func:`warmup` (the first informative words of the title,
@@ -125,11 +125,9 @@ class IDGenConfig:
     max_input_tokens: int = field(default=128, metadata={"help": "item text is cut to this many tokens"})
     batch_size: int = field(default=32, metadata={"help": "items per forward pass"})
     extractive: bool = field(default=False, metadata={"help": "an ID may only use tokens of the item's own text (from-scratch generators)"})
-    softmax: str = field(default="text", metadata={"help": "extractive mode: each step's softmax runs over the item's own tokens ('text': "
-                                                            "as training normalises, and the output layer computes only them) or the "
-                                                            "whole vocabulary ('vocab': how IDs were generated before this option, several times slower)"})
     precision: str = field(default="fp32", metadata={"help": "arithmetic of ID generation: 'fp32', or 'int8' (CPU only: encoder and decoder linear "
-                                                              "layers in int8, about 1.5x faster; a near-tie between candidates can flip, see int8.py)"})
+                                                              "layers in int8, about 1.5x faster with AVX-512 VNNI and slower without AVX-512; "
+                                                              "a near-tie between candidates can flip, see int8.py)"})
 
     @classmethod
     def from_run(cls, run: Mapping[str, Any]) -> IDGenConfig:
@@ -173,8 +171,6 @@ class IDGenerator:
             raise FoundationRecError(
                 f"num_beams={self.config.num_beams} is not a multiple of num_beam_groups={self.config.num_beam_groups}"
             )
-        if self.config.softmax not in ("text", "vocab"):
-            raise FoundationRecError(f"softmax={self.config.softmax!r} is not an ID softmax; use 'text' or 'vocab'")
         if self.config.precision not in PRECISIONS:
             raise FoundationRecError(f"precision={self.config.precision!r} is not an ID precision; use 'fp32' or 'int8'")
         self._int8: tuple[int, nn.Module] | None = None  # (weights' version, int8 copy) of the backbone's model
@@ -305,7 +301,6 @@ class IDGenerator:
             batch = order[start : start + cfg.batch_size]
             batch_texts = [texts[i] for i in batch]
             rows = self.value_tokens(batch_texts) if cfg.extractive else None
-            per_item = cfg.extractive and cfg.softmax == "text"  # each item's own tokens are its output vocabulary
             inputs = self.inputs(batch_texts)
             replayable = first_groups is not None and cfg.num_beam_groups > 1
             replay = replayable and all(t in first_groups for t in batch_texts)
@@ -320,10 +315,10 @@ class IDGenerator:
                 min_new_tokens=min_new_tokens,
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,
-                bad_token_mask=self.text_token_mask(batch_texts, rows=rows) if cfg.extractive and not per_item else self.bad_token_mask(),
+                bad_token_mask=self.bad_token_mask(),
                 no_repeat_tokens=cfg.extractive,
                 word_pieces=self.word_pieces(batch_texts, rows=rows) if cfg.extractive else None,
-                vocab_subset=padded(rows).to(self.backbone.device) if per_item else None,
+                vocab_subset=padded(rows).to(self.backbone.device) if cfg.extractive else None,  # each item's own tokens are its output vocabulary
                 first_group=FirstGroup.stack([first_groups[t] for t in batch_texts]) if replay else None,
                 record_first_group=replayable and not replay,
             )
@@ -470,7 +465,9 @@ class IDGenerator:
         if not file.is_file():
             raise FoundationRecError(f"{path} is not a saved ID generator (no {CONFIG_FILE}); pass the directory IDGenerator.save wrote")
         backbone = load_backbone(BackboneConfig(name_or_path=str(path), device=device))
-        return cls(backbone, IDGenConfig(**json.loads(file.read_text(encoding="utf-8"))))
+        settings = json.loads(file.read_text(encoding="utf-8"))
+        settings.pop("softmax", None)  # a retired setting: extractive IDs always normalise over the item's own tokens
+        return cls(backbone, IDGenConfig(**settings))
 
 
 ENCODER_CHUNK = 64  # prompts per encoder call (a 256 x 64-token batch's feed-forward activations are 64 MiB)

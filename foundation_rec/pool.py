@@ -20,7 +20,6 @@ import datasets
 import numpy as np
 
 from .corpora import Corpus
-from .errors import FoundationRecError
 from .splits import MAX_HISTORY, Split, leave_one_out, train_part
 
 
@@ -86,55 +85,6 @@ class PoolExamples:
             keep.append(mine[from_end % stride == 0 if stride else from_end == 0])
         keep = np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
         return PoolExamples(self.splits, self.offsets, self.user_offsets, self.corpus[keep], self.index[keep])
-
-
-@dataclass
-class WalkExamples:
-    """Examples over synthetic sequences (:func:`foundation_rec.content_prior.prior_walks`, global items): example ``i``
-    is walk ``i``'s last item after the rest, the same shape as :meth:`PoolExamples.last_per_user`'s windows."""
-
-    walks: list[np.ndarray]
-
-    def __len__(self) -> int:
-        return len(self.walks)
-
-    def history(self, i: int) -> np.ndarray:
-        return self.walks[i][:-1]
-
-    def target(self, i: int) -> int:
-        return int(self.walks[i][-1])
-
-    def user(self, i: int) -> int:
-        raise FoundationRecError("synthetic walks have no user; --prior-walks cannot be combined with --user-ids")
-
-
-@dataclass
-class ChainedExamples:
-    """The examples of ``parts`` one after the other (``history``, ``target``, ``user`` by global index)."""
-
-    parts: list
-
-    def __len__(self) -> int:
-        return sum(len(p) for p in self.parts)
-
-    def _find(self, i: int) -> tuple[object, int]:
-        for part in self.parts:
-            if i < len(part):
-                return part, i
-            i -= len(part)
-        raise IndexError(i)
-
-    def history(self, i: int) -> np.ndarray:
-        part, j = self._find(int(i))
-        return part.history(j)
-
-    def target(self, i: int) -> int:
-        part, j = self._find(int(i))
-        return part.target(j)
-
-    def user(self, i: int) -> int:
-        part, j = self._find(int(i))
-        return part.user(j)
 
 
 @dataclass

@@ -28,7 +28,7 @@ import torch
 from . import defaults
 from .content import ContentProjection, content_index
 from .content_prior import ContentScorer
-from .decoding import item_search, score_candidates
+from .decoding import item_search
 from .errors import FoundationRecError
 from .idgen import encode_ids
 from .prompts import EVAL_TEMPLATE, Prompt, PromptBuilder
@@ -203,19 +203,6 @@ class GenerativeRecommender:
             items = np.pad(items, ((0, 0), (0, pad)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         return items, scores
-
-
-    @torch.no_grad()
-    def score(self, prompts: Sequence[Prompt], candidates: Sequence[Sequence[Sequence[int]]], vectors: torch.Tensor | None = None) -> list[np.ndarray]:
-        """Exact scores of candidate IDs (token lists without EOS) per prompt: the length-normalised
-        log-probability of each ID + EOS, the same score :meth:`generate` gives the items it finds."""
-        input_ids, attention_mask = (t.to(self.device) for t in self.left_padded([p.tokens for p in prompts]))
-        with self._inference():
-            scores = score_candidates(
-                self.model, input_ids, attention_mask, candidates, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
-                decoder_start_token_id=self.decoder_start_token_id, inputs_embeds=self.prompt_embeds(prompts, input_ids, vectors),
-            )
-        return [s.float().numpy() for s in scores]
 
 
 class CatalogRecommender:

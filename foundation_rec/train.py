@@ -50,11 +50,10 @@ from tqdm.auto import tqdm
 
 from . import atomic, checkpoint, defaults
 from .bundle import VOCAB_ERROR, ModelBundle
-from .content_prior import prior_walks
 from .errors import FoundationRecError
 from .evaluate import Examples, evaluate_examples
 from .idgen import IDGenerator, IDTable, build_table, encode_ids, keyword_id, keyword_loss
-from .pool import ChainedExamples, Pool, PoolExamples, WalkExamples
+from .pool import Pool, PoolExamples
 from .prompts import PromptBuilder, sample_templates, user_textual_ids
 from .recommender import Batch, CatalogRecommender
 from .text_embeddings import item_vectors
@@ -93,11 +92,6 @@ class TrainConfig:
         },
     )
     id_examples: str = field(default="all", metadata={"help": "ID-phase examples: all (every training prefix) or last (each user's longest prefix)"})
-    prior_walks: int = field(
-        default=0,
-        metadata={"help": "synthetic users per corpus whose sequences are drawn from the content prior, added to the recommender "
-                  "phase's examples (the prior distilled into the recommender; lengths drawn from the corpus's real sequences; 0: none)"},
-    )
     user_ids: bool = field(default=False, metadata={"help": "put a user textual ID (words from the user's training items only) into the prompt"})
     max_prompt_tokens: int = field(default=160, metadata={"help": "prompt length cap; the oldest history items are dropped whole"})
     max_steps: int = field(default=0, metadata={"help": "stop training after this many optimizer steps over all phases (0: no cap)"})
@@ -132,9 +126,7 @@ class TrainConfig:
             raise FoundationRecError("--weight-decay and --grad-clip must be >= 0 and --lr-warmup-ratio in [0, 1)")
         if self.max_prompt_tokens < 16:
             raise FoundationRecError(f"--max-prompt-tokens must be at least 16, got {self.max_prompt_tokens}")
-        if self.prior_walks and self.user_ids:
-            raise FoundationRecError("--prior-walks adds synthetic users, who have no user ID; drop --user-ids or --prior-walks")
-        for name in ("rec_epochs", "id_epochs", "warmup_epochs", "warmup_items", "max_steps", "valid_users", "test_users", "prior_walks"):
+        for name in ("rec_epochs", "id_epochs", "warmup_epochs", "warmup_items", "max_steps", "valid_users", "test_users"):
             if getattr(self, name) < 0:
                 raise FoundationRecError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
@@ -150,9 +142,12 @@ def plan(config: TrainConfig) -> list[tuple[str, int]]:
     return [*stages, ("test", config.rounds)]
 
 
+RETIRED = {"prior_walks": 0}  # options no longer in TrainConfig, at the value that left them off: such checkpoints still resume
+
+
 def _schedule(config: dict) -> dict:
     """The fields of a :class:`TrainConfig` that a resumed run must share (all but logging and checkpoint frequency)."""
-    return {k: v for k, v in config.items() if k not in ("log_every", "checkpoint_every")}
+    return {k: v for k, v in config.items() if k not in ("log_every", "checkpoint_every") and not (k in RETIRED and RETIRED[k] == v)}
 
 
 def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
@@ -333,7 +328,6 @@ class Trainer:
         if recommender.content is not None or recommender.scorer is not None:  # frozen MiniLM vectors of every pool item (cached)
             recommender.item_vectors, _ = item_vectors(self.texts, "pre-training pool", progress and self.dist.main)
         self.train_examples = pool.examples("train")
-        self.walks = self._walks() if config.prior_walks else None
         self.valid_examples = pool.examples("valid", config.valid_users or None, config.seed)
         self.test_examples = pool.examples("test", config.test_users or None, config.seed)
         self.table = IDTable()
@@ -359,17 +353,6 @@ class Trainer:
         torch.manual_seed(config.seed)  # dropout; a resumed run restores the saved generator state instead
 
     # ----------------------------------------------------------------------------- set-up
-
-    def _walks(self) -> WalkExamples:
-        """``prior_walks`` synthetic users per corpus drawn from the content prior, their lengths drawn from the corpus's
-        real training windows (seeded, so a resumed run draws the same)."""
-        if self.rec.scorer is None:
-            raise FoundationRecError("--prior-walks draws sequences from the content prior; pre-train with --content-prior-epochs > 0")
-        windows = self.train_examples.last_per_user(self.pool.max_history)
-        rng = np.random.default_rng([self.config.seed, 11])
-        lengths = [rng.choice([len(windows.history(i)) + 1 for i in np.flatnonzero(windows.corpus == c)] or [2], self.config.prior_walks)
-                   for c in range(len(self.pool.corpora))]
-        return WalkExamples(prior_walks(self.rec.scorer, self.rec.item_vectors, self.pool.offsets, lengths, self.config.seed))
 
     def _check_vocabulary(self) -> None:
         rec_vocab, gen_vocab = self.rec.tokenizer.get_vocab(), self.gen.tokenizer.get_vocab()
@@ -457,7 +440,6 @@ class Trainer:
         c = self.config
         if kind == "rec":
             examples = self.train_examples.last_per_user(self.pool.max_history) if c.rec_objective == "sequence" else self.train_examples
-            examples = ChainedExamples([examples, self.walks]) if self.walks is not None else examples
             return Phase(self.rec.modules, self.rec_loss, examples, c.rec_epochs, c.rec_batch_size, c.rec_lr)
         if kind == "id":
             examples = self.train_examples.last_per_user() if c.id_examples == "last" else self.train_examples

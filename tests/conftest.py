@@ -33,16 +33,16 @@ def fixture_data() -> Path:
     return FIXTURE_DATA
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # the tests folder: once per run
 def real_data() -> Path:
     if not (REAL_DATA / "SOURCES.md").is_file():
         pytest.skip("real corpora not found beside the checkout (../shared/corpora)")
     return REAL_DATA
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # the tests folder: built once per run
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A checkpoint of the tiny preset pre-trained on the two Amazon fixture corpora (built once per session)."""
+    """A checkpoint of the tiny preset pre-trained on the two Amazon fixture corpora (built once per test run)."""
     from unittest import mock
 
     from foundation_rec.pretrain import main

@@ -138,30 +138,3 @@ def test_scorer_saved_without_typicality_loads_and_keeps_it_off(tmp_path):
     assert not isinstance(loaded.typicality, torch.nn.Parameter) and float(loaded.typicality) == 0.0
     vectors = unit_vectors(30, 8, 5)
     assert torch.equal(loaded.log_prior([np.array([1, 2])], vectors), old.log_prior([np.array([1, 2])], vectors))
-
-
-def test_prior_walks_follow_the_prior_inside_their_corpus():
-    """Walks stay in their corpus, never revisit an item, have the asked lengths, and at a near-zero temperature
-    each next item is the prior's best unvisited item given the walk so far (checked step by step by hand)."""
-    from foundation_rec.content_prior import prior_walks
-
-    vectors = unit_vectors(30, 8, seed=4)
-    scorer = ContentScorer(8, max_history=5, signals=False)
-    offsets = np.array([0, 12, 30])
-    lengths = [np.array([3, 6, 12]), np.array([2, 7])]
-    walks = prior_walks(scorer, vectors, offsets, lengths, seed=0)
-    assert [len(w) for w in walks] == [3, 6, 12, 2, 7]
-    for walk, (lo, hi) in zip(walks, [(0, 12)] * 3 + [(12, 30)] * 2, strict=True):
-        assert lo <= walk.min() and walk.max() < hi and len(set(walk.tolist())) == len(walk)
-    with torch.no_grad():
-        scorer.log_temperature.fill_(-20.0)  # sampling becomes the argmax
-    for walk in prior_walks(scorer, vectors, offsets, lengths, seed=1):
-        lo = 0 if walk[0] < 12 else 12
-        catalog = vectors[lo : 30 if lo else 12]
-        for step in range(1, len(walk)):
-            seen = walk[:step] - lo
-            with torch.no_grad():
-                logits = scorer(right_aligned([seen], 5), catalog)[0]
-            logits[torch.from_numpy(seen)] = -torch.inf
-            assert walk[step] - lo == int(logits.argmax())
-    assert [w.tolist() for w in prior_walks(scorer, vectors, offsets, lengths, seed=1)] == [w.tolist() for w in prior_walks(scorer, vectors, offsets, lengths, seed=1)]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +11,10 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
+from benchmarks.decoding import dict_trie, reference_beam_search
 from foundation_rec.decoding import id_search, item_search, only_positions, score_candidates, unfollowable
 from foundation_rec.errors import FoundationRecError
 from foundation_rec.trie import Trie
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from reference_decoding import dict_trie, reference_beam_search
 
 PAD, EOS, V = 0, 1, 120
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -229,6 +230,9 @@ def test_generator_save_load(cold, tmp_path):
     loaded = IDGenerator.load(tmp_path / "gen", device="cpu")
     assert loaded.config == cold.config
     assert loaded.assign(TEXTS, progress=False).ids == cold.assign(TEXTS, progress=False).ids
+    saved = tmp_path / "gen" / "idgen.json"  # checkpoints written before the softmax setting was retired still load
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "softmax": "text"}))
+    assert IDGenerator.load(tmp_path / "gen", device="cpu").config == cold.config
     with pytest.raises(FoundationRecError, match="not a saved ID generator"):
         IDGenerator.load(tmp_path)
 
@@ -288,7 +292,7 @@ def test_extractive_ids_use_only_the_items_own_words(cold):
 
 
 def test_extractive_beam_scores_are_the_training_distributions(cold):
-    """Extractive generation normalises each step over the item's own tokens (``softmax="text"``), as training does:
+    """Extractive generation normalises each step over the item's own tokens, as training does:
     a found ID's beam score (length penalty 0: the sum of log p) is the log-probability token_distributions gives it."""
     generator = IDGenerator(cold.backbone, dataclasses.replace(FAST, extractive=True))
     tok, texts = generator.tokenizer, TEXTS[:4]
@@ -303,10 +307,6 @@ def test_extractive_beam_scores_are_the_training_distributions(cold):
     for b, seq in enumerate(seqs):
         assert set(seq) <= set(rows[b]) | {tok.eos_token_id}
         assert torch.isclose(probs[b, torch.arange(len(seq)), seq].log().sum(), out.scores[b, 0], atol=1e-4)
-    vocab = IDGenerator(cold.backbone, dataclasses.replace(FAST, extractive=True, softmax="vocab"))
-    assert vocab.assign(texts, progress=False).ids  # the full-vocabulary softmax still runs
-    with pytest.raises(FoundationRecError, match="softmax='all' is not an ID softmax; use 'text' or 'vocab'"):
-        IDGenerator(cold.backbone, dataclasses.replace(FAST, softmax="all"))
 
 
 def test_identical_texts_are_searched_once(cold, monkeypatch):

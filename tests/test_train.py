@@ -160,6 +160,13 @@ def test_restore_refuses_a_different_schedule(pool, tmp_path):
     make_trainer(pool, tmp_path, rounds=1).save_checkpoint()
     with pytest.raises(FoundationRecError, match="same arguments"):
         make_trainer(pool, tmp_path, rounds=2).restore(tmp_path / "checkpoint")
+    file = tmp_path / "checkpoint" / "training_state" / "state.json"  # a retired option recorded off still resumes; on, it does not
+    state = json.loads(file.read_text(encoding="utf-8"))
+    file.write_text(json.dumps({**state, "train_config": {**state["train_config"], "prior_walks": 0}}), encoding="utf-8")
+    make_trainer(pool, tmp_path, rounds=1).restore(tmp_path / "checkpoint")
+    file.write_text(json.dumps({**state, "train_config": {**state["train_config"], "prior_walks": 600}}), encoding="utf-8")
+    with pytest.raises(FoundationRecError, match="same arguments"):
+        make_trainer(pool, tmp_path, rounds=1).restore(tmp_path / "checkpoint")
 
 
 def test_no_held_out_item_reaches_any_input(pool, tmp_path):
@@ -247,30 +254,3 @@ def test_bf16_needs_cuda(pool, tmp_path):
         make_trainer(pool, tmp_path, precision="bf16")
     with pytest.raises(FoundationRecError, match="unknown --precision"):
         TrainConfig(precision="fp8").check()
-
-
-def test_prior_walks_join_the_recommender_phase_only(pool, tmp_path, monkeypatch):
-    """--prior-walks adds that many prior-drawn sequences per corpus to the recommender phase (not the ID phase), each
-    inside its own corpus; the recommender trains on them; without a content prior it is a one-line error."""
-    from foundation_rec import train
-    from foundation_rec.content_prior import ContentScorer
-
-    monkeypatch.setattr(train, "item_vectors", lambda texts, *_a, **_k: (torch.randn(len(texts), 8, generator=torch.Generator().manual_seed(0)), None))
-    with pytest.raises(FoundationRecError, match="--prior-walks draws sequences from the content prior"):
-        make_trainer(pool, tmp_path / "none", decoder_only=True, rec_objective="sequence", prior_walks=3)
-    bundle = tiny_models(pool.texts(), 0, decoder_only=True)
-    bundle.recommender.scorer = ContentScorer(8, pool.max_history, signals=False)
-    config = TrainConfig(rec_batch_size=2, id_batch_size=2, warmup_batch_size=4, rec_objective="sequence", prior_walks=3)
-    trainer = Trainer(config, pool, bundle, tmp_path / "walks", run_config={"test": True}, progress=False)
-    real = trainer.train_examples.last_per_user(pool.max_history)
-    rec = trainer.phase("rec").examples
-    assert len(rec) == len(real) + 3 * len(pool.corpora)
-    assert len(trainer.phase("id").examples) == len(trainer.train_examples)
-    for k, walk in enumerate(trainer.walks.walks):
-        c = k // 3
-        assert pool.offsets[c] <= walk.min() and walk.max() < pool.offsets[c + 1] and len(set(walk.tolist())) == len(walk) >= 2
-        assert rec.target(len(real) + k) == walk[-1] and rec.history(len(real) + k).tolist() == walk[:-1].tolist()
-    assert rec.history(0).tolist() == real.history(0).tolist()
-    trainer.regenerate()
-    loss, tokens = trainer.rec_loss(rec, np.arange(len(real) - 1, len(rec)), np.zeros(len(rec) - len(real) + 1, dtype=np.int64))
-    assert torch.isfinite(loss) and tokens > 0
