@@ -151,11 +151,16 @@ def tables(payload: dict) -> str:
     return "\n".join(out)
 
 
+def calibrated_as(row: dict | None) -> str:
+    """Which candidate the counts protocol's calibration chose on the target's held-out items (``-`` when none)."""
+    return "-" if row is None or "calibration" not in row else row["calibration"]["choice"]
+
+
 def summary(payload: dict, targets: list[str]) -> list[str]:
     """The README's table: N@10 of the anchors and of the first variant's methods, both protocols, both settings."""
     rows, variant = payload["results"], next(iter(payload["variants"]), None)
     header = ["target", "history", "text-kNN", "popularity [c]", "pop x text-kNN [c]", "SASRec (trained)", "generation", "prior [s]", "**default [s]**",
-              "prior [c]", "**default [c]**", "default [c] / best anchor [c]", "default [s] / text-kNN"]
+              "prior [c]", "**default [c]**", "default [c] / best anchor [c]", "default [c] / prior [c]", "default [s] / text-kNN", "counts calibrated as"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for exclude, title in SETTINGS.items():
         for t in targets:
@@ -164,9 +169,11 @@ def summary(payload: dict, targets: list[str]) -> list[str]:
             best = max(n["popularity"], n["popularity-text-knn"])
             cells = [f"{t}, {title}", *(f"{n[m]:.4f}" for m in ("history", "text-knn", "popularity", "popularity-text-knn", "sasrec", GENERATE, SCORER)),
                      f"**{n[PRIOR]:.4f}**", f"{n[SCORER_COUNTS]:.4f}", f"**{n[PRIOR_COUNTS]:.4f}**",
-                     f"{n[PRIOR_COUNTS] / best:.2f}x" if best else "-", f"{n[PRIOR] / n['text-knn']:.2f}x" if n["text-knn"] else "-"]
+                     f"{n[PRIOR_COUNTS] / best:.2f}x" if best else "-", f"{n[PRIOR_COUNTS] / n[SCORER_COUNTS]:.2f}x" if n[SCORER_COUNTS] else "-",
+                     f"{n[PRIOR] / n['text-knn']:.2f}x" if n["text-knn"] else "-", calibrated_as(cell(rows, t, PRIOR_COUNTS, exclude, variant))]
             lines.append("| " + " | ".join(cells) + " |")
-    return ["### Summary (N@10; [s] strict: texts and the user's history; [c] with the target's training-split counts)", "", *lines, ""]
+    return [("### Summary (N@10; [s] strict: texts and the user's history; [c] with the target's training-split counts, signal weights "
+            "calibrated on its validation items; pop x text-kNN's weight tuned on the same items)"), "", *lines, ""]
 
 
 def plot(payload: dict, name: str) -> None:
