@@ -214,8 +214,10 @@ def merge(args) -> None:
         for v, info in part["variants"].items():
             payload["variants"].setdefault(v, info)
         payload["merged_from"].append({"name": name, "command": part["environment"]["command"], "date": part["environment"]["date"]})
-        for k in ("targets", "max_users", "seed", "num_beams"):
+        for k in ("max_users", "seed", "num_beams"):
             payload.setdefault(k, part[k])
+        known = payload.get("targets", [])
+        payload["targets"] = sorted([*known, *(t for t in part["targets"] if t not in known)], key=lambda t: TARGETS.index(t) if t in TARGETS else len(TARGETS))
     for target in payload["targets"]:
         knn = cell(payload["results"], target, "text-knn", False)
         if knn is not None:

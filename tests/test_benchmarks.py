@@ -26,6 +26,8 @@ DOCUMENTS = ("README.md", "benchmarks/RESULTS.md", "FINDINGS.md")
 # result-file prefix -> the script that writes it (the longest prefix that fits a file's name wins)
 WRITERS = {
     "transfer-default": "transfer",
+    "tA": "transfer",  # the two halves that transfer-default merges
+    "tB": "transfer",
     "baselines_converged": "baselines",
     "sasrec_literature": "baselines",
     "anchors": "anchors",
