@@ -81,6 +81,7 @@ class Catalog:
     seconds: float = 0.0
     vectors: torch.Tensor | None = None  # frozen MiniLM vectors of the items (content-aware recommenders)
     counts: PlatformCounts | None = None  # the platform's counts (the "counts" protocol); None: strict only
+    prior_vectors: torch.Tensor | None = None  # what the content prior reads: ``vectors``, moved by a fine-tuned scorer's offsets on its own catalog
     _row_of: dict[str, int] = field(default_factory=dict, repr=False)
     _resolver: ItemResolver | None = field(default=None, repr=False)
 
@@ -185,6 +186,12 @@ class FoundationRec:
         return list(self.config.get("corpora", []))
 
     @property
+    def fine_tuned_on(self) -> dict | None:
+        """What ``foundation_rec.finetune`` recorded when this checkpoint was fine-tuned on a platform's logs
+        (``target``, ``platform``, ``users``, ...), or None for a foundation checkpoint."""
+        return self.config.get("finetune")
+
+    @property
     def pretrained_platforms(self) -> set[str]:
         """Platforms of the pre-training corpora (a zero-shot target must not be one of them)."""
         platforms = set()
@@ -226,10 +233,12 @@ class FoundationRec:
         id_tokens, trie = self.recommender.index_ids(ids, name)
         reads_text = self.recommender.content is not None or self.recommender.scorer is not None
         vectors = item_vectors(texts, f"{name} items", progress)[0] if reads_text else None
-        if counts is not None and vectors is not None and self.recommender.scorer is not None:
-            counts = self._calibrated(counts, name, texts, vectors, progress)
+        scorer = self.recommender.scorer
+        prior_vectors = scorer.prior_vectors(name, item_ids, vectors) if scorer is not None and vectors is not None else vectors
+        if counts is not None and vectors is not None and scorer is not None:
+            counts = self._calibrated(counts, name, texts, prior_vectors, progress)
         self.catalog = Catalog(name, platform, item_ids, titles, texts, ids, trie, id_tokens, corpus,
-                               round(time.perf_counter() - start, 3), vectors, counts)
+                               round(time.perf_counter() - start, 3), vectors, counts, prior_vectors)
         return self.catalog
 
     def _ids_file(self, name: str, texts: list[str]) -> Path:
@@ -263,6 +272,9 @@ class FoundationRec:
         digest = hashlib.blake2b(self._ids_file(name, texts).name.encode(), digest_size=8)
         for array in counts.held_out:
             digest.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+        if self.recommender.scorer.catalog is not None:  # a fine-tuned prior: its weights decide what calibration finds
+            for tensor in self.recommender.scorer.state_dict().values():
+                digest.update(tensor.detach().cpu().numpy().tobytes())
         file = cache_dir() / "catalog_ids" / f"{name}-{digest.hexdigest()}.calibration.json"
         found = calibration.from_json(json.loads(file.read_text(encoding="utf-8"))) if file.is_file() else None
         if found is None:
@@ -298,7 +310,7 @@ class FoundationRec:
         counts = _protocol_counts(protocol, catalog)
         prompts = PromptBuilder.for_training(self.recommender.tokenizer, self.config.get("train", {}), catalog.id_tokens)
         return CatalogRecommender(self.recommender, prompts, catalog.trie, 0, num_beams=num_beams or self.num_beams, batch_size=batch_size,
-                                  vectors=catalog.vectors, content_prior=content_prior, counts=counts)
+                                  vectors=catalog.vectors, content_prior=content_prior, counts=counts, prior_vectors=catalog.prior_vectors)
 
     def method_recommender(self, method: str = DEFAULT, protocol: str = STRICT, *, num_beams: int | None = None,
                            batch_size: int = defaults.BATCH_SIZE, content_prior: float | None = None, catalog: Catalog | None = None):
@@ -308,7 +320,7 @@ class FoundationRec:
         parse_label(method_label(method, protocol))
         if method == PRIOR:
             catalog = self._require_catalog(catalog)
-            return PriorRanking(self.recommender.scorer, catalog.vectors, _protocol_counts(protocol, catalog))
+            return PriorRanking(self.recommender.scorer, catalog.prior_vectors, _protocol_counts(protocol, catalog))
         gamma = 0.0 if method == GENERATION else content_prior
         return self.catalog_recommender(num_beams, batch_size, content_prior=gamma, catalog=catalog, protocol=protocol)
 

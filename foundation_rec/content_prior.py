@@ -34,9 +34,11 @@ Saved next to the recommender as ``scorer.safetensors`` + ``scorer.json`` (with 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,10 +65,35 @@ class ScorerConfig:
     seed: int = 42
 
 
+def catalog_digest(name: str, item_ids: Sequence[str]) -> str:
+    """A short key of one catalog: its name and its item ids in row order."""
+    digest = hashlib.blake2b(name.encode("utf-8") + b"\0", digest_size=8)
+    for item in item_ids:
+        digest.update(str(item).encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+class CatalogOffsets(torch.nn.Module):
+    """Per-item offsets to the text vectors of the one catalog a scorer was fine-tuned on (``foundation_rec.finetune``):
+    the prior reads ``v_j + E_j`` there, where the platform's logs moved item j, and ``v_j`` on every other catalog.
+    ``E`` starts at zero, so an unfitted offset table changes nothing."""
+
+    def __init__(self, name: str, digest: str, items: int, dim: int):
+        super().__init__()
+        self.name, self.digest = name, digest
+        self.offsets = torch.nn.Parameter(torch.zeros(items, dim))
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors + self.offsets
+
+    def info(self) -> dict:
+        return {"name": self.name, "digest": self.digest, "items": int(self.offsets.shape[0])}
+
+
 class ContentScorer(torch.nn.Module):
     """History text vectors -> a score for every item's text vector (see the module docstring)."""
 
-    def __init__(self, dim: int, max_history: int, typicality: bool = True, signals: bool = True):
+    def __init__(self, dim: int, max_history: int, typicality: bool = True, signals: bool = True, catalog: dict | None = None):
         super().__init__()
         self.dim, self.max_history = dim, max_history
         self.query_scale = torch.nn.Parameter(torch.ones(dim))
@@ -79,7 +106,23 @@ class ContentScorer(torch.nn.Module):
             self.register_buffer("typicality", torch.tensor(0.0), persistent=False)
         # the platform's popularity with counts (foundation_rec.signals); None in scorers saved before it
         self.signals = PlatformSignals() if signals else None
+        # the fine-tuned catalog's item offsets (CatalogOffsets); None: a scorer that reads item texts only
+        self.catalog = CatalogOffsets(catalog["name"], catalog["digest"], int(catalog["items"]), dim) if catalog else None
         self.record: dict = {}
+
+    def fit_catalog(self, name: str, item_ids: Sequence[str]) -> None:
+        """Give the scorer zero offsets for catalog ``name`` (rows ``item_ids``), to be learned on its logs."""
+        self.catalog = CatalogOffsets(name, catalog_digest(name, item_ids), len(item_ids), self.dim)
+
+    def prior_vectors(self, name: str, item_ids: Sequence[str], vectors: torch.Tensor) -> torch.Tensor:
+        """The vectors the prior reads for a catalog: ``vectors`` moved by the offsets when it is the fine-tuned
+        catalog (same name and item ids), else ``vectors`` unchanged."""
+        if self.catalog is None or self.catalog.name != name or len(item_ids) != self.catalog.offsets.shape[0]:
+            return vectors
+        if catalog_digest(name, item_ids) != self.catalog.digest:
+            return vectors
+        with torch.no_grad():
+            return self.catalog(vectors.float())
 
     def query(self, histories: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """``[B, dim]`` unit queries of right-aligned histories ``[B, L]`` (item rows of ``vectors``, -1 padded)."""
@@ -120,17 +163,19 @@ class ContentScorer(torch.nn.Module):
         # "signals": the platform-signal fit (weights, corpora, rank calibration), true before the fit, false without signals
         info = {"dim": self.dim, "max_history": self.max_history, "typicality": isinstance(self.typicality, torch.nn.Parameter),
                 **self.record, "signals": self.record.get("signals") or self.signals is not None}
+        if self.catalog is not None:
+            info["catalog"] = self.catalog.info()
         (folder / INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
 def load_scorer(folder: str | Path) -> ContentScorer | None:
     """The scorer saved in a recommender folder, or None when the checkpoint has none."""
     loaded = load_module(Path(folder), FILE, INFO, lambda info: ContentScorer(int(info["dim"]), int(info["max_history"]), bool(info.get("typicality", False)),
-                                                                             bool(info.get("signals", False))))
+                                                                             bool(info.get("signals", False)), info.get("catalog")))
     if loaded is None:
         return None
     scorer, info = loaded
-    scorer.record = {k: v for k, v in info.items() if k not in ("dim", "max_history", "typicality", "signals")}
+    scorer.record = {k: v for k, v in info.items() if k not in ("dim", "max_history", "typicality", "signals", "catalog")}
     if isinstance(info.get("signals"), dict):  # the platform-signal fit's record
         scorer.record["signals"] = info["signals"]
     scorer.train(False)
@@ -200,16 +245,23 @@ def scorer_ndcg(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: t
     return ndcg_at_k(np.concatenate(ranks) if ranks else np.zeros(0, np.int64), k)
 
 
-def train_scorer(vectors: torch.Tensor, owner: torch.Tensor, train, valid, config: ScorerConfig, max_history: int, log=print,
-                 model: ContentScorer | None = None, counts=None, parameters=None) -> ContentScorer:
+def train_scorer(vectors: torch.Tensor | Callable[[], torch.Tensor], owner: torch.Tensor, train, valid, config: ScorerConfig, max_history: int,
+                 log=print, model: ContentScorer | None = None, counts=None, parameters=None) -> ContentScorer:
     """Fit a :class:`ContentScorer` (or go on training ``model``) on ``train`` examples (pool
     :class:`~foundation_rec.pool.PoolExamples`), items ``vectors`` ``[items, dim]`` of corpus
     ``owner`` ``[items]``; keep the epoch best on ``valid``. With ``counts`` (:func:`corpus_counts`)
-    the platform signals take part; ``parameters`` limits what is trained (default: all)."""
+    the platform signals take part; ``parameters`` limits what is trained (default: all). ``vectors`` may be a function
+    returning them, called at every step (the fine-tuned catalog's offset vectors, :class:`CatalogOffsets`)."""
+    read = vectors if callable(vectors) else (lambda: vectors)
+
+    def fixed() -> torch.Tensor:
+        with torch.no_grad():
+            return read()
+
     generator = torch.Generator().manual_seed(config.seed)
-    scorer = model if model is not None else ContentScorer(vectors.shape[1], max_history)
+    scorer = model if model is not None else ContentScorer(read().shape[1], max_history)
     optimizer = torch.optim.AdamW(scorer.parameters() if parameters is None else parameters, lr=config.lr, weight_decay=0.0)
-    best = scorer_ndcg(scorer, valid, vectors, owner, counts=counts)
+    best = scorer_ndcg(scorer, valid, fixed(), owner, counts=counts)
     history = [{"epoch": 0, "valid_N@10": round(best, 5)}]
     state = {k: v.clone() for k, v in scorer.state_dict().items()}
     start = time.perf_counter()
@@ -217,12 +269,12 @@ def train_scorer(vectors: torch.Tensor, owner: torch.Tensor, train, valid, confi
         scorer.train(True)
         order = torch.randperm(len(train), generator=generator).numpy()
         for lo in range(0, len(order), config.batch_size):
-            loss = _batch_loss(scorer, train, order[lo : lo + config.batch_size], vectors, owner, counts)
+            loss = _batch_loss(scorer, train, order[lo : lo + config.batch_size], read(), owner, counts)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         scorer.train(False)
-        score = scorer_ndcg(scorer, valid, vectors, owner, counts=counts)
+        score = scorer_ndcg(scorer, valid, fixed(), owner, counts=counts)
         history.append({"epoch": epoch, "valid_N@10": round(score, 5), "loss": round(loss.item(), 4)})
         elapsed = time.perf_counter() - start
         log(f"content prior: epoch {epoch}/{config.epochs}, valid N@10 {score:.4f} (text-kNN order: {history[0]['valid_N@10']:.4f}), "

@@ -44,12 +44,16 @@ def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
     One relevant item per user, so the ideal DCG is 1 and NDCG is the DCG of that item:
     rank 0 gives 1, rank 1 gives 1/log2(3) = 0.631, ranks at or past ``k`` give 0.
     """
-    if not len(ranks):
-        return 0.0
+    return float(ndcg_gains(ranks, k).mean()) if len(ranks) else 0.0
+
+
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each user's NDCG@k, ``1[r_u < k] / log2(r_u + 2)`` (:func:`ndcg_at_k` is their mean)."""
+    ranks = np.asarray(ranks)
     hit = ranks < k
     gains = np.zeros(len(ranks))
     gains[hit] = 1.0 / np.log2(ranks[hit] + 2.0)
-    return float(gains.mean())
+    return gains
 
 
 def leave_one_out_metrics(recommended: np.ndarray, targets: np.ndarray, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:

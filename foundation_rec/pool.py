@@ -23,12 +23,26 @@ from .corpora import Corpus
 from .splits import MAX_HISTORY, Split, leave_one_out, train_part
 
 
+def sampled_users(corpus: Corpus, max_users: int, seed: int) -> np.ndarray:
+    """Sorted rows of a seeded sample of ``max_users`` of the corpus's users (fewer than its users)."""
+    return np.sort(np.random.default_rng([seed, len(corpus.sequences)]).choice(len(corpus.sequences), max_users, replace=False))
+
+
+def users_of(corpus: Corpus, max_users: int | None, seed: int) -> Corpus:
+    """The corpus with only a seeded sample of ``max_users`` users' sequences (the users :func:`sample_corpus` picks),
+    and its whole catalog: a platform whose logs are those users'."""
+    if not max_users or max_users >= len(corpus.sequences):
+        return corpus
+    sequences = corpus.sequences.select(sampled_users(corpus, max_users, seed)).flatten_indices()
+    meta = {**corpus.meta, "sampled_users": max_users, "users_total": len(corpus.sequences)}
+    return Corpus(corpus.name, corpus.platform, corpus.role, corpus.items, sequences, meta)
+
+
 def sample_corpus(corpus: Corpus, max_users: int | None, seed: int) -> Corpus:
     """A seeded sample of ``max_users`` users and the catalog of their items (the corpus itself when it has fewer users)."""
     if not max_users or max_users >= len(corpus.sequences):
         return corpus
-    users = np.sort(np.random.default_rng([seed, len(corpus.sequences)]).choice(len(corpus.sequences), max_users, replace=False))
-    sequences = corpus.sequences.select(users).flatten_indices()
+    sequences = corpus.sequences.select(sampled_users(corpus, max_users, seed)).flatten_indices()
     columns = sequences.data.to_pydict()
     old_items = [np.asarray(s, dtype=np.int64) for s in columns["items"]]
     keep = np.unique(np.concatenate(old_items))

@@ -327,6 +327,8 @@ class Trainer:
         self.texts = pool.texts()
         if recommender.content is not None or recommender.scorer is not None:  # frozen MiniLM vectors of every pool item (cached)
             recommender.item_vectors, _ = item_vectors(self.texts, "pre-training pool", progress and self.dist.main)
+        self.id_users = 0  # the ID phase's examples: all (0), or a seeded sample of this many
+        self.prior_vectors = recommender.item_vectors  # what the content prior reads (finetune: moved by the scorer's catalog offsets)
         self.train_examples = pool.examples("train")
         self.valid_examples = pool.examples("valid", config.valid_users or None, config.seed)
         self.test_examples = pool.examples("test", config.test_users or None, config.seed)
@@ -443,6 +445,9 @@ class Trainer:
             return Phase(self.rec.modules, self.rec_loss, examples, c.rec_epochs, c.rec_batch_size, c.rec_lr)
         if kind == "id":
             examples = self.train_examples.last_per_user() if c.id_examples == "last" else self.train_examples
+            if 0 < self.id_users < len(examples):  # a seeded sample (finetune's --id-users)
+                keep = np.sort(np.random.default_rng([c.seed, 11]).choice(len(examples), self.id_users, replace=False))
+                examples = PoolExamples(examples.splits, examples.offsets, examples.user_offsets, examples.corpus[keep], examples.index[keep])
             return Phase(self.gen_model, self.soft_id_loss, examples, c.id_epochs, c.id_batch_size, c.id_lr)
         return Phase(self.gen_model, self.warmup_loss, self.keyword_targets(), c.warmup_epochs, c.warmup_batch_size, c.warmup_lr)
 
@@ -572,7 +577,7 @@ class Trainer:
             if not len(everyone):
                 continue
             mine, offset = everyone[self.dist.rank :: self.dist.world], int(self.pool.offsets[c])
-            prior_vectors = None if self.rec.item_vectors is None else self.rec.item_vectors[offset : int(self.pool.offsets[c + 1])]
+            prior_vectors = None if self.prior_vectors is None else self.prior_vectors[offset : int(self.pool.offsets[c + 1])]
             view = CatalogRecommender(self.rec, self.prompts, self.tries[c], offset, num_beams=self.config.eval_beams, batch_size=self.config.eval_batch_size,
                                       content_prior=gamma, prior_vectors=prior_vectors)
             ex = Examples(split, [examples.history(i) - offset for i in mine], np.asarray([examples.target(i) - offset for i in mine], dtype=np.int64),

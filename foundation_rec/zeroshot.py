@@ -17,7 +17,9 @@ alone), ``--history both`` scores every row with the user's own items kept and e
 ``benchmarks/transfer.py`` calls :func:`run_target`, the one zero-shot driver.
 
 A target whose platform was in the checkpoint's pre-training corpora is refused unless
-``--allow-seen-platform`` is given; such a result is labelled ``seen platform``.
+``--allow-seen-platform`` is given; such a result is labelled ``seen platform``. A checkpoint that
+``foundation_rec.finetune`` fine-tuned on the target's own logs is evaluated there and labelled
+``fine-tuned on this platform``, never zero-shot.
 """
 
 from __future__ import annotations
@@ -91,8 +93,9 @@ def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list
     corpus = load_corpus(name, args.data_dir, on_bad_line=args.on_bad_line)
     for what, count in corpus.meta.get("skipped_lines", {}).items():
         print(f"{corpus.name}: skipped {count} bad line(s) [{what}]", file=sys.stderr)
+    tuned = (model.fine_tuned_on or {}).get("platform") == corpus.platform  # a checkpoint fine-tuned on this very platform's logs
     seen = corpus.platform in model.pretrained_platforms
-    if seen and not args.allow_seen_platform:
+    if seen and not tuned and not args.allow_seen_platform:
         raise FoundationRecError(
             f"target {corpus.name!r} is on platform {corpus.platform!r}, which the checkpoint was pre-trained on; "
             "pick an unseen platform or pass --allow-seen-platform (the result is then labelled so)"
@@ -109,7 +112,7 @@ def run_target(model: FoundationRec, name: str, args: ZeroShotArguments) -> list
             for result in evaluate_settings(corpus, rec, method_label(method, protocol), HISTORY_SETTINGS[args.history], max_users=args.max_users,
                                             seed=args.seed, batch_size=args.batch_size, progress=args.progress):
                 result.update(protocol=protocol, checkpoint=str(model.path), pretrained_corpora=model.pretrained_corpora,
-                              setting="seen platform" if seen else "zero-shot", index_seconds=index_seconds, id_precision=args.id_precision,
+                              setting="fine-tuned on this platform" if tuned else "seen platform" if seen else "zero-shot", index_seconds=index_seconds, id_precision=args.id_precision,
                               unique_ids=len(set(catalog.ids)) == len(catalog.ids), num_beams=args.num_beams, content_prior=gamma)
                 if protocol != STRICT and catalog.counts is not None and catalog.counts.calibration is not None:
                     result["calibration"] = calibration_summary(catalog.counts.calibration)

