@@ -2,6 +2,7 @@
 
     python -m benchmarks.finetune --targets movielens-100k,steam --users 100,all --max-users 2000 --name finetune
     python -m benchmarks.finetune --targets steam --users 1000 --finetune-args "--rec-epochs 1" --name finetune-steam
+    python -m benchmarks.finetune --merge finetune-ml100k,finetune-steam --name finetune   # parts run in parallel, one table
 
 For each target and each N (``all``: every user), the logs are N fixed-seed users' training sequences (the users
 ``python -m foundation_rec.finetune --users N`` keeps), and every method reads only them; all are scored on the
@@ -54,7 +55,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inits", default="foundation,random", help="which finetune starts to run")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--name", default="finetune")
+    parser.add_argument("--merge", default="", help="comma list of earlier result names (e.g. runs of targets in parallel) to combine into --name")
     return parser.parse_args(argv)
+
+
+def merge(args, env: dict) -> int:
+    """Write ``--name`` from the rows of the results named by ``--merge``, in their order (each part's environment kept)."""
+    rows, parts = [], {}
+    for name in args.merge.split(","):
+        payload = json.loads((results_dir() / f"{name}.json").read_text(encoding="utf-8"))
+        rows += payload["results"]
+        parts[name] = payload["environment"]
+    write_results(args.name, {"environment": env, "parts": parts, "results": rows}, markdown(rows, env, parts))
+    plot(rows, results_dir() / f"{args.name}.png")
+    return 0
 
 
 def finetune(args, target: str, users: int, init: str) -> tuple[Path, float]:
@@ -79,10 +93,23 @@ def rows_of(corpus, users, method: str, init: str, results: list[dict], fit_seco
              "metrics": r["metrics"], "fit_seconds": round(fit_seconds, 1), "users_evaluated": r["users_evaluated"]} for r in results]
 
 
+def test_rows(corpus, users, folder: Path, init: str, fit_seconds: float) -> list[dict]:
+    """The default's rows from the finetune run's own test (``results.json``): fine-tuned, and zero-shot beside it."""
+    test = json.loads((folder / "results.json").read_text(encoding="utf-8"))["test"]
+    rows = []
+    for arm, arm_init, seconds in (("fine-tuned", init, fit_seconds), ("zero-shot", "none", 0.0)):
+        if arm in test:
+            results = [{"exclude_history": setting == "excluded", "metrics": test[arm][setting], "users_evaluated": test[arm]["users"]}
+                       for setting in ("kept", "excluded")]
+            rows += rows_of(corpus, users, DEFAULT, arm_init, results, seconds)
+    return rows
+
+
 def model_rows(args, corpus, logs, users, folder: Path, init: str, fit_seconds: float) -> list[dict]:
-    """The default of ``folder/best``, and the prior alone and generation alone of ``folder/train/best``, on the test users."""
-    counts, rows = platform_counts(logs), []
-    for method, part, protocol in ((DEFAULT, "best", COUNTS), (PRIOR, "train/best", COUNTS), (GENERATION, "train/best", STRICT)):
+    """The default (and, from the foundation, the zero-shot default) from the run's test; the prior alone and generation
+    alone of ``folder/train/best`` (the fine-tuned models), on the same test users."""
+    counts, rows = platform_counts(logs), test_rows(corpus, users, folder, init, fit_seconds)
+    for method, part, protocol in ((PRIOR, "train/best", COUNTS), (GENERATION, "train/best", STRICT)):
         model = FoundationRec.from_pretrained(folder / part)
         model.index_catalog(corpus, progress=False, counts=counts)
         rec = model.method_recommender(method, protocol)
@@ -92,12 +119,14 @@ def model_rows(args, corpus, logs, users, folder: Path, init: str, fit_seconds: 
 
 
 def baseline_rows(args, corpus, logs, users) -> list[dict]:
-    """The zero-shot default (the checkpoint untouched), SASRec from scratch and popularity, each reading the N users' logs."""
+    """SASRec from scratch and popularity, each reading the N users' logs (and the zero-shot default when no finetune run
+    from the foundation gives it)."""
     counts, rows = platform_counts(logs), []
-    model = FoundationRec.from_pretrained(args.checkpoint)
-    model.index_catalog(corpus, progress=False, counts=counts)
-    rows += rows_of(corpus, users, DEFAULT, "none", evaluate_settings(corpus, model.method_recommender(DEFAULT, COUNTS), DEFAULT, (False, True),
-                                                                      max_users=args.max_users, progress=False), 0.0)
+    if "foundation" not in args.inits.split(","):
+        model = FoundationRec.from_pretrained(args.checkpoint)
+        model.index_catalog(corpus, progress=False, counts=counts)
+        rows += rows_of(corpus, users, DEFAULT, "none", evaluate_settings(corpus, model.method_recommender(DEFAULT, COUNTS), DEFAULT, (False, True),
+                                                                          max_users=args.max_users, progress=False), 0.0)
     start = time.perf_counter()
     sasrec = SASRec.fit(logs, valid_users=None, progress=False)
     fit = time.perf_counter() - start
@@ -114,8 +143,9 @@ def label(row: dict) -> str:
             "random": row["method"] if row["method"] == "sasrec" else f"{row['method']} from random init"}[row["init"]]
 
 
-def markdown(rows: list[dict], env: dict) -> str:
-    lines = [f"# Fine-tuning on a platform's logs against training from scratch\n\n{provenance(env)}\n",
+def markdown(rows: list[dict], env: dict, parts: dict | None = None) -> str:
+    made = "".join(f"\n- `{name}`: {provenance(part)}" for name, part in (parts or {}).items())
+    lines = [f"# Fine-tuning on a platform's logs against training from scratch\n\n{provenance(env)}{made}\n",
              ("N@10 on the same fixed-seed test users of each target; every method reads only the logs of the N fixed-seed users "
               "(counts, training, selection). Fit time: the whole finetune run (with its selection and test), or SASRec's training.\n"),
              "| target | N | method | N@10 kept | N@10 excluded | fit s |", "|---|---|---|---|---|---|"]
@@ -155,6 +185,8 @@ def plot(rows: list[dict], file: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     env = {**environment(), "command": " ".join(["python -m benchmarks.finetune", *(argv if argv is not None else sys.argv[1:])])}
+    if args.merge:
+        return merge(args, env)
     rows: list[dict] = []
     for target in resolve_names(args.targets):
         corpus = load_corpus(target, args.data_dir)

@@ -62,8 +62,8 @@ from .train import Distributed, TrainConfig, Trainer
 
 STAGES = ("prior", "train", "select", "test")
 STATE = "finetune.json"
-SELECT_GAMMAS = (*defaults.PRIOR_GAMMAS, 100.0)  # the fine-tuned models' weights on the prior tried at selection
-TRAIN_VALID_USERS = 200  # validation users of the alternation's own model selection (strict, per gamma)
+SELECT_GAMMAS = defaults.PRIOR_GAMMAS  # the fine-tuned models' weights on the prior tried at selection
+TRAIN_VALID_USERS = 100  # validation users of the alternation's own model selection (strict, per gamma)
 
 
 @dataclass
@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     device = _process_group(resolve_device(args.device))
     dist = Distributed(device)
     run = Run(args, dist.main)
+    dist.barrier()  # every process has read the run's state before the first stage writes it
     counts = platform_counts(logs)
     log = print if args.progress and dist.main else (lambda _: None)
     print(f"fine-tuning on {logs.name}: {len(logs.sequences):,} users' logs of {len(corpus.sequences):,}, {len(logs.items):,} items, "

@@ -209,6 +209,8 @@ def test_finetune_rows_every_method_on_the_same_users_and_logs(results, tmp_path
     assert sorted({r["exclude_history"] for r in rows}) == [False, True] and (results / "ft.png").is_file()
     tuned = json.loads((tmp_path / "runs" / "strides-u100-foundation" / "best" / "foundation_rec.json").read_text())["finetune"]
     assert tuned["users"] == 100 and tuned["users_total"] == 300
+    assert finetune.main(["--merge", "ft,ft", "--name", "both"]) == 0  # parts run apart, one table
+    assert len(json.loads((results / "both.json").read_text(encoding="utf-8"))["results"]) == 2 * len(rows)
 
 
 def test_same_topk_records_compares_and_names_a_difference(tmp_path, tiny_checkpoint, fixture_data, capsys, threads):

@@ -9,6 +9,12 @@ default above both the zero-shot default and its own fine-tuned prior alone, on 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +124,36 @@ def test_a_fine_tuned_candidate_must_beat_the_untouched_model_by_more_than_its_n
     # differences (1, 0, 1, 0): mean 0.5, sample sd sqrt(1/3) = 0.577, standard error 0.289: kept
     assert finetune.choose({"zero-shot": zero, "tuned": zero + np.array([1.0, 0, 1.0, 0])}, "zero-shot") == "tuned"
     assert finetune.choose({"a": zero, "b": zero + 0.1}, None) == "b"  # nothing untouched: the best mean
+
+
+def command(foundation, out, *extra) -> list[str]:
+    checkpoint, platform, _ = foundation
+    return ["-m", "foundation_rec.finetune", "--target", str(platform), "--checkpoint", str(checkpoint), "--output-dir", str(out),
+            "--no-progress", "--device", "cpu", "--users", "60", "--valid-users", "20", "--test-users", "20", "--prior-epochs", "1", *extra]
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_alternation_then_resume_finishes_every_stage(tiny_foundation, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "FOUNDATION_REC_CACHE": str(tiny_foundation[2])}
+    out = tmp_path / "ft"
+    argv = command(tiny_foundation, out, "--rec-epochs", "3")
+    proc = subprocess.Popen([sys.executable, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = out / "train" / "checkpoint" / "training_state" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not state_file.is_file():  # wait until the alternation has written a checkpoint
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert "select" not in json.loads((out / "finetune.json").read_text())["done"]
+    subprocess.run([sys.executable, *argv, "--resume"], check=True, env=env, capture_output=True, timeout=600)
+    assert json.loads((out / "finetune.json").read_text())["done"] == list(finetune.STAGES)
+    assert FoundationRec.from_pretrained(out / "best", device="cpu").fine_tuned_on["users"] == 60
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_launch(tiny_foundation, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "FOUNDATION_REC_CACHE": str(tiny_foundation[2])}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu"]
+    subprocess.run([*launch, *command(tiny_foundation, tmp_path / "ft", "--rec-epochs", "1")], check=True, env=env, capture_output=True, timeout=900)
+    assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["done"] == list(finetune.STAGES)
+    assert json.loads((tmp_path / "ft" / "results.json").read_text())["test"]["fine-tuned"]["users"] == 20
