@@ -155,10 +155,12 @@ class DemoApp:
     def status(self) -> str:
         if self.model is None:
             return f"**No model:** {self.load_error}. Start the demo with `--checkpoint DIR` (train one with `python -m foundation_rec.pretrain`)."
-        corpora = ", ".join(self.model.pretrained_corpora)
+        corpora = ", ".join(self.model.pretrained_corpora) or "nothing (randomly initialised)"
         choice = self.model.id_precision_choice
         how = f" ({int8.describe(choice)})" if choice else ""
-        return f"Model `{self.args.checkpoint}`, pre-trained on {corpora}; new catalogs get {self.model.generator.config.precision} IDs{how}."
+        tuned = self.model.fine_tuned_on
+        tuned = f", then fine-tuned on {tuned['users']:,} users' logs of {tuned['target']} (its own catalog is not zero-shot)" if tuned else ""
+        return f"Model `{self.args.checkpoint}`, pre-trained on {corpora}{tuned}; new catalogs get {self.model.generator.config.precision} IDs{how}."
 
     def _model(self) -> FoundationRec:
         if self.model is None:

