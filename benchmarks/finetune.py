@@ -35,9 +35,8 @@ from foundation_rec.api import DEFAULT, GENERATION, PRIOR, FoundationRec
 from foundation_rec.baselines import Popularity, SASRec
 from foundation_rec.corpora import load_corpus, resolve_names
 from foundation_rec.evaluate import evaluate_settings
-from foundation_rec.finetune import platform_counts
 from foundation_rec.pool import users_of
-from foundation_rec.signals import COUNTS, STRICT
+from foundation_rec.signals import COUNTS, STRICT, PlatformCounts
 
 from .common import environment, provenance, results_dir, write_results
 
@@ -108,7 +107,7 @@ def test_rows(corpus, users, folder: Path, init: str, fit_seconds: float) -> lis
 def model_rows(args, corpus, logs, users, folder: Path, init: str, fit_seconds: float) -> list[dict]:
     """The default (and, from the foundation, the zero-shot default) from the run's test; the prior alone and generation
     alone of ``folder/train/best`` (the fine-tuned models), on the same test users."""
-    counts, rows = platform_counts(logs), test_rows(corpus, users, folder, init, fit_seconds)
+    counts, rows = PlatformCounts.from_corpus(logs), test_rows(corpus, users, folder, init, fit_seconds)
     for method, part, protocol in ((PRIOR, "train/best", COUNTS), (GENERATION, "train/best", STRICT)):
         model = FoundationRec.from_pretrained(folder / part)
         model.index_catalog(corpus, progress=False, counts=counts)
@@ -121,7 +120,7 @@ def model_rows(args, corpus, logs, users, folder: Path, init: str, fit_seconds: 
 def baseline_rows(args, corpus, logs, users) -> list[dict]:
     """SASRec from scratch and popularity, each reading the N users' logs (and the zero-shot default when no finetune run
     from the foundation gives it)."""
-    counts, rows = platform_counts(logs), []
+    counts, rows = PlatformCounts.from_corpus(logs), []
     if "foundation" not in args.inits.split(","):
         model = FoundationRec.from_pretrained(args.checkpoint)
         model.index_catalog(corpus, progress=False, counts=counts)

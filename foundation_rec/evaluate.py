@@ -87,7 +87,7 @@ def examples(corpus, split: str = "test", max_users: int | None = None, seed: in
     )
 
 
-def _drop_history(recommended: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
+def drop_history(recommended: np.ndarray, histories: list[np.ndarray]) -> np.ndarray:
     """Replace history items by ``-1`` and move the remaining items to the front, order kept."""
     mask = np.stack([np.isin(row, hist) for row, hist in zip(recommended, histories)])
     kept = np.where(mask, -1, recommended)
@@ -189,7 +189,7 @@ def evaluate_examples(ex: Examples, recommender: Recommender, method: str, n_ite
         ranked = np.asarray([r[0] for r in rows], dtype=np.int64).reshape(len(rows), k)
         targets = np.asarray([r[1] for r in rows], dtype=np.int64)
         histories = [np.asarray(r[2], dtype=np.int64) for r in rows] if any(exclude_history) else []
-    return [leave_one_out_metrics((_drop_history(ranked, histories) if exclude else ranked)[:, : max(ks)], targets, ks) for exclude in exclude_history]
+    return [leave_one_out_metrics((drop_history(ranked, histories) if exclude else ranked)[:, : max(ks)], targets, ks) for exclude in exclude_history]
 
 
 def expected_random(corpus, exclude_history: tuple[bool, ...] = (False, True), *, split: str = "test", max_users: int | None = None,

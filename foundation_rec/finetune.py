@@ -51,6 +51,7 @@ from .content_prior import INFO as SCORER_INFO
 from .content_prior import ContentScorer, ScorerConfig, load_scorer, train_scorer
 from .corpora import load_corpus
 from .errors import FoundationRecError, cli_errors, parse_flags
+from .evaluate import drop_history
 from .evaluate import examples as split_examples
 from .metrics import ndcg_gains, target_ranks
 from .paths import writable_dir
@@ -127,11 +128,6 @@ class Run:
         self.record.update(record)
         if self.main:
             atomic.write_json(self.file, {"args": self.recorded, "done": self.done, "record": self.record})
-
-
-def platform_counts(corpus) -> PlatformCounts:
-    """The counts of the logs fine-tuning reads (the training split of the kept users), as ``zeroshot`` counts a corpus."""
-    return PlatformCounts.from_corpus(corpus)
 
 
 def fit_prior(scorer: ContentScorer, logs, vectors: torch.Tensor, args: FinetuneArguments, log) -> ContentScorer:
@@ -212,8 +208,8 @@ def per_user(model: FoundationRec, gamma: float, ex) -> np.ndarray:
     rec = model.method_recommender(DEFAULT, COUNTS, content_prior=gamma)
     ranked = np.concatenate([rec.recommend(ex.histories[lo : lo + 256], 10 + MAX_HISTORY) for lo in range(0, len(ex), 256)])
     kept = ndcg_gains(target_ranks(ranked[:, :10], ex.targets), 10)
-    dropped = np.stack([np.concatenate([row[~np.isin(row, h)], np.full(MAX_HISTORY, -1)])[:10] for row, h in zip(ranked, ex.histories, strict=True)])
-    return (kept + ndcg_gains(target_ranks(dropped, ex.targets), 10)) / 2
+    dropped = ndcg_gains(target_ranks(drop_history(ranked, ex.histories)[:, :10], ex.targets), 10)
+    return (kept + dropped) / 2
 
 
 def choose(scores: dict[str, np.ndarray], untouched: str | None) -> str:
@@ -315,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     dist = Distributed(device)
     run = Run(args, dist.main)
     dist.barrier()  # every process has read the run's state before the first stage writes it
-    counts = platform_counts(logs)
+    counts = PlatformCounts.from_corpus(logs)  # the kept users' training split, as zeroshot counts a corpus
     log = print if args.progress and dist.main else (lambda _: None)
     print(f"fine-tuning on {logs.name}: {len(logs.sequences):,} users' logs of {len(corpus.sequences):,}, {len(logs.items):,} items, "
           f"from {'the foundation checkpoint ' + args.checkpoint if args.init == 'foundation' else 'random initialisation'}", flush=True)
@@ -333,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     if "train" not in run.done:
         print(f"stage 2/4 train: the recommender phase, then the ID phase with the IDs regenerated ({args.rec_epochs} + {args.id_epochs} epochs)", flush=True)
         train_models(run, bundle, logs, config, device)
-        run.finish("train", train=json.loads((run.dir / "train" / "results.json").read_text()) if (run.dir / "train" / "results.json").is_file() else {})
+        run.finish("train")  # its validation history is in train/metrics.jsonl
     dist.barrier()
     if not dist.main:
         return 0

