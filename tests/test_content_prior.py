@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from foundation_rec.baselines import TextKNN
-from foundation_rec.content_prior import ContentScorer, ScorerConfig, load_scorer, right_aligned, scorer_ndcg, train_scorer
+from foundation_rec.content_prior import ContentScorer, ScorerConfig, load_scorer, right_aligned, scorer_loss, scorer_ndcg, train_scorer
 from foundation_rec.errors import FoundationRecError
 
 
@@ -66,6 +66,29 @@ def test_ndcg_by_hand():
     owner = torch.tensor([0, 0, 0, 1])  # item 3 (closest to the query) belongs to another corpus
     examples = _Examples([np.array([0]), np.array([0])], [0, 1])
     assert scorer_ndcg(ContentScorer(2, 20), examples, vectors, owner) == pytest.approx((1 + 1 / np.log2(3)) / 2)
+
+
+def test_loss_by_hand():
+    """Untrained, the scorer's logits are cosine / 0.05: history [0] scores items 0 and 1 (orthogonal) 20 and 0, so the
+    mean cross-entropy of targets 1 and 0 is (log(1 + e^20) + log(1 + e^-20)) / 2; item 2 (another corpus) is not counted."""
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    examples = _Examples([np.array([0]), np.array([0])], [1, 0])
+    expected = (np.log1p(np.exp(20.0)) + np.log1p(np.exp(-20.0))) / 2
+    assert scorer_loss(ContentScorer(2, 20), examples, vectors, torch.tensor([0, 0, 1])) == pytest.approx(expected, rel=1e-5)
+
+
+def test_epoch_chosen_by_validation_loss():
+    """With ``select="loss"`` the kept epoch is the one of lowest validation cross-entropy (epoch 0: the start)."""
+    vectors = unit_vectors(80, 16, 1)
+    owner = torch.zeros(80, dtype=torch.long)
+    train, valid = last_item_task(vectors, 600, 2), last_item_task(vectors, 200, 3)
+    config = ScorerConfig(epochs=4, lr=5e-2, batch_size=64, select="loss")
+    scorer = train_scorer(vectors, owner, train, valid, config, 20, log=lambda _: None)
+    losses = [h["valid_loss"] for h in scorer.record["history"]]
+    assert scorer.record["best_epoch"] == int(np.argmin(losses)) and min(losses) < losses[0]
+    assert scorer_loss(scorer, valid, vectors, owner) == pytest.approx(min(losses), abs=1e-4)
+    with pytest.raises(FoundationRecError, match="unknown validation statistic"):
+        train_scorer(vectors, owner, train, valid, ScorerConfig(epochs=1, select="recall"), 20, log=lambda _: None)
 
 
 def test_training_learns_what_comes_next():

@@ -89,11 +89,12 @@ def test_a_stopped_run_resumes_without_redoing_its_stages(tiny_foundation, tmp_p
     assert json.loads((tmp_path / "ft" / "best" / "foundation_rec.json").read_text())["finetune"]["users"] == 40
 
 
-@pytest.mark.parametrize("case", ["target", "users", "prior", "output"])
+@pytest.mark.parametrize("case", ["target", "users", "prior", "output", "select"])
 def test_bad_input_is_one_line_before_any_work(case, tiny_foundation, tiny_checkpoint, tmp_path, capsys):
     checkpoint, platform, _ = tiny_foundation
     argv = {"target": ["--target", "nosuch"], "users": ["--target", str(platform), "--users", "301"],
-            "prior": ["--target", str(platform), "--checkpoint", str(tiny_checkpoint)], "output": ["--target", str(platform)]}[case]
+            "prior": ["--target", str(platform), "--checkpoint", str(tiny_checkpoint)], "output": ["--target", str(platform)],
+            "select": ["--target", str(platform), "--prior-select", "recall"]}[case]
     out = tmp_path / "a-file"  # a folder under a file cannot be made, by any user
     out.write_text("")
     if "--checkpoint" not in argv:
@@ -103,7 +104,7 @@ def test_bad_input_is_one_line_before_any_work(case, tiny_foundation, tiny_check
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert {"target": "nosuch", "users": "301", "prior": "no content prior", "output": "--output-dir"}[case] in err
+    assert {"target": "nosuch", "users": "301", "prior": "no content prior", "output": "--output-dir", "select": "--prior-select"}[case] in err
 
 
 def test_catalog_offsets_move_only_their_own_catalog(tmp_path):
