@@ -55,6 +55,9 @@ from .signals import PlatformCounts, PlatformSignals, latest_similarity, repeat_
 FILE, INFO = "scorer.safetensors", "scorer.json"
 
 
+SELECT_STATISTICS = ("N@10", "loss")  # what may pick a scorer's epoch on validation (ScorerConfig.select)
+
+
 @dataclass
 class ScorerConfig:
     """How a :class:`ContentScorer` is trained (recorded in ``scorer.json``)."""
@@ -63,7 +66,7 @@ class ScorerConfig:
     lr: float = 1e-2
     batch_size: int = 256
     seed: int = 42
-    select: str = "N@10"  # what picks the epoch on validation: "N@10", or "loss" (mean cross-entropy, steadier on few users)
+    select: str = "N@10"  # what picks the epoch on validation (SELECT_STATISTICS): N@10, or loss (mean cross-entropy, steadier on few users)
 
 
 def catalog_digest(name: str, item_ids: Sequence[str]) -> str:
@@ -234,35 +237,37 @@ def _batch_loss(scorer: ContentScorer, examples, idx: np.ndarray, vectors: torch
     return torch.stack(losses).sum() / len(idx)
 
 
-def scorer_ndcg(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: torch.Tensor, k: int = 10, counts=None) -> float:
-    """NDCG@k (:func:`foundation_rec.metrics.ndcg_at_k`) of the next item within its own corpus, full ranking; its
-    0-based rank is the number of items scored strictly higher (ties count in the item's favour)."""
-    ranks = []
+def _ranks_and_loss(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: torch.Tensor, counts=None) -> tuple[np.ndarray, float]:
+    """One pass over ``examples``: each next item's 0-based rank within its own corpus (the number of items scored
+    strictly higher, so ties count in its favour) and the mean cross-entropy of the next items."""
+    ranks, total = [], 0.0
     with torch.no_grad():
         for lo in range(0, len(examples), 512):
             idx = np.arange(lo, min(lo + 512, len(examples)))
             for logits, targets in own_corpus_logits(scorer, examples, idx, vectors, owner, counts):
                 ranks.append((logits > logits.gather(1, targets[:, None])).sum(1).numpy())
-    return ndcg_at_k(np.concatenate(ranks) if ranks else np.zeros(0, np.int64), k)
+                total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+    return (np.concatenate(ranks) if ranks else np.zeros(0, np.int64)), total / max(len(examples), 1)
+
+
+def scorer_ndcg(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: torch.Tensor, k: int = 10, counts=None) -> float:
+    """NDCG@k (:func:`foundation_rec.metrics.ndcg_at_k`) of the next item within its own corpus, full ranking; its
+    0-based rank is the number of items scored strictly higher (ties count in the item's favour)."""
+    return ndcg_at_k(_ranks_and_loss(scorer, examples, vectors, owner, counts)[0], k)
 
 
 def scorer_loss(scorer: ContentScorer, examples, vectors: torch.Tensor, owner: torch.Tensor, counts=None) -> float:
     """Mean cross-entropy ``-1/n sum_u log p(next_u | history_u)`` of each example's next item over its own corpus's
     items: a validation statistic that reads every target's full score, steadier than N@10 on a few hundred users."""
-    total = 0.0
-    with torch.no_grad():
-        for lo in range(0, len(examples), 512):
-            idx = np.arange(lo, min(lo + 512, len(examples)))
-            total += _batch_loss(scorer, examples, idx, vectors, owner, counts).item() * len(idx)
-    return total / max(len(examples), 1)
+    return _ranks_and_loss(scorer, examples, vectors, owner, counts)[1]
 
 
 def _validate(scorer: ContentScorer, valid, vectors: torch.Tensor, owner: torch.Tensor, config: ScorerConfig, counts) -> tuple[float, dict]:
     """``(score, record)`` of one validation pass: the score that picks the epoch (higher is better) and what to log."""
-    ndcg = scorer_ndcg(scorer, valid, vectors, owner, counts=counts)
+    ranks, loss = _ranks_and_loss(scorer, valid, vectors, owner, counts)
+    ndcg = ndcg_at_k(ranks, 10)
     if config.select == "N@10":
         return ndcg, {"valid_N@10": round(ndcg, 5)}
-    loss = scorer_loss(scorer, valid, vectors, owner, counts)
     return -loss, {"valid_N@10": round(ndcg, 5), "valid_loss": round(loss, 5)}
 
 
@@ -282,8 +287,8 @@ def train_scorer(vectors: torch.Tensor | Callable[[], torch.Tensor], owner: torc
     generator = torch.Generator().manual_seed(config.seed)
     scorer = model if model is not None else ContentScorer(read().shape[1], max_history)
     optimizer = torch.optim.AdamW(scorer.parameters() if parameters is None else parameters, lr=config.lr, weight_decay=0.0)
-    if config.select not in ("N@10", "loss"):
-        raise FoundationRecError(f"unknown validation statistic {config.select!r}; use N@10 or loss")
+    if config.select not in SELECT_STATISTICS:
+        raise FoundationRecError(f"unknown validation statistic {config.select!r}; use {' or '.join(SELECT_STATISTICS)}")
     best, first = _validate(scorer, valid, fixed(), owner, config, counts)
     history = [{"epoch": 0, **first}]
     chosen = history[0]

@@ -49,7 +49,7 @@ from .bundle import ModelBundle
 from .content import MINILM_DIM
 from .content_prior import FILE as SCORER_FILE
 from .content_prior import INFO as SCORER_INFO
-from .content_prior import ContentScorer, ScorerConfig, load_scorer, train_scorer
+from .content_prior import SELECT_STATISTICS, ContentScorer, ScorerConfig, load_scorer, train_scorer
 from .corpora import load_corpus
 from .errors import FoundationRecError, cli_errors, parse_flags
 from .evaluate import drop_history
@@ -104,8 +104,8 @@ def check_args(args: FinetuneArguments) -> None:
             raise FoundationRecError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.prior_epochs < 0 or not all(0 < getattr(args, f"{k}_lr") <= 1 for k in ("prior", "rec", "id")):
         raise FoundationRecError("--prior-epochs must be >= 0 and --prior-lr, --rec-lr and --id-lr in (0, 1]")
-    if args.prior_select not in ("loss", "N@10"):
-        raise FoundationRecError(f"--prior-select {args.prior_select!r} is not loss or N@10")
+    if args.prior_select not in SELECT_STATISTICS:
+        raise FoundationRecError(f"--prior-select {args.prior_select!r} is not {' or '.join(SELECT_STATISTICS)}")
 
 
 class Run:
