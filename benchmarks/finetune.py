@@ -84,7 +84,7 @@ def finetune(args, target: str, users: int, init: str) -> tuple[Path, float]:
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - start
     recorded = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    return out, recorded.get("seconds", seconds)
+    return out, recorded.get("fit_seconds") or recorded.get("seconds", seconds)
 
 
 def rows_of(corpus, users, method: str, init: str, results: list[dict], fit_seconds: float) -> list[dict]:

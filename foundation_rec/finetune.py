@@ -15,10 +15,12 @@ users: a platform whose logs are theirs; no validation or test item is ever trai
 2. ``train``: IDGenRec's alternation from the checkpoint's models (:class:`~foundation_rec.train.Trainer`): the
    recommender phase, then the ID phase, with the IDs regenerated;
 3. ``select``: the method as it ships (generation plus gamma times the prior, with the logs' counts and the signal
-   weights calibrated on them) on the users' validation items, for the untouched checkpoint, the fine-tuned prior with
-   the checkpoint's generative model, and the fine-tuned models at each gamma. A fine-tuned candidate is kept only
-   when it beats the untouched checkpoint by more than one standard error of the paired per-user difference
-   (N@10, history kept and excluded averaged), so fine-tuning on few logs falls back to the zero-shot default;
+   weights calibrated on them) on up to ``--select-users`` users' validation items, for the untouched checkpoint, the fine-tuned prior with
+   the checkpoint's generative model, and the fine-tuned models at each gamma, each scored per user by N@30 of its
+   list (:data:`SELECT_K`; history kept and excluded averaged: top-heavy like N@10, but a hit at rank 11-30 counts,
+   so the noise of a few hundred users is smaller). A fine-tuned candidate is kept only when it beats the untouched
+   checkpoint by more than one standard error of the paired per-user difference, so fine-tuning on few logs falls
+   back to the zero-shot default;
 4. ``test``: the chosen model's N@10 on the test users next to the zero-shot default's, on the same users and logs.
 
 ``OUTPUT_DIR/best`` is a checkpoint like any other (the API, ``zeroshot`` and the demo load it); its
@@ -66,6 +68,7 @@ STAGES = ("prior", "train", "select", "test")
 STATE = "finetune.json"
 SELECT_GAMMAS = defaults.PRIOR_GAMMAS  # the fine-tuned models' weights on the prior tried at selection
 TRAIN_VALID_USERS = 100  # validation users of the alternation's own model selection (strict, per gamma)
+SELECT_K = 10 + MAX_HISTORY  # selection's per-user statistic is N@SELECT_K: the whole list the method returns (FINDINGS.md)
 
 
 @dataclass
@@ -88,7 +91,9 @@ class FinetuneArguments:
     rec_lr: float = field(default=1e-3, metadata={"help": "recommender learning rate"})
     id_lr: float = field(default=1e-4, metadata={"help": "ID-generator learning rate"})
     id_users: int = field(default=1000, metadata={"help": "the ID phase trains on at most this many users' last windows (0: all)"})
-    valid_users: int = field(default=500, metadata={"help": "validation users of the selection (0: all of the logs' users)"})
+    valid_users: int = field(default=500, metadata={"help": "validation users of the prior's epoch choice (0: all of the logs' users)"})
+    select_users: int = field(default=1000, metadata={"help": "validation users of the selection among candidates (0: all of the logs' users; "
+                                                              "more is steadier and slower: FINDINGS.md)"})
     test_users: int = field(default=2000, metadata={"help": "fixed-seed test users of the closing report (0: all), the README table's 2,000"})
     seed: int = field(default=42, metadata={"help": "seed of the user sample, data order and dropout"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
@@ -99,7 +104,7 @@ class FinetuneArguments:
 def check_args(args: FinetuneArguments) -> None:
     if args.init not in ("foundation", "random"):
         raise FoundationRecError(f"--init {args.init!r} is not foundation or random")
-    for name in ("users", "id_users", "valid_users", "test_users", "rec_epochs", "id_epochs"):
+    for name in ("users", "id_users", "valid_users", "select_users", "test_users", "rec_epochs", "id_epochs"):
         if getattr(args, name) < 0:
             raise FoundationRecError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.prior_epochs < 0 or not all(0 < getattr(args, f"{k}_lr") <= 1 for k in ("prior", "rec", "id")):
@@ -117,6 +122,8 @@ class Run:
         self.file = self.dir / STATE
         self.done: list[str] = []
         self.record: dict = {}
+        self.seconds: dict[str, float] = {}  # each finished stage's wall seconds, kept across resumes
+        self.started = time.perf_counter()
         recorded = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("resume", "progress", "device")}
         if self.file.is_file():
             state = json.loads(self.file.read_text(encoding="utf-8"))
@@ -125,14 +132,21 @@ class Run:
             if state["args"] != recorded:
                 changed = sorted(k for k in recorded if state["args"].get(k) != recorded[k])
                 raise FoundationRecError(f"{self.dir} was fine-tuned with other arguments ({', '.join(changed)}); resume with the same ones")
-            self.done, self.record = state["done"], state.get("record", {})
+            self.done, self.record, self.seconds = state["done"], state.get("record", {}), state.get("seconds", {})
         self.recorded = recorded
 
     def finish(self, stage: str, **record) -> None:
+        """Mark ``stage`` done with its ``record`` and its wall seconds (since the last stage ended, or the run began)."""
+        now = time.perf_counter()
         self.done.append(stage)
         self.record.update(record)
+        self.seconds[stage], self.started = round(now - self.started, 1), now
         if self.main:
-            atomic.write_json(self.file, {"args": self.recorded, "done": self.done, "record": self.record})
+            atomic.write_json(self.file, {"args": self.recorded, "done": self.done, "record": self.record, "seconds": self.seconds})
+
+    def fit_seconds(self) -> float | None:
+        """Wall seconds of fitting (prior, train, select; not the closing test), over every resume; None when a stage's is unknown."""
+        return round(sum(self.seconds[s] for s in STAGES[:3]), 1) if all(s in self.seconds for s in STAGES[:3]) else None
 
 
 def fit_prior(scorer: ContentScorer, logs, vectors: torch.Tensor, args: FinetuneArguments, log) -> ContentScorer:
@@ -207,13 +221,13 @@ def candidate_folder(run: Run, name: str, models: Path, scorer: Path, config: di
     return folder
 
 
-def per_user(model: FoundationRec, gamma: float, ex) -> np.ndarray:
-    """``[users]`` N@10 of the shipped method on the current catalog (with its counts) at ``gamma``, history kept and
+def per_user(model: FoundationRec, gamma: float, ex, k: int = SELECT_K) -> np.ndarray:
+    """``[users]`` N@k of the shipped method on the current catalog (with its counts) at ``gamma``, history kept and
     excluded averaged, on examples ``ex``."""
     rec = model.method_recommender(DEFAULT, COUNTS, content_prior=gamma)
-    ranked = np.concatenate([rec.recommend(ex.histories[lo : lo + 256], 10 + MAX_HISTORY) for lo in range(0, len(ex), 256)])
-    kept = ndcg_gains(target_ranks(ranked[:, :10], ex.targets), 10)
-    dropped = ndcg_gains(target_ranks(drop_history(ranked, ex.histories)[:, :10], ex.targets), 10)
+    ranked = np.concatenate([rec.recommend(ex.histories[lo : lo + 256], SELECT_K) for lo in range(0, len(ex), 256)])
+    kept = ndcg_gains(target_ranks(ranked[:, :k], ex.targets), k)
+    dropped = ndcg_gains(target_ranks(drop_history(ranked, ex.histories)[:, :k], ex.targets), k)
     return (kept + dropped) / 2
 
 
@@ -230,7 +244,7 @@ def choose(scores: dict[str, np.ndarray], untouched: str | None) -> str:
 def select(run: Run, logs, counts: PlatformCounts, base: dict) -> tuple[str, float, dict]:
     """Stage 3: the candidates on the logs' validation users (module docstring); ``(folder, gamma, record)`` of the choice."""
     args, start = run.args, time.perf_counter()
-    ex = split_examples(logs, "valid", args.valid_users or None, args.seed)
+    ex = split_examples(logs, "valid", args.select_users or None, args.seed)
     trained = run.dir / "train" / "best"
     gamma0 = float(base.get("content_prior", defaults.CONTENT_PRIOR))
     options: list[tuple[str, Path, tuple[float, ...]]] = [("fine-tuned", trained, SELECT_GAMMAS)]
@@ -244,10 +258,10 @@ def select(run: Run, logs, counts: PlatformCounts, base: dict) -> tuple[str, flo
         for gamma in gammas:
             label = name if len(gammas) == 1 else f"{name} gamma {gamma:g}"
             scores[label], where[label] = per_user(model, gamma, ex), (folder, gamma)
-            print(f"select: {label}: validation N@10 {scores[label].mean():.4f} ({len(ex):,} users; {n + 1}/{len(options)} models, "
+            print(f"select: {label}: validation N@{SELECT_K} {scores[label].mean():.4f} ({len(ex):,} users; {n + 1}/{len(options)} models, "
                   f"{time.perf_counter() - start:.0f} s)", flush=True)
     choice = choose(scores, "zero-shot" if args.init == "foundation" else None)
-    record = {"choice": choice, "validation_users": len(ex), "validation_N@10": {k: round(float(v.mean()), 5) for k, v in scores.items()},
+    record = {"choice": choice, "validation_users": len(ex), f"validation_N@{SELECT_K}": {k: round(float(v.mean()), 5) for k, v in scores.items()},
               "seconds": round(time.perf_counter() - start, 1)}
     return str(where[choice][0]), where[choice][1], record
 
@@ -354,7 +368,7 @@ def report(run: Run, corpus, start: float) -> None:
     """The closing words: the test N@10 next to the zero-shot default's, where the checkpoint is, the command that uses it."""
     rows, choice = run.record["test"], run.record["select"]["choice"]
     results = {"target": corpus.name, "args": run.recorded, "select": run.record["select"], "test": rows, "prior": run.record.get("prior"),
-               "seconds": round(time.perf_counter() - start, 1)}
+               "seconds": round(time.perf_counter() - start, 1), "stage_seconds": run.seconds, "fit_seconds": run.fit_seconds()}
     atomic.write_json(run.dir / "results.json", results)
     fine, zero = rows["fine-tuned"], rows.get("zero-shot")
     against = f", against the zero-shot default's {zero['kept']['N@10']:.4f} / {zero['excluded']['N@10']:.4f} on the same users and logs" if zero else ""

@@ -131,6 +131,29 @@ def test_a_fine_tuned_candidate_must_beat_the_untouched_model_by_more_than_its_n
     assert finetune.choose({"a": zero, "b": zero + 0.1}, None) == "b"  # nothing untouched: the best mean
 
 
+def test_selection_scores_each_user_by_ndcg_over_the_whole_list():
+    class Rec:  # the method's list: the history's item 5 first, the target 7 at rank 20 (0-based), other items between
+        def recommend(self, histories, k):
+            row = [5] + list(range(100, 119)) + [7] + list(range(200, 200 + k - 21))
+            return np.array([row] * len(histories))
+
+    class Model:
+        def method_recommender(self, method, protocol, content_prior):
+            return Rec()
+
+    class Examples:
+        histories, targets = [np.array([5])], np.array([7])
+
+        def __len__(self):
+            return 1
+
+    # kept: rank 20, gain 1 / log2(22); history excluded: item 5 leaves, rank 19, gain 1 / log2(21); their mean
+    expected = (1 / np.log2(22) + 1 / np.log2(21)) / 2
+    assert finetune.SELECT_K == 30
+    assert finetune.per_user(Model(), 10.0, Examples()) == pytest.approx([expected])
+    assert finetune.per_user(Model(), 10.0, Examples(), k=10) == pytest.approx([0.0])  # past N@10's reach
+
+
 def command(foundation, out, *extra) -> list[str]:
     checkpoint, platform, _ = foundation
     return ["-m", "foundation_rec.finetune", "--target", str(platform), "--checkpoint", str(checkpoint), "--output-dir", str(out),
