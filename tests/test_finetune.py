@@ -87,6 +87,11 @@ def test_a_stopped_run_resumes_without_redoing_its_stages(tiny_foundation, tmp_p
     assert (tmp_path / "ft" / "prior" / "scorer.safetensors").stat().st_mtime_ns == prior_written
     assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["done"] == list(finetune.STAGES)
     assert json.loads((tmp_path / "ft" / "best" / "foundation_rec.json").read_text())["finetune"]["users"] == 40
+    # the fitting time counts the stages of both starts: the first's prior and train, the resumed run's select
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["stage_seconds"]["prior"] == state["seconds"]["prior"] and results["stage_seconds"]["train"] == state["seconds"]["train"]
+    assert results["fit_seconds"] == pytest.approx(sum(results["stage_seconds"][k] for k in ("prior", "train", "select")), abs=0.15)
+    assert results["fit_seconds"] > results["stage_seconds"]["select"] > 0
 
 
 @pytest.mark.parametrize("case", ["target", "users", "prior", "output", "select"])
