@@ -8,6 +8,7 @@ default above both the zero-shot default and its own fine-tuned prior alone, on 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from foundation_rec.api import FoundationRec
 from foundation_rec.content_prior import ContentScorer, load_scorer
 from foundation_rec.corpora import load_corpus
 from foundation_rec.demo import DemoApp, DemoArguments
+from foundation_rec.errors import FoundationRecError
 from foundation_rec.evaluate import evaluate_settings
 from foundation_rec.signals import PlatformCounts
 
@@ -190,3 +192,13 @@ def test_two_processes_under_accelerate_launch(tiny_foundation, tmp_path):
     subprocess.run([*launch, *command(tiny_foundation, tmp_path / "ft", "--rec-epochs", "1")], check=True, env=env, capture_output=True, timeout=900)
     assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["done"] == list(finetune.STAGES)
     assert json.loads((tmp_path / "ft" / "results.json").read_text())["test"]["fine-tuned"]["users"] == 20
+
+
+def test_a_run_recorded_before_a_flag_existed_resumes_with_its_default(tmp_path):
+    args = finetune.FinetuneArguments(target="shop", output_dir=str(tmp_path), resume=True)
+    recorded = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("resume", "progress", "device", "select_users")}
+    (tmp_path / finetune.STATE).write_text(json.dumps({"args": recorded, "done": ["prior"], "record": {}}))
+    assert finetune.Run(args, main=False).done == ["prior"]  # --select-users did not exist: it ran at the default
+    args.select_users = 5
+    with pytest.raises(FoundationRecError, match="select_users"):
+        finetune.Run(args, main=False)
