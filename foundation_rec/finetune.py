@@ -129,8 +129,8 @@ class Run:
             state = json.loads(self.file.read_text(encoding="utf-8"))
             if not args.resume:
                 raise FoundationRecError(f"{self.dir} holds a fine-tuning run; pass --resume to continue it, or another --output-dir")
-            defaults_ = {f.name: f.default for f in dataclasses.fields(FinetuneArguments)}
-            state["args"] = {**{k: defaults_[k] for k in recorded if k not in state["args"]}, **state["args"]}  # flags added since: their defaults
+            flag_defaults = {f.name: f.default for f in dataclasses.fields(FinetuneArguments)}
+            state["args"] = {**{k: flag_defaults[k] for k in recorded if k not in state["args"]}, **state["args"]}  # flags added since: their defaults
             if state["args"] != recorded:
                 changed = sorted(k for k in recorded if state["args"].get(k) != recorded[k])
                 raise FoundationRecError(f"{self.dir} was fine-tuned with other arguments ({', '.join(changed)}); resume with the same ones")
